@@ -1,0 +1,1 @@
+"""The asyncio implementation; ``tenure._sync`` is generated from it."""

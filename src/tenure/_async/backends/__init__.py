@@ -1,0 +1,1 @@
+"""Backend drivers, one module each; ``base`` defines the protocol they implement."""

@@ -1,0 +1,148 @@
+"""The driver protocol: what a backend (etcd, Redis, ZooKeeper, PostgreSQL, files) implements.
+
+The core (``session.py``, ``lock.py``, ``election.py``) owns everything that is the same on every
+backend: local coalescing of waiters, reentrancy, retries, deadlines, keep-alive scheduling, the
+``lost`` events. A driver only talks to its server:
+
+- **Leases.** ``grant_lease(ttl)`` creates a session's lease; ``renew_lease`` renews it and every
+  entry in it in O(1) round trips, and reports entries that are gone; ``revoke_lease`` ends it and
+  so frees everything in it. A driver raises :class:`LeaseExpired` when the server says the lease
+  is gone, and may call ``lease.expired(reason)`` / ``grant.lost(reason)`` from its own watches.
+- **Contenders.** ``acquire(lease, key, owner, deadline)`` enqueues a contender for ``key`` owned
+  by ``owner.owner`` (a random 128-bit id), waits until it is first (woken by the backend, never a
+  sleep loop) and returns a :class:`Grant` with its fencing token; or returns ``None`` when the
+  ``deadline`` (a ``monotonic()`` time; ``<= now`` means try once) passes, leaving nothing behind.
+  Retrying an acquire with the same owner id must find the earlier entry, not add a second one.
+  Cancellation (asyncio) must also leave nothing behind.
+- **Release and inspection** are owner-checked: ``release`` deletes only the caller's own entry and
+  returns False if it was no longer there; ``check`` says whether it still is.
+- ``holder``/``contenders`` report :class:`~tenure.Holder` records; ``changes`` yields when
+  a key's holder may have changed (for ``Election.observe``).
+
+Keys are ``"<kind>/<name>"`` with kind ``lock`` or ``election`` and a name already validated by
+``tenure._names.check_name``; the driver maps them into its namespace.
+
+Every method translates its client library's exceptions to :mod:`tenure.errors` at this boundary
+(``BackendUnavailableError``, ``BackendTimeoutError``, ``BackendError``), ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, ClassVar, Protocol
+
+from ..._names import OwnerInfo
+from ..._types import Capabilities, Holder
+from ..._url import ParsedURL
+
+__all__ = ["Driver", "Grant", "Lease", "LeaseExpired"]
+
+
+class LeaseExpired(Exception):
+    """Raised by ``renew_lease`` when the server says the lease no longer exists."""
+
+
+class Lease:
+    """A session's lease as the driver knows it; ``data`` is the driver's own state."""
+
+    __slots__ = ("_on_expired", "data", "id", "ttl")
+
+    def __init__(self, id: str, ttl: float, data: Any = None) -> None:
+        self.id = id
+        self.ttl = ttl
+        self.data = data
+        self._on_expired: Callable[[str], None] | None = None
+
+    def expired(self, reason: str) -> None:
+        """Called by a driver that learns the lease is gone outside ``renew_lease``."""
+        if self._on_expired is not None:
+            self._on_expired(reason)
+
+    def __repr__(self) -> str:
+        return f"Lease(id={self.id!r}, ttl={self.ttl})"
+
+
+class Grant:
+    """One held lock entry: who holds ``key`` under which ``token``."""
+
+    __slots__ = ("__weakref__", "_on_lost", "acquired_at", "data", "key", "lease", "owner", "token")
+
+    def __init__(
+        self,
+        key: str,
+        owner: OwnerInfo,
+        token: int,
+        lease: Lease,
+        acquired_at: dt.datetime,
+        data: Any = None,
+    ) -> None:
+        self.key = key
+        self.owner = owner
+        self.token = token
+        self.lease = lease
+        self.acquired_at = acquired_at
+        self.data = data
+        self._on_lost: Callable[[str], None] | None = None
+
+    def lost(self, reason: str) -> None:
+        """Called by a driver that learns the entry was deleted or taken."""
+        if self._on_lost is not None:
+            self._on_lost(reason)
+
+    def __repr__(self) -> str:
+        return f"Grant(key={self.key!r}, token={self.token}, owner={self.owner.owner!r})"
+
+
+class Driver(Protocol):
+    """What every backend implements (see the module docstring for the contract)."""
+
+    scheme: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    #: URL query / keyword options this driver accepts besides the core's (ttl, namespace, timeout)
+    options: ClassVar[frozenset[str]]
+
+    def __init__(self, url: ParsedURL, *, namespace: str, options: dict[str, str]) -> None: ...
+
+    async def connect(self) -> None:
+        """Reach the server (raises BackendUnavailableError naming the address)."""
+
+    async def close(self) -> None:
+        """Close connections; held entries are left to their leases."""
+
+    async def grant_lease(self, ttl: float) -> Lease: ...
+
+    async def renew_lease(
+        self, lease: Lease, grants: Sequence[Grant], timeout: float
+    ) -> Sequence[Grant]:
+        """Renew ``lease`` and the ``grants`` in it; return those that are no longer held."""
+        ...
+
+    async def revoke_lease(self, lease: Lease) -> None: ...
+
+    async def acquire(
+        self, lease: Lease, key: str, owner: OwnerInfo, deadline: float | None
+    ) -> Grant | None: ...
+
+    async def release(self, grant: Grant) -> bool:
+        """Delete the caller's own entry; False if it was no longer there."""
+        ...
+
+    async def check(self, grant: Grant) -> bool:
+        """Whether the entry is still held (one round trip at most)."""
+        ...
+
+    async def set_value(self, grant: Grant, value: str) -> bool:
+        """Replace the entry's value (``Election.proclaim``); False if no longer held."""
+        ...
+
+    async def holder(self, key: str) -> Holder | None: ...
+
+    async def contenders(self, key: str) -> list[Holder]: ...
+
+    def changes(self, key: str) -> AsyncIterator[None]:
+        """Yield once the watch is set up, then each time the holder of ``key`` may have changed."""
+        ...
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: drop inherited connections and entries without touching the server."""

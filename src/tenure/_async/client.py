@@ -1,0 +1,224 @@
+"""``Client``: a connection to one backend, with default sessions, locks and elections."""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Generator
+from typing import Any
+
+from .._names import check_name, check_namespace
+from .._registry import load_driver
+from .._retry import ExponentialRetry, RetryStrategy
+from .._types import Capabilities, Holder
+from .._url import parse_url
+from ..errors import ConfigurationError
+from . import _compat
+from .backends.base import Driver
+from .election import AsyncElection
+from .lock import AsyncLock, check_timeout
+from .session import AsyncSession
+
+__all__ = ["DEFAULT_TTL", "AsyncClient"]
+
+DEFAULT_TTL = 30.0
+_CORE_OPTIONS = frozenset({"ttl", "namespace", "timeout"})
+_FLAVOUR = __name__.split(".")[1]  # "_async" here, "_sync" in the generated twin
+_CLIENTS: weakref.WeakSet[AsyncClient] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_CLIENTS):
+        client._driver.forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class AsyncClient:
+    """A connection to one backend. Use ``tenure.connect(url)`` (or ``aio.connect``).
+
+    Options (keyword arguments, or the URL's query string; keywords win): ``ttl`` (default
+    session lease, 30 s), ``namespace`` (prefix of every key, default ``tenure``), ``timeout``
+    (default wait of ``acquire``/``with lock:``, default None: forever), ``retry`` (a
+    ``RetryStrategy`` for transient backend errors; keyword only), plus the backend's own.
+    """
+
+    def __init__(
+        self, url: str | None = None, *, retry: RetryStrategy | None = None, **options: Any
+    ) -> None:
+        parsed = parse_url(url)
+        merged: dict[str, Any] = {**parsed.query, **options}
+        self.ttl = _number(merged.pop("ttl", DEFAULT_TTL), "ttl")
+        if self.ttl <= 0:
+            raise ConfigurationError(f"ttl must be > 0 seconds, got {self.ttl}")
+        self.namespace = check_namespace(merged.pop("namespace", "tenure"))
+        timeout = merged.pop("timeout", None)
+        self.timeout = check_timeout(None if timeout in (None, "") else _number(timeout, "timeout"))
+        driver_cls = load_driver(parsed.scheme, _FLAVOUR)
+        unknown = sorted(set(merged) - driver_cls.options)
+        if unknown:
+            accepted = sorted(_CORE_OPTIONS | driver_cls.options)
+            raise ConfigurationError(
+                f"unknown option(s) {', '.join(unknown)} for {parsed.scheme}://; "
+                f"accepted: {', '.join(accepted)}"
+            )
+        self._driver: Driver = driver_cls(
+            parsed, namespace=self.namespace, options={k: str(v) for k, v in merged.items()}
+        )
+        self.url = parsed.redacted()
+        self._retry: RetryStrategy = retry or ExponentialRetry(base=0.05, cap=1.0, max_attempts=8)
+        if self._driver.capabilities.leases and self.ttl < self._driver.capabilities.min_ttl:
+            raise ConfigurationError(
+                f"ttl {self.ttl} s is below the {parsed.scheme} backend's minimum of "
+                f"{self._driver.capabilities.min_ttl} s"
+            )
+        self._sessions: dict[float, AsyncSession] = {}
+        self._all_sessions: weakref.WeakSet[AsyncSession] = weakref.WeakSet()
+        self._open_gate = _compat.Gate()
+        self._connected = False
+        self._closed = False
+        _CLIENTS.add(self)
+
+    def __repr__(self) -> str:
+        return f"<Client {self.url}>"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this client's backend can do (leases, FIFO, minimum TTL...)."""
+        return self._driver.capabilities
+
+    async def open(self) -> AsyncClient:
+        """Connect to the backend (``connect()`` does this for you)."""
+        await self._open_gate.acquire(None)
+        try:
+            if not self._connected:
+                await self._driver.connect()
+                self._connected = True
+        finally:
+            self._open_gate.release()
+        return self
+
+    # tenure: begin async-only
+    def __await__(self) -> Generator[Any, None, AsyncClient]:
+        return self.open().__await__()
+
+    # tenure: end async-only
+    async def __aenter__(self) -> AsyncClient:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close every session (releasing their locks) and the connection."""
+        if self._closed:
+            return
+        self._closed = True
+        for session in list(self._all_sessions):
+            await session.close()
+        self._sessions.clear()
+        await self._driver.close()
+
+    def session(self, ttl: float | None = None) -> AsyncSession:
+        """A new session: a lease of ``ttl`` seconds kept alive in the background.
+
+        The lease is created on first use (or ``with session:``); ``close()`` releases everything
+        the session holds.
+        """
+        self._check_open()
+        session = AsyncSession(
+            self._driver,
+            self.ttl if ttl is None else _number(ttl, "ttl"),
+            retry=self._retry,
+            default_timeout=self.timeout,
+        )
+        self._all_sessions.add(session)
+        return session
+
+    async def _default_session(self, ttl: float) -> AsyncSession:
+        if not self._connected:
+            await self.open()
+        session = self._sessions.get(ttl)
+        if (
+            session is None
+            or session.lost.is_set()
+            or session._closed.is_set()
+            or (session._pid != os.getpid())
+        ):
+            session = self._sessions[ttl] = self.session(ttl)
+        return await session._use()
+
+    def lock(
+        self,
+        name: str,
+        *,
+        ttl: float | None = None,
+        timeout: float | None = None,
+        reentrant: bool = False,
+    ) -> AsyncLock:
+        """A lock on ``name`` in the default session for ``ttl`` (default: the client's).
+
+        ``timeout`` is the default wait of ``acquire()`` and ``with lock:`` (None: the client's
+        default, which is to wait forever). Raises ``ConfigurationError`` for a bad name.
+        """
+        self._check_open()
+        lease_ttl = self.ttl if ttl is None else _number(ttl, "ttl")
+
+        async def get_session() -> AsyncSession:
+            return await self._default_session(lease_ttl)
+
+        return AsyncLock(
+            get_session,
+            self._driver,
+            name,
+            timeout=self.timeout if timeout is None else timeout,
+            reentrant=reentrant,
+            kind="lock",
+        )
+
+    def election(
+        self,
+        name: str,
+        *,
+        value: str | None = None,
+        ttl: float | None = None,
+        timeout: float | None = None,
+    ) -> AsyncElection:
+        """A leader election on ``name``; ``value`` (e.g. this host's address) is published."""
+        self._check_open()
+        lease_ttl = self.ttl if ttl is None else _number(ttl, "ttl")
+
+        async def get_session() -> AsyncSession:
+            return await self._default_session(lease_ttl)
+
+        return AsyncElection(
+            get_session,
+            self._driver,
+            name,
+            value=value,
+            timeout=self.timeout if timeout is None else timeout,
+        )
+
+    async def holder(self, name: str) -> Holder | None:
+        """Who holds lock ``name`` now, or None."""
+        await self.open()
+        return await self._driver.holder(f"lock/{check_name(name)}")
+
+    async def contenders(self, name: str) -> list[Holder]:
+        """The holder of lock ``name`` first, then its waiters in grant order."""
+        await self.open()
+        return await self._driver.contenders(f"lock/{check_name(name)}")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConfigurationError(f"client {self.url} is closed")
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigurationError(f"{what} must be a number of seconds, not {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{what} must be a number of seconds, not {value!r}") from None

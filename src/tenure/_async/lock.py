@@ -1,0 +1,306 @@
+"""``Lock``: a named distributed lock held in a session's lease.
+
+The flow of ``acquire``: the process-local FIFO gate for the name (so the threads or tasks of one
+process that wait for one name make a single backend contender), then the driver's ``acquire``
+with the remaining time. ``release`` goes the other way. A lost lock sets ``lost``, runs the
+``on_lost`` callbacks and opens the local gate; ``release``/``token``/``ensure_held`` then raise
+``LockLostError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from .._names import OwnerInfo, check_name, new_owner_id
+from ..errors import AcquireTimeoutError, ConfigurationError, LockError, LockLostError, NotHeldError
+from . import _compat
+from .backends.base import Driver, Grant
+
+if TYPE_CHECKING:
+    from .session import AsyncSession
+
+__all__ = ["AsyncLock"]
+
+log = logging.getLogger("tenure")
+T = TypeVar("T")
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<default>"
+
+
+UNSET: Final = _Unset()
+
+
+def check_timeout(timeout: float | None, what: str = "timeout") -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise ConfigurationError(f"{what} must be a number of seconds or None, not {timeout!r}")
+    if timeout < 0:
+        raise ConfigurationError(f"{what} must be >= 0 seconds or None, got {timeout}")
+    return float(timeout)
+
+
+class AsyncLock:
+    """A distributed lock on ``name``. Make one with ``Client.lock`` or ``Session.lock``.
+
+    ``acquire`` blocks until the lock is held (or ``timeout`` passes); ``with lock:`` does the same
+    and raises ``AcquireTimeoutError`` instead of returning False. ``token`` is the fencing token:
+    strictly increasing across successive holders of the name. ``lost`` is set the moment the lock
+    can no longer be trusted; it is cleared when the lock is acquired again.
+    """
+
+    def __init__(
+        self,
+        get_session: Callable[[], Awaitable[AsyncSession]],
+        driver: Driver,
+        name: str,
+        *,
+        timeout: float | None,
+        reentrant: bool,
+        kind: str,
+        value: str | None = None,
+    ) -> None:
+        self.name = check_name(name)
+        self._key = f"{kind}/{name}"
+        self._get_session = get_session
+        self._driver = driver
+        self._timeout = check_timeout(timeout)
+        self._reentrant = bool(reentrant)
+        self._value = value
+        self._state = _compat.StateLock()
+        self._grant: Grant | None = None
+        self._session: AsyncSession | None = None
+        self._gate_held = False
+        self._owner: object = None
+        self._count = 0
+        self._pid = 0
+        self._lost_reason: str | None = None
+        self.lost = _compat.Event()
+        self._callbacks: list[Callable[[AsyncLock], object]] = []
+
+    def __repr__(self) -> str:
+        state = "held" if self.held else "lost" if self._lost_reason is not None else "free"
+        return f"<Lock {self.name!r} {state}>"
+
+    # Acquiring.
+
+    async def acquire(self, blocking: bool = True, timeout: float | _Unset | None = UNSET) -> bool:
+        """Wait until the lock is held; return False if ``timeout`` passes first.
+
+        ``blocking=False`` tries once and never waits. ``timeout=None`` waits forever; the default
+        is the lock's own ``timeout``. Raises ``LockError`` if this thread (task) holds it already
+        and the lock is not reentrant, ``LockLostError`` if the session ended while waiting, and
+        ``BackendError`` subclasses for backend failures that outlast the retry strategy.
+        """
+        me = _compat.current_owner()
+        with self._state:
+            if self._grant is not None and self._pid == os.getpid() and self._owner == me:
+                if self._lost_reason is None and self._reentrant:
+                    self._count += 1
+                    return True
+                if self._lost_reason is None:
+                    raise LockError(
+                        f"lock {self.name!r} is already held by this "
+                        f"{_owner_kind()}; pass reentrant=True to acquire it again",
+                        name=self.name,
+                    )
+        wait = 0.0 if not blocking else self._timeout if isinstance(timeout, _Unset) else timeout
+        wait = check_timeout(wait)
+        deadline = None if wait is None else _compat.monotonic() + wait
+        session = await self._get_session()
+        gate = session._gate(self._key)
+        if not await gate.acquire(_remaining(deadline)):
+            return False
+        try:
+            owner = OwnerInfo(new_owner_id(), self._value)
+            grant = await session._acquire(self._key, owner, deadline)
+        except BaseException:
+            gate.release()
+            raise
+        if grant is None:
+            gate.release()
+            return False
+        with self._state:
+            if self._grant is not None and self._lost_reason is not None:
+                self._forget()  # a lost tenure nobody released: drop it
+            self._grant, self._session, self._gate_held = grant, session, True
+            self._owner, self._count, self._pid = me, 1, os.getpid()
+            self._lost_reason = None
+            self.lost.clear()
+        session._track(grant, self)
+        return True
+
+    async def try_acquire(self) -> bool:
+        """Try once, never wait (etcd's TryLock): ``acquire(blocking=False)``."""
+        return await self.acquire(blocking=False)
+
+    async def __aenter__(self) -> AsyncLock:
+        if not await self.acquire():
+            raise AcquireTimeoutError(
+                f"could not acquire lock {self.name!r} within {self._timeout} s", name=self.name
+            )
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if exc_type is None:
+            await self.release()
+            return
+        try:
+            await self.release()
+        except NotHeldError as exc:  # don't hide the body's own exception
+            log.warning("tenure: %s", exc)
+
+    # Releasing.
+
+    async def release(self) -> None:
+        """Release the lock (owner-checked: it never deletes another holder's entry).
+
+        Raises ``NotHeldError`` if this object does not hold it (also when released twice, or in a
+        forked child), ``LockLostError`` if it was lost meanwhile.
+        """
+        with self._state:
+            grant, session = self._grant, self._session
+            if grant is None or session is None or self._pid != os.getpid():
+                raise NotHeldError(f"lock {self.name!r} is not held by this object", name=self.name)
+            if self._reentrant and self._owner != _compat.current_owner():
+                raise NotHeldError(
+                    f"lock {self.name!r} is held by another {_owner_kind()}", name=self.name
+                )
+            if self._count > 1 and self._lost_reason is None:
+                self._count -= 1
+                return
+            lost_reason = self._lost_reason
+            gate_held = self._gate_held
+            self._forget()
+        if lost_reason is not None:
+            await session._release_quietly(grant)  # clean up whatever of ours may be left
+            raise LockLostError(f"lock {self.name!r} was lost: {lost_reason}", name=self.name)
+        try:
+            ours = await session._release(grant)
+        finally:
+            if gate_held:
+                session._gate(self._key).release()
+        if not ours:
+            self._set_lost("the entry was deleted or taken before release")
+            raise LockLostError(
+                f"lock {self.name!r} was no longer held when released (deleted or taken)",
+                name=self.name,
+            )
+
+    def _forget(self) -> None:
+        self._grant = self._session = None
+        self._gate_held = False
+        self._owner, self._count = None, 0
+
+    # State.
+
+    @property
+    def held(self) -> bool:
+        """Held by this object, in this process, and not lost."""
+        return self._grant is not None and self._lost_reason is None and self._pid == os.getpid()
+
+    @property
+    def token(self) -> int:
+        """The fencing token of the current tenure (``NotHeldError``/``LockLostError`` if none)."""
+        return self._current().token
+
+    async def locked(self) -> bool:
+        """Whether anyone holds the lock (asks the backend)."""
+        return await self._driver.holder(self._key) is not None
+
+    async def ensure_held(self) -> None:
+        """Raise ``LockLostError`` unless the lock is still held (asks the backend once)."""
+        grant = self._current()
+        session = self._session
+        assert session is not None
+        if session.lost.is_set() or not await self._driver.check(grant):
+            self._set_lost(session._lost_reason or "the entry was deleted or taken")
+            self._current()
+
+    def on_lost(self, callback: Callable[[AsyncLock], object]) -> None:
+        """Call ``callback(lock)`` when the lock is lost (at once if the current tenure is lost).
+
+        Callbacks run in the keep-alive thread (sync) or on the event loop (asyncio): keep them
+        short and non-blocking.
+        """
+        with self._state:
+            if self._lost_reason is None:
+                self._callbacks.append(callback)
+                return
+        _call(callback, self)
+
+    def _current(self) -> Grant:
+        with self._state:
+            grant = self._grant
+            if grant is None or self._pid != os.getpid():
+                raise NotHeldError(f"lock {self.name!r} is not held by this object", name=self.name)
+            if self._lost_reason is not None:
+                raise LockLostError(
+                    f"lock {self.name!r} was lost: {self._lost_reason}", name=self.name
+                )
+            return grant
+
+    def _session_ended(self, grant: Grant, reason: str) -> None:
+        """Called by the session when ``grant``'s lease or entry is gone."""
+        with self._state:
+            if self._grant is not grant:
+                return
+        self._set_lost(reason)
+
+    def _set_lost(self, reason: str) -> None:
+        with self._state:
+            if self._lost_reason is not None:
+                return
+            self._lost_reason = reason
+            callbacks = list(self._callbacks)
+            gate_held, self._gate_held = self._gate_held, False
+            session = self._session
+        self.lost.set()
+        if gate_held and session is not None:
+            session._gate(self._key).release()  # local waiters may contend again
+        log.warning("tenure: lock %r lost: %s", self.name, reason)
+        for callback in callbacks:
+            _call(callback, self)
+
+    # Running work under the lock.
+
+    async def run(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Acquire, run ``fn(*args, **kwargs)``, release; return its result.
+
+        If the lock is lost meanwhile, the work is cancelled (asyncio) or told through ``lost``
+        (sync: it runs to its end) and ``LockLostError`` is raised, with ``.result`` set to what
+        the callable returned. ``AcquireTimeoutError`` if the lock cannot be had in time.
+        """
+        await self.__aenter__()
+        try:
+            result, _lost = await _compat.run_until_lost(self.lost, fn, args, kwargs)
+        except BaseException:
+            await self.__aexit__(BaseException)
+            raise
+        try:
+            await self.release()
+        except LockLostError as exc:
+            exc.result = result
+            raise
+        return result  # type: ignore[return-value]  # None only when lost, which raised above
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - _compat.monotonic())
+
+
+def _owner_kind() -> str:
+    return "task" if "_async" in __name__ else "thread"
+
+
+def _call(callback: Callable[..., object], arg: object) -> None:
+    try:
+        callback(arg)
+    except Exception:
+        log.exception("tenure: on_lost callback %r failed", callback)

@@ -1,0 +1,50 @@
+"""Plain data shared by the core and the drivers: ``Holder`` and ``Capabilities``."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+__all__ = ["Capabilities", "Holder"]
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """Who holds (or waits for) a lock, as the backend reports it.
+
+    ``expires_in`` is ``None`` where entries do not expire (the file backend); ``value`` is an
+    election candidate's value, or ``None`` for plain locks; ``token`` is 0 for a waiter that has
+    no token yet.
+    """
+
+    name: str
+    owner: str
+    host: str
+    pid: int
+    token: int
+    acquired_at: dt.datetime | None
+    expires_in: float | None = None
+    value: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend can do; the contract suite skips only what a backend cannot do by design.
+
+    - ``leases``: entries expire when their session stops renewing (False: the file backend, where
+      the kernel frees a dead process's lock and keeps a paused one's).
+    - ``fifo``: grants follow arrival order across processes.
+    - ``min_ttl``: the smallest session TTL the backend enforces, in seconds.
+    - ``expiry_slack``: seconds past the TTL before another client can acquire a dead holder's lock.
+    - ``wakeup``: how waiters are woken (for the docs and ``tenure status``).
+    """
+
+    leases: bool
+    fifo: bool
+    min_ttl: float
+    expiry_slack: float
+    wakeup: str
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
