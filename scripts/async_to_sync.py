@@ -102,6 +102,8 @@ NAME_SUBSTITUTIONS: dict[str, str] = {
     "asynccontextmanager": "contextmanager",
     "aiter": "iter",
     "anext": "next",
+    # test fixtures: the async suite asks for `aclients`, its sync twin for `clients`
+    "aclients": "clients",
 }
 
 #: Generic wrappers that vanish in sync code: ``Awaitable[T]`` becomes ``T``.

@@ -172,13 +172,14 @@ class AsyncSession:
         lease = await self._retrying(lambda: self._driver.grant_lease(self.ttl), deadline=None)
         lease._on_expired = self._expire
         self._lease = lease
+        self._deadline = sent + self.ttl * (1 - DRIFT)
         if self._driver.capabilities.leases:
-            self._deadline = sent + self.ttl * (1 - DRIFT)
             self._alarm = _compat.Alarm(self._on_alarm, name=f"tenure-deadline-{lease.id}")
             self._alarm.set(self._deadline)
-            self._keeper = _compat.spawn(
-                _keep_alive_fn(weakref.ref(self)), name=f"tenure-keepalive-{lease.id}"
-            )
+        # Without leases (files) the keep-alive still checks that our entries are in place.
+        self._keeper = _compat.spawn(
+            _keep_alive_fn(weakref.ref(self)), name=f"tenure-keepalive-{lease.id}"
+        )
 
     def _gate(self, key: str) -> _compat.Gate:
         gate = self._gates.get(key)
@@ -259,7 +260,7 @@ class AsyncSession:
         attempt = 0
         while not (self._closed.is_set() or self.lost.is_set()):
             sent = _compat.monotonic()
-            remaining = self._deadline - sent
+            remaining = self._deadline - sent if self._driver.capabilities.leases else self.ttl
             if remaining <= 0:
                 self._expire("no renewal succeeded before the local deadline")
                 return False
@@ -274,7 +275,7 @@ class AsyncSession:
                 return False
             except BackendError as exc:
                 attempt += 1
-                delay = min(backoff.delay(attempt) or 0.05, max(0.0, self._deadline - sent))
+                delay = min(backoff.delay(attempt) or 0.05, max(0.0, remaining))
                 log.warning("tenure: renewing %s failed: %s; retrying", self, exc)
                 await self._closed.wait(delay)
                 continue

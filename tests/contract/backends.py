@@ -1,0 +1,51 @@
+"""The backends the contract suite runs against, and how a test reaches each one.
+
+A :class:`Backend` gives a URL with a fresh namespace per test, the backend's capabilities, a
+short TTL for loss tests, and ``steal(name)``: delete a lock's entry behind its holder's back
+(what an operator or a split brain would do), so tests can prove that loss is noticed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tenure import Capabilities
+from tenure._async.backends.file import FileDriver, _stem
+
+#: Backends under contract; each server backend adds itself here as it lands.
+BACKENDS = ["file"]
+
+
+@dataclass
+class Backend:
+    name: str
+    url: str
+    capabilities: Capabilities
+    ttl: float
+    steal: Callable[[str], None]
+
+    def __repr__(self) -> str:
+        return f"Backend({self.name})"
+
+
+def make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    namespace = "t" + uuid.uuid4().hex[:10]
+    if name == "file":
+        root = tmp_path / "locks"
+
+        def steal(lock_name: str) -> None:
+            (root / namespace / "lock" / f"{_stem(lock_name)}.lock").unlink()
+
+        return Backend(
+            name,
+            f"file://{root}?namespace={namespace}",
+            FileDriver.capabilities,
+            ttl=1.0,
+            steal=steal,
+        )
+    raise AssertionError(f"no contract set-up for backend {name!r}")
