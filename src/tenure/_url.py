@@ -57,7 +57,10 @@ def parse_url(url: str | None) -> ParsedURL:
     scheme = scheme.lower()
     if not scheme.replace("+", "").replace("-", "").isalnum():
         raise ConfigurationError(f"bad URL scheme {scheme!r}")
-    split = urlsplit("x://" + rest)
+    try:
+        split = urlsplit("x://" + rest)
+    except ValueError as exc:
+        raise ConfigurationError(f"bad {scheme}:// URL: {exc}") from None
     netloc = split.netloc
     username = password = None
     if "@" in netloc:
