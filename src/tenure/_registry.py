@@ -18,6 +18,8 @@ __all__ = ["known_schemes", "load_driver"]
 # scheme -> (module under tenure.<flavour>.backends, class name, extra that installs its client)
 _BUILTIN: dict[str, tuple[str, str, str | None]] = {
     "file": ("file", "FileDriver", None),
+    "redis": ("redis", "RedisDriver", "redis"),
+    "rediss": ("redis", "RedisDriver", "redis"),
 }
 
 

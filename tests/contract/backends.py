@@ -18,7 +18,7 @@ from tenure import Capabilities
 from tenure._async.backends.file import FileDriver, _stem
 
 #: Backends under contract; each server backend adds itself here as it lands.
-BACKENDS = ["file"]
+BACKENDS = ["file", "redis"]
 
 
 @dataclass
@@ -45,6 +45,24 @@ def make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> B
             name,
             f"file://{root}?namespace={namespace}",
             FileDriver.capabilities,
+            ttl=1.0,
+            steal=steal,
+        )
+    if name == "redis":
+        import redis
+
+        from tenure._async.backends.redis import RedisDriver
+
+        server = request.getfixturevalue("redis_server")
+
+        def steal(lock_name: str) -> None:
+            with redis.Redis(host=server.host, port=server.port) as r:
+                assert r.delete(f"{namespace}:{{lock/{lock_name}}}:holder") == 1
+
+        return Backend(
+            name,
+            f"{server.url}?namespace={namespace}",
+            RedisDriver.capabilities,
             ttl=1.0,
             steal=steal,
         )

@@ -41,7 +41,8 @@ def test_processes_increment_a_shared_counter_exactly(backend: Backend, tmp_path
 
 def test_killed_holder_lets_a_waiter_in(backend: Backend, tmp_path: Path) -> None:
     ready = tmp_path / "ready"
-    proc = SPAWN.Process(target=workers.hold_forever, args=(backend.url, "victim", str(ready)))
+    ttl = 2.0
+    proc = SPAWN.Process(target=workers.hold_forever, args=(backend.url, "victim", str(ready), ttl))
     proc.start()
     try:
         Runner.wait_for(ready.exists, 60)  # type: ignore[attr-defined]
@@ -55,7 +56,8 @@ def test_killed_holder_lets_a_waiter_in(backend: Backend, tmp_path: Path) -> Non
             assert holder.pid == proc.pid
             os.kill(proc.pid, signal.SIGKILL)
             # Without leases the kernel frees the lock at once; with leases after ttl + slack.
-            wait = 10.0 if not backend.capabilities.leases else 30 + 30.0
+            slack = backend.capabilities.expiry_slack
+            wait = 10.0 if not backend.capabilities.leases else ttl + slack + 10.0
             started = time.monotonic()
             assert lock.acquire(timeout=wait)
             print(f"takeover after SIGKILL: {time.monotonic() - started:.3f} s")

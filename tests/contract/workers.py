@@ -23,9 +23,9 @@ def increment(url: str, counter: str, log: str, times: int) -> None:
                     f.write(f"{lock.token} {os.getpid()}\n")
 
 
-def hold_forever(url: str, name: str, ready: str) -> None:
+def hold_forever(url: str, name: str, ready: str, ttl: float) -> None:
     """Acquire ``name``, write our token to ``ready``, then wait to be killed."""
-    client = tenure.connect(url)
+    client = tenure.connect(url, ttl=ttl)
     lock = client.lock(name)
     lock.acquire()
     Path(ready).write_text(str(lock.token))

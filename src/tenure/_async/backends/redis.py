@@ -1,0 +1,365 @@
+"""The ``redis://`` / ``rediss://`` backend: Lua-atomic, fenced, FIFO, woken without polling.
+
+Every operation is one script and one round trip (``_redis_lua`` has the scripts and the key
+layout). Scripts are called by SHA and reloaded transparently after a restart or SCRIPT FLUSH.
+
+- **Acquire**: one script grants if the lock is free and nobody live is queued before us, bumping
+  the fencing counter in the same script; otherwise it queues us (FIFO) with a liveness record.
+  A waiter then blocks in BLPOP on its own signal list, which the releasing script pushes to: a
+  release wakes exactly the next live waiter. The BLPOP also ends when the holder's TTL runs out
+  (the script tells us its PTTL), so a dead holder is replaced after its TTL, and at least every
+  TTL/3 to refresh our liveness record: a waiter that dies is dropped after its TTL.
+- **Release** (``release`` below): deletes the holder only if it is still ours, then signals the
+  next waiter. A retried release whose first reply was lost reports success, never deletes a
+  newer holder's entry.
+- **Renew**: one script over all the session's holder keys, ``PEXPIRE`` where still ours; it
+  returns the keys that are not (deleted or taken), which the session reports as lost.
+
+Redis replication is asynchronous: after a failover (Sentinel, Cluster) a replica may not have
+the lock, and a second client can acquire it. The fencing token protects the resource in that
+case only if the counter survived; see docs/semantics.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar, cast
+
+import redis.asyncio as redis_client  # tenure: async-only
+from redis import exceptions as redis_errors
+from redis.asyncio.retry import Retry  # tenure: async-only
+from redis.backoff import NoBackoff
+
+# tenure: sync import redis as redis_client
+# tenure: sync from redis.retry import Retry
+from ... import _redis_lua as lua
+from ..._names import OwnerInfo, new_owner_id
+from ..._types import Capabilities, Holder, utcnow
+from ..._url import ParsedURL
+from ...errors import (
+    BackendError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    ConfigurationError,
+)
+from .. import _compat
+from .base import Grant, Lease
+
+__all__ = ["RedisDriver"]
+
+_FLOAT_OPTIONS = ("socket_timeout", "connect_timeout")
+
+
+class RedisDriver:
+    """Driver for ``redis://[user:password@]host:port/db`` and ``rediss://`` (TLS)."""
+
+    scheme: ClassVar[str] = "redis"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        leases=True,
+        fifo=True,
+        min_ttl=0.1,
+        expiry_slack=0.0,
+        wakeup="per-waiter signal list (BLPOP) pushed by the release script",
+    )
+    options: ClassVar[frozenset[str]] = frozenset(
+        {
+            "socket_timeout",
+            "connect_timeout",
+            "ssl_ca_certs",
+            "ssl_certfile",
+            "ssl_keyfile",
+            "ssl_cert_reqs",
+            "max_connections",
+        }
+    )
+
+    def __init__(self, url: ParsedURL, *, namespace: str, options: dict[str, str]) -> None:
+        hosts = url.hosts_with_default(6379)
+        if len(hosts) != 1:
+            raise ConfigurationError(
+                f"{url.scheme}:// takes one host, got {len(hosts)}; "
+                "use redlock://h1:p1,h2:p2,h3:p3 for several independent masters"
+            )
+        self._host, self._port = hosts[0]
+        db_text = url.path.strip("/") or "0"
+        if not db_text.isdigit():
+            raise ConfigurationError(f"redis database must be a number, got {db_text!r}")
+        self._address = f"{self._host}:{self._port}"
+        self._url = url
+        self._namespace = namespace
+        timeouts = {name: _seconds(options, name, 5.0) for name in _FLOAT_OPTIONS}
+        self._socket_timeout = timeouts["socket_timeout"]
+        # Longest single BLPOP: it must end before the socket timeout does.
+        self._max_block = max(0.05, self._socket_timeout - 0.5)
+        ssl: dict[str, Any] = {}
+        if url.scheme == "rediss":
+            ssl["ssl"] = True
+            for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs"):
+                if name in options:
+                    ssl[name] = options[name]
+        elif any(name.startswith("ssl_") for name in options):
+            raise ConfigurationError("ssl_* options need a rediss:// URL")
+        max_connections = options.get("max_connections")
+        self._client = redis_client.Redis(
+            host=self._host,
+            port=self._port,
+            db=int(db_text),
+            username=url.username,
+            password=url.password,
+            socket_timeout=self._socket_timeout,
+            socket_connect_timeout=timeouts["connect_timeout"],
+            retry=Retry(NoBackoff(), 0),  # we retry ourselves, knowing what is idempotent
+            decode_responses=True,
+            max_connections=None if max_connections is None else int(max_connections),
+            **ssl,
+        )
+        self._acquire = self._client.register_script(lua.ACQUIRE)
+        self._release = self._client.register_script(lua.RELEASE)
+        self._leave = self._client.register_script(lua.LEAVE)
+        self._renew = self._client.register_script(lua.RENEW)
+        self._set_value = self._client.register_script(lua.SET_VALUE)
+        self._check = self._client.register_script(lua.CHECK)
+
+    def __repr__(self) -> str:
+        return f"RedisDriver({self._url.redacted()!r})"
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """Translate redis-py's exceptions at this one boundary."""
+        try:
+            yield
+        except redis_errors.AuthenticationError as exc:
+            raise ConfigurationError(
+                f"redis at {self._address} rejected the credentials"
+                + (f" of user {self._url.username!r}" if self._url.username else "")
+                + f": {exc}"
+            ) from exc
+        except redis_errors.TimeoutError as exc:
+            raise BackendTimeoutError(f"redis at {self._address} timed out ({what})") from exc
+        except redis_errors.ConnectionError as exc:
+            raise BackendUnavailableError(
+                f"redis at {self._address} is unreachable ({what}): {exc}"
+            ) from exc
+        except redis_errors.RedisError as exc:
+            raise BackendError(f"redis at {self._address} failed ({what}): {exc}") from exc
+
+    def _prefix(self, key: str) -> str:
+        return f"{self._namespace}:{{{key}}}:"
+
+    def _channel(self, key: str) -> str:
+        # Only elections publish changes (for observe()); locks pay nothing for it.
+        return self._prefix(key) + "changes" if key.startswith("election/") else ""
+
+    async def connect(self) -> None:
+        try:
+            with self._errors("connect"):
+                await self._client.ping()
+        except BackendError as exc:
+            if "DB index" in str(exc.__cause__):
+                raise ConfigurationError(
+                    f"redis at {self._address} has no database {self._url.path.strip('/')}"
+                ) from exc.__cause__
+            raise
+
+    async def close(self) -> None:
+        with self._errors("close"):
+            await self._client.aclose()
+
+    # Leases: a Redis session has no server-side object; its entries carry the TTL themselves.
+
+    async def grant_lease(self, ttl: float) -> Lease:
+        if ttl < self.capabilities.min_ttl:
+            raise ConfigurationError(
+                f"ttl {ttl} s is below the redis backend's minimum of {self.capabilities.min_ttl} s"
+            )
+        return Lease(id=new_owner_id()[:16], ttl=ttl)
+
+    async def renew_lease(
+        self, lease: Lease, grants: Sequence[Grant], timeout: float
+    ) -> Sequence[Grant]:
+        keys = [self._prefix(grant.key) + "holder" for grant in grants]
+        args: list[Any] = [_ms(lease.ttl), *(grant.owner.owner for grant in grants)]
+        with self._errors("renew"):
+            lost = await self._renew(keys=keys, args=args)
+        return [grants[int(i) - 1] for i in lost]
+
+    async def revoke_lease(self, lease: Lease) -> None:
+        return None  # the session released its entries one by one before this
+
+    # Contenders.
+
+    async def acquire(
+        self, lease: Lease, key: str, owner: OwnerInfo, deadline: float | None
+    ) -> Grant | None:
+        p = self._prefix(key)
+        keys = [p + "holder", p + "token", p + "queue", p + "seq"]
+        acquired_at = utcnow()
+        waiter = json.dumps({"owner": owner.owner, "host": owner.host, "pid": owner.pid,
+                             "value": owner.value})  # fmt: skip
+        args: list[Any] = [owner.owner, _ms(lease.ttl), owner.host, owner.pid,
+                           acquired_at.isoformat(), json.dumps(owner.value), 1, p,
+                           self._channel(key), waiter]  # fmt: skip
+        try_once = deadline is not None and deadline <= _compat.monotonic()
+        if try_once:
+            args[6] = 0
+        with self._errors("acquire"):
+            granted, token, pttl = await self._acquire(keys=keys, args=args)
+        if granted:
+            return Grant(key, owner, int(token), lease, acquired_at)
+        if try_once:
+            return None
+        done = False
+        try:
+            signal = p + "s:" + owner.owner
+            while True:
+                remaining = math.inf if deadline is None else deadline - _compat.monotonic()
+                if remaining <= 0:
+                    return None
+                # Wake for the signal, when the holder's TTL runs out, or to refresh our record.
+                wait = min(remaining, lease.ttl / 3, self._max_block)
+                if pttl > 0:
+                    wait = min(wait, pttl / 1000 + 0.001)
+                with self._errors("wait"):
+                    await self._client.blpop([signal], timeout=max(wait, 0.001))
+                    granted, token, pttl = await self._acquire(keys=keys, args=args)
+                if granted:
+                    done = True
+                    return Grant(key, owner, int(token), lease, acquired_at)
+        finally:
+            if not done:
+                await self._leave_quietly(key, owner.owner, lease)
+
+    async def _leave_quietly(self, key: str, owner: str, lease: Lease) -> None:
+        p = self._prefix(key)
+        try:
+            with self._errors("leave"):
+                await self._leave(
+                    keys=[p + "holder", p + "queue"],
+                    args=[owner, p, _ms(lease.ttl), self._channel(key)],
+                )
+        except BackendError:
+            pass  # our records expire after the TTL
+
+    async def release(self, grant: Grant) -> bool:
+        p = self._prefix(grant.key)
+        retried = grant.data == "release sent"
+        grant.data = "release sent"
+        with self._errors("release"):
+            released = await self._release(
+                keys=[p + "holder", p + "queue"],
+                args=[grant.owner.owner, p, _ms(grant.lease.ttl), self._channel(grant.key)],
+            )
+        # A retry after a lost reply finds nothing: the first attempt released it.
+        return bool(released) or retried
+
+    async def check(self, grant: Grant) -> bool:
+        with self._errors("check"):
+            found = await self._check(
+                keys=[self._prefix(grant.key) + "holder"], args=[grant.owner.owner]
+            )
+        return bool(found)
+
+    async def set_value(self, grant: Grant, value: str) -> bool:
+        with self._errors("set value"):
+            found = await self._set_value(
+                keys=[self._prefix(grant.key) + "holder"],
+                args=[grant.owner.owner, json.dumps(value), self._channel(grant.key)],
+            )
+        return bool(found)
+
+    # Inspection.
+
+    async def holder(self, key: str) -> Holder | None:
+        p = self._prefix(key)
+        with self._errors("holder"):
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hgetall(p + "holder")
+                pipe.pttl(p + "holder")
+                record, pttl = await pipe.execute()
+        return _holder(key, record, pttl)
+
+    async def contenders(self, key: str) -> list[Holder]:
+        p = self._prefix(key)
+        with self._errors("contenders"):
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hgetall(p + "holder")
+                pipe.pttl(p + "holder")
+                pipe.zrange(p + "queue", 0, -1)
+                record, pttl, queue = await pipe.execute()
+            waiters = await self._client.mget([p + "w:" + o for o in queue]) if queue else []
+        found: list[Holder] = []
+        current = _holder(key, record, pttl)
+        if current is not None:
+            found.append(current)
+        for text in waiters:
+            if text is None:
+                continue  # dead waiter, dropped at the next grant
+            data = json.loads(text)
+            found.append(
+                Holder(
+                    name=key.partition("/")[2],
+                    owner=data["owner"],
+                    host=data["host"],
+                    pid=int(data["pid"]),
+                    token=0,
+                    acquired_at=None,
+                    expires_in=None,
+                    value=data.get("value"),
+                )
+            )
+        return found
+
+    async def changes(self, key: str) -> AsyncIterator[None]:
+        channel = self._prefix(key) + "changes"
+        pubsub = cast(Any, self._client).pubsub(ignore_subscribe_messages=True)
+        try:
+            with self._errors("subscribe"):
+                await pubsub.subscribe(channel)
+            yield
+            while True:
+                with self._errors("observe"):
+                    message = await pubsub.get_message(timeout=self._max_block)
+                if message is not None:
+                    yield
+        finally:
+            with self._errors("unsubscribe"):
+                await pubsub.aclose()
+
+    def forget_after_fork(self) -> None:
+        return None  # redis-py's pool notices the new pid and opens fresh connections
+
+
+def _holder(key: str, record: dict[str, str], pttl: int) -> Holder | None:
+    if not record:
+        return None
+    return Holder(
+        name=key.partition("/")[2],
+        owner=record["owner"],
+        host=record.get("host", ""),
+        pid=int(record.get("pid", 0)),
+        token=int(record["token"]),
+        acquired_at=dt.datetime.fromisoformat(record["acquired_at"]),
+        expires_in=max(0.0, pttl / 1000) if pttl >= 0 else None,
+        value=json.loads(record.get("value", "null")),
+    )
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def _seconds(options: dict[str, str], name: str, default: float) -> float:
+    text = options.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number of seconds, got {text!r}") from None
+    if value <= 0:
+        raise ConfigurationError(f"{name} must be > 0 seconds, got {value}")
+    return value
