@@ -1,0 +1,274 @@
+"""Redis-specific behaviour: scripts, restarts, dead waiters, lost replies, O(1) renewal."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+import tenure
+from tenure.errors import BackendError, BackendUnavailableError, ConfigurationError
+from tests.contract import workers
+from tests.contract.runners import Runner
+from tests.servers import RedisServer, TcpProxy
+
+pytestmark = pytest.mark.server("redis")
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def wait_for(condition: Any, timeout: float = 10.0) -> None:
+    Runner.wait_for(condition, timeout)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def ns() -> str:
+    return "r" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def raw(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    with redis.Redis(host=redis_server.host, port=redis_server.port, decode_responses=True) as r:
+        yield r
+
+
+def calls(r: redis.Redis, command: str) -> int:
+    stats = r.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def test_script_cache_flush_is_transparent(
+    redis_server: RedisServer, raw: redis.Redis, ns: str
+) -> None:
+    url = f"{redis_server.url}?namespace={ns}"
+    with tenure.connect(url) as a, tenure.connect(url) as b:
+        lock = a.lock("flushed")
+        assert lock.acquire()
+        raw.script_flush()
+        lock.ensure_held()
+        lock.release()
+        raw.script_flush()
+        other = b.lock("flushed")
+        assert other.acquire(blocking=False)
+        assert other.token > 0
+        other.release()
+
+
+def test_restart_that_loses_data_is_noticed_and_tokens_keep_increasing(
+    fresh_redis: RedisServer,
+) -> None:
+    url = f"{fresh_redis.url}?namespace=restart"
+    with tenure.connect(url, ttl=1.0) as a:
+        lock = a.lock("kept")
+        assert lock.acquire()
+        old_token = lock.token
+        fresh_redis.restart()  # no persistence: every key is gone
+        assert lock.lost.wait(10), "the holder did not learn that its lock is gone"
+        assert not lock.held
+        with tenure.connect(url) as b:
+            other = b.lock("kept")
+            assert other.acquire(timeout=10)
+            assert other.token > old_token, "fencing token went backwards after a restart"
+            other.release()
+
+
+def test_waiter_killed_while_queued_is_dropped(
+    redis_server: RedisServer, ns: str, tmp_path: Path
+) -> None:
+    url = f"{redis_server.url}?namespace={ns}"
+    ttl = 1.0
+    with tenure.connect(url, ttl=ttl) as client, tenure.connect(url, ttl=ttl) as third:
+        holder = client.lock("q")
+        assert holder.acquire()
+        ready = tmp_path / "never"
+        victim = SPAWN.Process(target=workers.hold_forever, args=(url, "q", str(ready), ttl))
+        victim.start()
+        try:
+            wait_for(lambda: len(client.contenders("q")) == 2, 60)
+            os.kill(victim.pid, signal.SIGKILL)  # type: ignore[arg-type]
+            victim.join(10)
+            runner = Runner()
+            late = third.lock("q")
+            runner.start(lambda: late.acquire(timeout=10 * ttl + 10))
+            wait_for(lambda: len(client.contenders("q")) == 3)
+            holder.release()
+            started = time.monotonic()
+            assert runner.join(60) == [True]
+            print(f"dead waiter skipped after {time.monotonic() - started:.3f} s")
+            assert not ready.exists()
+            assert late.token > 0
+            late.release()
+        finally:
+            victim.kill()
+            victim.join(10)
+
+
+@pytest.fixture
+def proxied(redis_proxy: TcpProxy, ns: str) -> str:
+    return redis_proxy.url_for("redis", "/0") + f"?namespace={ns}&socket_timeout=0.5"
+
+
+def test_lost_reply_on_acquire_leaves_no_orphan(
+    redis_proxy: TcpProxy, proxied: str, redis_server: RedisServer, ns: str
+) -> None:
+    with tenure.connect(proxied) as client:
+        lock = client.lock("orphan")
+        redis_proxy.drop_next_reply()
+        assert lock.acquire(timeout=10)  # the retry finds its own grant
+        holders = client.contenders("orphan")
+        assert len(holders) == 1
+        assert holders[0].token == lock.token
+        lock.release()
+        assert client.holder("orphan") is None
+
+
+def test_lost_reply_on_release_never_deletes_a_newer_holder(
+    redis_proxy: TcpProxy, proxied: str, redis_server: RedisServer, ns: str
+) -> None:
+    direct = f"{redis_server.url}?namespace={ns}"
+    with tenure.connect(proxied) as a, tenure.connect(direct) as b:
+        first = a.lock("handoff")
+        assert first.acquire()
+        second = b.lock("handoff")
+        runner = Runner()
+        runner.start(lambda: second.acquire(timeout=30))
+        wait_for(lambda: len(b.contenders("handoff")) == 2)
+        redis_proxy.drop_next_reply()
+        first.release()  # the reply is lost; meanwhile `second` takes the lock; the retry is a no-op
+        assert runner.join() == [True]
+        holder = b.holder("handoff")
+        assert holder is not None
+        assert holder.token == second.token
+        second.ensure_held()
+        second.release()
+
+
+def test_one_round_trip_renews_a_thousand_locks(
+    redis_server: RedisServer, raw: redis.Redis, ns: str
+) -> None:
+    with tenure.connect(f"{redis_server.url}?namespace={ns}") as client:
+        session = client.session(ttl=30)
+        locks = [session.lock(f"many/{i}") for i in range(1000)]
+        for lock in locks:
+            assert lock.acquire(blocking=False)
+        before = calls(raw, "evalsha")
+        assert session._renew()
+        assert calls(raw, "evalsha") - before == 1
+        assert all(lock.held for lock in locks)
+        session.close()
+
+
+def test_release_wakes_exactly_one_waiter_and_waiters_do_not_poll(
+    redis_server: RedisServer, raw: redis.Redis, ns: str
+) -> None:
+    url = f"{redis_server.url}?namespace={ns}"
+    clients = [tenure.connect(url) for _ in range(6)]
+    try:
+        holder = clients[0].lock("herd")
+        assert holder.acquire()
+        runner = Runner()
+        waiters = [c.lock("herd") for c in clients[1:]]
+        order: list[int] = []
+        for i, lock in enumerate(waiters):
+
+            def wait(lock: tenure.Lock = lock, i: int = i) -> bool:
+                got = lock.acquire(timeout=60)
+                order.append(i)
+                lock.release()
+                return got
+
+            runner.start(wait)
+            wait_for(lambda n=i + 2: len(clients[0].contenders("herd")) == n)
+        # A quiet second: queued waiters send nothing (no polling).
+        quiet = calls(raw, "evalsha") + calls(raw, "blpop")
+        time.sleep(1.0)  # a measurement window, not a wait for a condition
+        assert calls(raw, "evalsha") + calls(raw, "blpop") == quiet
+        holder.release()
+        assert runner.join(60) == [True] * 5
+        assert order == [0, 1, 2, 3, 4], "grants were not FIFO"
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_bad_credentials_unreachable_and_foreign_keys(
+    redis_server: RedisServer, raw: redis.Redis, ns: str
+) -> None:
+    raw.acl_setuser("tenure-user", enabled=True, passwords=["+right-pw"], keys=["*"],
+                    channels=["*"], commands=["+@all"])  # fmt: skip
+    base = f"127.0.0.1:{redis_server.port}"
+    with tenure.connect(f"redis://tenure-user:right-pw@{base}/0?namespace={ns}") as client:
+        with client.lock("acl") as lock:
+            assert lock.token > 0
+    with pytest.raises(ConfigurationError) as info:
+        tenure.connect(f"redis://tenure-user:wrong-pw@{base}/0")
+    assert base in str(info.value)
+    assert "wrong-pw" not in str(info.value)
+    with pytest.raises(BackendUnavailableError) as unreachable:
+        tenure.connect("redis://u:secret-pw@127.0.0.1:1/0")
+    assert "127.0.0.1:1" in str(unreachable.value)
+    assert "secret-pw" not in str(unreachable.value)
+    with pytest.raises(ConfigurationError, match="database"):
+        tenure.connect(f"redis://{base}/999")
+    raw.set(f"{ns}:{{lock/foreign}}:holder", "not a hash")
+    with tenure.connect(f"redis://{base}/0?namespace={ns}") as client:
+        with pytest.raises(BackendError, match="WRONGTYPE"):
+            client.lock("foreign").acquire(blocking=False)
+    assert raw.get(f"{ns}:{{lock/foreign}}:holder") == "not a hash"
+
+
+def test_keys_of_one_lock_share_a_hash_tag(
+    redis_server: RedisServer, raw: redis.Redis, ns: str
+) -> None:
+    with (
+        tenure.connect(f"{redis_server.url}?namespace={ns}") as a,
+        tenure.connect(f"{redis_server.url}?namespace={ns}") as b,
+    ):
+        lock = a.lock("tagged/name")
+        assert lock.acquire()
+        waiter = b.lock("tagged/name")
+        runner = Runner()
+        runner.start(lambda: waiter.acquire(timeout=30))
+        wait_for(lambda: len(a.contenders("tagged/name")) == 2)
+        keys = raw.keys(f"{ns}:*")
+        assert len(keys) >= 4
+        tags = {k.split("}")[0] for k in keys}  # everything up to the tag's end
+        assert tags == {f"{ns}:{{lock/tagged/name"}
+        lock.release()
+        assert runner.join() == [True]
+        waiter.release()
+
+
+def test_thread_safe_use_of_one_client(redis_server: RedisServer, ns: str) -> None:
+    with tenure.connect(f"{redis_server.url}?namespace={ns}") as client:
+        count = 0
+        guard = threading.Lock()
+        inside = 0
+        overlaps = 0
+
+        def work() -> None:
+            nonlocal count, inside, overlaps
+            lock = client.lock("shared")
+            for _ in range(100):
+                with lock:
+                    with guard:
+                        inside += 1
+                        overlaps += inside > 1
+                    count += 1
+                    with guard:
+                        inside -= 1
+
+        runner = Runner()
+        for _ in range(4):
+            runner.start(work)
+        runner.join(60)
+        assert count == 400
+        assert overlaps == 0
