@@ -142,7 +142,8 @@ def test_lost_reply_on_release_never_deletes_a_newer_holder(
         runner.start(lambda: second.acquire(timeout=30))
         wait_for(lambda: len(b.contenders("handoff")) == 2)
         redis_proxy.drop_next_reply()
-        first.release()  # the reply is lost; meanwhile `second` takes the lock; the retry is a no-op
+        # The reply is lost; meanwhile `second` takes the lock; the retry must be a no-op.
+        first.release()
         assert runner.join() == [True]
         holder = b.holder("handoff")
         assert holder is not None
@@ -205,9 +206,9 @@ def test_bad_credentials_unreachable_and_foreign_keys(
     raw.acl_setuser("tenure-user", enabled=True, passwords=["+right-pw"], keys=["*"],
                     channels=["*"], commands=["+@all"])  # fmt: skip
     base = f"127.0.0.1:{redis_server.port}"
-    with tenure.connect(f"redis://tenure-user:right-pw@{base}/0?namespace={ns}") as client:
-        with client.lock("acl") as lock:
-            assert lock.token > 0
+    good = f"redis://tenure-user:right-pw@{base}/0?namespace={ns}"
+    with tenure.connect(good) as client, client.lock("acl") as lock:
+        assert lock.token > 0
     with pytest.raises(ConfigurationError) as info:
         tenure.connect(f"redis://tenure-user:wrong-pw@{base}/0")
     assert base in str(info.value)
@@ -219,9 +220,11 @@ def test_bad_credentials_unreachable_and_foreign_keys(
     with pytest.raises(ConfigurationError, match="database"):
         tenure.connect(f"redis://{base}/999")
     raw.set(f"{ns}:{{lock/foreign}}:holder", "not a hash")
-    with tenure.connect(f"redis://{base}/0?namespace={ns}") as client:
-        with pytest.raises(BackendError, match="WRONGTYPE"):
-            client.lock("foreign").acquire(blocking=False)
+    with (
+        tenure.connect(f"redis://{base}/0?namespace={ns}") as client,
+        pytest.raises(BackendError, match="WRONGTYPE"),
+    ):
+        client.lock("foreign").acquire(blocking=False)
     assert raw.get(f"{ns}:{{lock/foreign}}:holder") == "not a hash"
 
 
