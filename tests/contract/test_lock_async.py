@@ -176,6 +176,37 @@ async def test_local_waiters_are_served_in_fifo_order(aclients: Clients) -> None
     assert order == [0, 1, 2, 3, 4]
 
 
+async def test_remote_waiters_are_granted_in_arrival_order(
+    aclients: Clients, backend: Backend
+) -> None:
+    if not backend.capabilities.fifo:
+        pytest.skip(f"{backend.name}: grants across processes are not FIFO by design")
+    holder_client = await aclients()
+    holder = holder_client.lock("queue")
+    assert await holder.acquire()
+    order: list[int] = []
+    runner = AsyncRunner()
+    for i in range(4):
+        client = await aclients()
+
+        async def wait(lock: aio.Lock = client.lock("queue"), i: int = i) -> None:
+            assert await lock.acquire(timeout=30)
+            order.append(i)
+            await lock.release()
+
+        runner.start(wait)
+
+        async def queued(n: int = i + 2) -> bool:
+            return len(await holder_client.contenders("queue")) == n
+
+        await runner.wait_for(queued, 10)  # type: ignore[attr-defined]
+    waiting = [h.owner for h in await holder_client.contenders("queue")][1:]
+    assert len(set(waiting)) == 4
+    await holder.release()
+    await runner.join()
+    assert order == [0, 1, 2, 3]
+
+
 async def test_reentrant_lock_counts_acquisitions(aclients: Clients) -> None:
     client = await aclients()
     lock = client.lock("again", reentrant=True)

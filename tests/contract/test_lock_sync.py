@@ -175,6 +175,35 @@ def test_local_waiters_are_served_in_fifo_order(clients: Clients) -> None:
     assert order == [0, 1, 2, 3, 4]
 
 
+def test_remote_waiters_are_granted_in_arrival_order(clients: Clients, backend: Backend) -> None:
+    if not backend.capabilities.fifo:
+        pytest.skip(f"{backend.name}: grants across processes are not FIFO by design")
+    holder_client = clients()
+    holder = holder_client.lock("queue")
+    assert holder.acquire()
+    order: list[int] = []
+    runner = Runner()
+    for i in range(4):
+        client = clients()
+
+        def wait(lock: aio.Lock = client.lock("queue"), i: int = i) -> None:
+            assert lock.acquire(timeout=30)
+            order.append(i)
+            lock.release()
+
+        runner.start(wait)
+
+        def queued(n: int = i + 2) -> bool:
+            return len(holder_client.contenders("queue")) == n
+
+        runner.wait_for(queued, 10)  # type: ignore[attr-defined]
+    waiting = [h.owner for h in holder_client.contenders("queue")][1:]
+    assert len(set(waiting)) == 4
+    holder.release()
+    runner.join()
+    assert order == [0, 1, 2, 3]
+
+
 def test_reentrant_lock_counts_acquisitions(clients: Clients) -> None:
     client = clients()
     lock = client.lock("again", reentrant=True)
