@@ -1,7 +1,8 @@
 """The backends the contract suite runs against, and how a test reaches each one.
 
 A :class:`Backend` gives a URL with a fresh namespace per test, the backend's capabilities, a
-short TTL for loss tests, and ``steal(name)``: delete a lock's entry behind its holder's back
+short TTL for loss tests, and ``steal(name, kind='lock')``: delete a lock's (or an election's)
+entry behind its holder's back
 (what an operator or a split brain would do), so tests can prove that loss is noticed.
 """
 
@@ -27,7 +28,7 @@ class Backend:
     url: str
     capabilities: Capabilities
     ttl: float
-    steal: Callable[[str], None]
+    steal: Callable[..., None]
 
     def __repr__(self) -> str:
         return f"Backend({self.name})"
@@ -38,8 +39,8 @@ def make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> B
     if name == "file":
         root = tmp_path / "locks"
 
-        def steal(lock_name: str) -> None:
-            (root / namespace / "lock" / f"{_stem(lock_name)}.lock").unlink()
+        def steal(lock_name: str, kind: str = "lock") -> None:
+            (root / namespace / kind / f"{_stem(lock_name)}.lock").unlink()
 
         return Backend(
             name,
@@ -55,9 +56,9 @@ def make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> B
 
         server = request.getfixturevalue("redis_server")
 
-        def steal(lock_name: str) -> None:
+        def steal(lock_name: str, kind: str = "lock") -> None:
             with redis.Redis(host=server.host, port=server.port) as r:
-                assert r.delete(f"{namespace}:{{lock/{lock_name}}}:holder") == 1
+                assert r.delete(f"{namespace}:{{{kind}/{lock_name}}}:holder") == 1
 
         return Backend(
             name,

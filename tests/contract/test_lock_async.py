@@ -188,8 +188,9 @@ async def test_remote_waiters_are_granted_in_arrival_order(
     runner = AsyncRunner()
     for i in range(4):
         client = await aclients()
+        lock = client.lock("queue")
 
-        async def wait(lock: aio.Lock = client.lock("queue"), i: int = i) -> None:
+        async def wait(lock: aio.Lock = lock, i: int = i) -> None:
             assert await lock.acquire(timeout=30)
             order.append(i)
             await lock.release()

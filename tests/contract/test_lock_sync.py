@@ -185,8 +185,9 @@ def test_remote_waiters_are_granted_in_arrival_order(clients: Clients, backend: 
     runner = Runner()
     for i in range(4):
         client = clients()
+        lock = client.lock("queue")
 
-        def wait(lock: aio.Lock = client.lock("queue"), i: int = i) -> None:
+        def wait(lock: aio.Lock = lock, i: int = i) -> None:
             assert lock.acquire(timeout=30)
             order.append(i)
             lock.release()
