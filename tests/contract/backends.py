@@ -2,8 +2,8 @@
 
 A :class:`Backend` gives a URL with a fresh namespace per test, the backend's capabilities, a
 short TTL for loss tests, and ``steal(name, kind='lock')``: delete a lock's (or an election's)
-entry behind its holder's back
-(what an operator or a split brain would do), so tests can prove that loss is noticed.
+entry behind its holder's back (what an operator or a split brain would do), so tests can prove
+that loss is noticed.
 """
 
 from __future__ import annotations
