@@ -1,0 +1,3 @@
+"""Suite-wide fixtures: the throw-away servers from tests/servers (see tests/servers/plugin.py)."""
+
+from tests.servers.plugin import *  # noqa: F403

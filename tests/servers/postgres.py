@@ -1,0 +1,225 @@
+"""PostgreSQL: a throw-away cluster (initdb once per process, copied per server)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from tests.servers.process import (
+    HOST,
+    ServerMissing,
+    ServerProcess,
+    free_port,
+    make_temp_dir,
+    record_startup,
+)
+
+__all__ = ["PostgresServer", "postgres_bindir", "postgres_os_user", "start_postgres"]
+
+SUPERUSER = "postgres"  # the database role (initdb -U); independent of the OS user
+FALLBACK_OS_USER = "tenure-test"
+SETTINGS = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "max_connections": "200",
+    "shared_buffers": "32MB",
+    "listen_addresses": HOST,
+    "logging_collector": "off",
+    "log_min_messages": "warning",
+    "unix_socket_permissions": "0777",
+}
+
+
+def postgres_bindir() -> Path:
+    """The newest /usr/lib/postgresql/*/bin with initdb, postgres and pg_isready."""
+
+    def version(p: Path) -> tuple[int, ...]:
+        try:
+            return tuple(int(x) for x in p.parent.name.split("."))
+        except ValueError:
+            return (0,)
+
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=version, reverse=True)
+    for bindir in candidates:
+        if all((bindir / b).is_file() for b in ("initdb", "postgres", "pg_isready")):
+            return bindir
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).parent
+    raise ServerMissing("postgres", "initdb/postgres under /usr/lib/postgresql/*/bin", "postgresql")
+
+
+def postgres_os_user() -> str | None:
+    """The OS user to run postgres as: None (ourselves) unless root, which postgres refuses.
+
+    As root: the existing ``postgres`` user, else ``tenure-test`` (created if missing)."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", FALLBACK_OS_USER):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return name
+    subprocess.run(
+        [
+            "useradd",
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            FALLBACK_OS_USER,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return FALLBACK_OS_USER
+
+
+def _chown_tree(path: Path, user: str | None) -> None:
+    if user is None:
+        return
+    pw = pwd.getpwnam(user)
+    os.chown(path, pw.pw_uid, pw.pw_gid)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.lchown(os.path.join(root, name), pw.pw_uid, pw.pw_gid)
+
+
+_template_lock = threading.Lock()
+_template: Path | None = None
+
+
+def _template_data_dir(bindir: Path, user: str | None) -> Path:
+    """initdb once per process; every server copies the result (much faster than initdb)."""
+    global _template
+    with _template_lock:
+        if _template is not None and (_template / "data" / "PG_VERSION").exists():
+            return _template / "data"
+        tmp = make_temp_dir("pg-template")
+        _chown_tree(tmp, user)
+        data = tmp / "data"
+        proc = subprocess.run(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "--username",
+                SUPERUSER,
+                "--auth",
+                "trust",
+                "--encoding",
+                "UTF8",
+                "--locale",
+                "C",
+                "--no-sync",
+                "--no-instructions",
+            ],
+            cwd=tmp,
+            user=user,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"initdb failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        _template = tmp
+        return data
+
+
+class PostgresServer(ServerProcess):
+    """A postgres postmaster on 127.0.0.1 with trust auth; stopped with SIGINT (fast shutdown:
+    SIGTERM would wait for every client to disconnect)."""
+
+    kind = "postgres"
+    stop_signal = signal.SIGINT
+    stop_grace = 10.0
+
+    def __init__(self, tmp: Path, port: int | None = None) -> None:
+        self.bindir = postgres_bindir()
+        self.os_user = postgres_os_user()
+        port = port or free_port()
+        self.tmp = tmp
+        self.data_dir = tmp / "data"
+        self.socket_dir = tmp
+        if not self.data_dir.exists():
+            shutil.copytree(_template_data_dir(self.bindir, self.os_user), self.data_dir)
+        _chown_tree(tmp, self.os_user)
+        self.data_dir.chmod(0o700)
+        argv = [
+            str(self.bindir / "postgres"),
+            "-D",
+            str(self.data_dir),
+            "-k",
+            str(self.socket_dir),
+            "-h",
+            HOST,
+            "-p",
+            str(port),
+        ]
+        for key, value in SETTINGS.items():
+            argv += ["-c", f"{key}={value}"]
+        super().__init__(
+            argv,
+            port=port,
+            log_path=tmp / "postgres.log",
+            cwd=tmp,
+            run_as=self.os_user,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
+            name="postgres",
+        )
+
+    def probe(self) -> bool:
+        proc = subprocess.run(
+            [
+                str(self.bindir / "pg_isready"),
+                "-q",
+                "-h",
+                HOST,
+                "-p",
+                str(self.port),
+                "-U",
+                SUPERUSER,
+                "-d",
+                "postgres",
+                "-t",
+                "2",
+            ],
+            check=False,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        return proc.returncode == 0
+
+    @property
+    def user(self) -> str:
+        """The database superuser role."""
+        return SUPERUSER
+
+    @property
+    def url(self) -> str:
+        """``postgresql://postgres@127.0.0.1:PORT/postgres``"""
+        return f"postgresql://{SUPERUSER}@{self.host}:{self.port}/postgres"
+
+
+def start_postgres(tmp: Path | None = None, *, timeout: float | None = None) -> PostgresServer:
+    """Start a PostgreSQL server in ``tmp`` (a new temp dir, removed by ``close()``, if None)."""
+    t0 = time.monotonic()
+    owned = tmp is None
+    tmp = make_temp_dir("pg") if tmp is None else tmp
+    server = PostgresServer(tmp)
+    if owned:
+        server.owned_tmp = tmp
+    server.start(timeout)
+    record_startup("postgres", time.monotonic() - t0)  # includes set-up (initdb/copy)
+    return server
