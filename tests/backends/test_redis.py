@@ -26,7 +26,7 @@ SPAWN = multiprocessing.get_context("spawn")
 
 
 def wait_for(condition: Any, timeout: float = 10.0) -> None:
-    Runner.wait_for(condition, timeout)  # type: ignore[attr-defined]
+    Runner.wait_for(condition, timeout)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,6 +27,17 @@ class AsyncRunner:
     async def join(self, timeout: float = 30.0) -> list[Any]:
         async with asyncio.timeout(timeout):
             return list(await asyncio.gather(*self._tasks))
+
+    @staticmethod
+    async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float) -> None:
+        """Poll ``condition`` (cheaply, with back-off) until true; fail after ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        delay = 0.001
+        while not await condition():
+            assert loop.time() < deadline, "condition not reached in time"
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
 
 class Runner:
@@ -57,27 +69,12 @@ class Runner:
             results.append(value)
         return results
 
-
-async def _async_wait_for(condition: Callable[[], Awaitable[bool]], timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    delay = 0.001
-    while not await condition():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.05)
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    delay = 0.001
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
-
-
-AsyncRunner.wait_for = staticmethod(_async_wait_for)  # type: ignore[attr-defined]
-Runner.wait_for = staticmethod(_wait_for)  # type: ignore[attr-defined]
+    @staticmethod
+    def wait_for(condition: Callable[[], bool], timeout: float) -> None:
+        """Poll ``condition`` (cheaply, with back-off) until true; fail after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while not condition():
+            assert time.monotonic() < deadline, "condition not reached in time"
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)

@@ -33,7 +33,7 @@ async def test_two_candidates_hand_over_in_order(aclients: Clients) -> None:
     async def queued() -> bool:
         return len(await a._driver.contenders("election/scheduler")) == 2
 
-    await runner.wait_for(queued, 10)  # type: ignore[attr-defined]
+    await runner.wait_for(queued, 10)
     await first.resign()
     assert await runner.join() == [True]
     assert second.term > term
@@ -95,9 +95,9 @@ async def test_observe_sees_every_leader_in_order(aclients: Clients) -> None:
     async def saw(n: int) -> bool:
         return len(seen) >= n
 
-    await runner.wait_for(lambda: saw(1), 10)  # type: ignore[attr-defined]
+    await runner.wait_for(lambda: saw(1), 10)
     await ea.proclaim("a2")
-    await runner.wait_for(lambda: saw(2), 10)  # type: ignore[attr-defined]
+    await runner.wait_for(lambda: saw(2), 10)
     await ea.resign()
     eb = b.election("observed", value="b")
     assert await eb.campaign()

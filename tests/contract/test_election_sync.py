@@ -34,7 +34,7 @@ def test_two_candidates_hand_over_in_order(clients: Clients) -> None:
     def queued() -> bool:
         return len(a._driver.contenders("election/scheduler")) == 2
 
-    runner.wait_for(queued, 10)  # type: ignore[attr-defined]
+    runner.wait_for(queued, 10)
     first.resign()
     assert runner.join() == [True]
     assert second.term > term
@@ -94,9 +94,9 @@ def test_observe_sees_every_leader_in_order(clients: Clients) -> None:
     def saw(n: int) -> bool:
         return len(seen) >= n
 
-    runner.wait_for(lambda: saw(1), 10)  # type: ignore[attr-defined]
+    runner.wait_for(lambda: saw(1), 10)
     ea.proclaim("a2")
-    runner.wait_for(lambda: saw(2), 10)  # type: ignore[attr-defined]
+    runner.wait_for(lambda: saw(2), 10)
     ea.resign()
     eb = b.election("observed", value="b")
     assert eb.campaign()

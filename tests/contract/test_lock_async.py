@@ -137,7 +137,7 @@ async def test_waiter_is_woken_by_release(aclients: Clients) -> None:
     async def queued() -> bool:
         return len(await a.contenders("handoff")) == 2
 
-    await runner.wait_for(queued, 10)  # type: ignore[attr-defined]
+    await runner.wait_for(queued, 10)
     contenders = await a.contenders("handoff")
     assert contenders[0].token == first_token
     await first.release()
@@ -170,7 +170,7 @@ async def test_local_waiters_are_served_in_fifo_order(aclients: Clients) -> None
         async def queued(n: int = i + 1) -> bool:
             return len(gate._waiters) == n
 
-        await runner.wait_for(queued, 10)  # type: ignore[attr-defined]
+        await runner.wait_for(queued, 10)
     await holder.release()
     await runner.join()
     assert order == [0, 1, 2, 3, 4]
@@ -200,7 +200,7 @@ async def test_remote_waiters_are_granted_in_arrival_order(
         async def queued(n: int = i + 2) -> bool:
             return len(await holder_client.contenders("queue")) == n
 
-        await runner.wait_for(queued, 10)  # type: ignore[attr-defined]
+        await runner.wait_for(queued, 10)
     waiting = [h.owner for h in await holder_client.contenders("queue")][1:]
     assert len(set(waiting)) == 4
     await holder.release()
@@ -340,7 +340,7 @@ async def test_cancelled_acquire_leaves_nothing_behind(aclients: Clients) -> Non
     async def queued() -> bool:
         return len(await a.contenders("cancel")) == 2
 
-    await AsyncRunner.wait_for(queued, 10)  # type: ignore[attr-defined]
+    await AsyncRunner.wait_for(queued, 10)
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter

@@ -136,7 +136,7 @@ def test_waiter_is_woken_by_release(clients: Clients) -> None:
     def queued() -> bool:
         return len(a.contenders("handoff")) == 2
 
-    runner.wait_for(queued, 10)  # type: ignore[attr-defined]
+    runner.wait_for(queued, 10)
     contenders = a.contenders("handoff")
     assert contenders[0].token == first_token
     first.release()
@@ -169,7 +169,7 @@ def test_local_waiters_are_served_in_fifo_order(clients: Clients) -> None:
         def queued(n: int = i + 1) -> bool:
             return len(gate._waiters) == n
 
-        runner.wait_for(queued, 10)  # type: ignore[attr-defined]
+        runner.wait_for(queued, 10)
     holder.release()
     runner.join()
     assert order == [0, 1, 2, 3, 4]
@@ -197,7 +197,7 @@ def test_remote_waiters_are_granted_in_arrival_order(clients: Clients, backend: 
         def queued(n: int = i + 2) -> bool:
             return len(holder_client.contenders("queue")) == n
 
-        runner.wait_for(queued, 10)  # type: ignore[attr-defined]
+        runner.wait_for(queued, 10)
     waiting = [h.owner for h in holder_client.contenders("queue")][1:]
     assert len(set(waiting)) == 4
     holder.release()

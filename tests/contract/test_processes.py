@@ -45,8 +45,8 @@ def test_killed_holder_lets_a_waiter_in(backend: Backend, tmp_path: Path) -> Non
     proc = SPAWN.Process(target=workers.hold_forever, args=(backend.url, "victim", str(ready), ttl))
     proc.start()
     try:
-        Runner.wait_for(ready.exists, 60)  # type: ignore[attr-defined]
-        Runner.wait_for(lambda: ready.read_text() != "", 10)  # type: ignore[attr-defined]
+        Runner.wait_for(ready.exists, 60)
+        Runner.wait_for(lambda: ready.read_text() != "", 10)
         dead_token = int(ready.read_text())
         with tenure.connect(backend.url) as client:
             lock = client.lock("victim")

@@ -30,3 +30,47 @@ def hold_forever(url: str, name: str, ready: str, ttl: float) -> None:
     lock.acquire()
     Path(ready).write_text(str(lock.token))
     time.sleep(600)
+
+
+class Fence:
+    """A tiny fenced resource: accepts a write only with a token above every token seen."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def write(self, token: int, who: str) -> bool:
+        import fcntl
+
+        with open(self.path, "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.seek(0)
+            lines = f.read().splitlines()
+            highest = max((int(line.split()[0]) for line in lines if line), default=0)
+            accepted = token > highest
+            if accepted:
+                f.write(f"{token} {who} {time.monotonic_ns()}\n")
+            return accepted
+
+
+def lead(url: str, name: str, state: str, fence: str, ttl: float) -> None:
+    """Campaign for ``name``; while leader, write the term to the fence every 20 ms.
+
+    Appends lines to ``state``: ``leader <term>``, ``rejected <term>``, ``lost <ns>``.
+    """
+    client = tenure.connect(url, ttl=ttl)
+    election = client.election(name, value=str(os.getpid()))
+    election.campaign()
+    term = election.term
+    resource = Fence(fence)
+
+    def note(text: str) -> None:
+        with open(state, "a") as f:
+            f.write(text + "\n")
+
+    note(f"leader {term}")
+    for _ in range(30_000):  # bounded: 10 minutes at most
+        if election.lost.wait(0.02):
+            note(f"lost {time.monotonic_ns()}")
+            return
+        if not resource.write(term, f"pid-{os.getpid()}"):
+            note(f"rejected {term}")
