@@ -101,6 +101,10 @@ class AsyncElection:
         """The current leader (with its value and term as ``token``), from any client."""
         return await self._driver.holder(self._lock._key)
 
+    async def candidates(self) -> list[Holder]:
+        """The leader first, then the standbys in the order they would take over."""
+        return await self._driver.contenders(self._lock._key)
+
     async def observe(self) -> AsyncIterator[Holder]:
         """Yield the leader now (if any) and each new leader (or new value) as it changes."""
         last: tuple[str, int, str | None] | None = None

@@ -67,6 +67,7 @@ class AsyncLock:
         value: str | None = None,
     ) -> None:
         self.name = check_name(name)
+        self._kind = kind
         self._key = f"{kind}/{name}"
         self._get_session = get_session
         self._driver = driver
@@ -264,7 +265,7 @@ class AsyncLock:
         self.lost.set()
         if gate_held and session is not None:
             session._gate(self._key).release()  # local waiters may contend again
-        log.warning("tenure: lock %r lost: %s", self.name, reason)
+        log.warning("tenure: %s %r lost: %s", self._kind, self.name, reason)
         for callback in callbacks:
             _call(callback, self)
 

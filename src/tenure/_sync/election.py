@@ -102,6 +102,10 @@ class Election:
         """The current leader (with its value and term as ``token``), from any client."""
         return self._driver.holder(self._lock._key)
 
+    def candidates(self) -> list[Holder]:
+        """The leader first, then the standbys in the order they would take over."""
+        return self._driver.contenders(self._lock._key)
+
     def observe(self) -> Iterator[Holder]:
         """Yield the leader now (if any) and each new leader (or new value) as it changes."""
         last: tuple[str, int, str | None] | None = None

@@ -1,0 +1,282 @@
+"""The ``tenure`` command line (also ``python -m tenure``).
+
+Commands: ``run`` (CMD under a lock, like ``flock(1)``), ``elect`` (CMD while leader),
+``status`` (holder and waiters, or the backend), ``demo`` (lost updates vs the exact total).
+
+Exit codes (sysexits.h, and the shell's conventions):
+
+====  ===========================================================================
+0     success (``run``/``elect``: CMD's own exit code is passed through)
+64    bad arguments (EX_USAGE), e.g. no ``-- CMD``
+69    the backend is unreachable or failed (EX_UNAVAILABLE)
+70    the lock or leadership was lost while CMD ran; CMD was stopped (EX_SOFTWARE)
+75    the lock could not be had: ``--no-wait`` or ``--timeout`` (EX_TEMPFAIL)
+78    bad URL, name or option, or a missing extra (EX_CONFIG)
+126   CMD is not executable
+127   CMD was not found
+128+N CMD died of signal N, or tenure got signal N while waiting
+====  ===========================================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+import tenure
+
+from ._common import (
+    EX_CONFIG,
+    EX_LOST,
+    EX_TEMPFAIL,
+    EX_UNAVAILABLE,
+    EX_USAGE,
+    CLIError,
+    Interrupted,
+    print_err,
+)
+from ._demo import cmd_demo
+from ._run import cmd_elect, cmd_run
+from ._status import cmd_status
+
+__all__ = ["main"]
+
+_EXIT_CODES = """\
+exit codes:
+  CMD's own      run/elect pass CMD's exit code through (128+N if it died of signal N)
+  64             bad arguments (e.g. no "-- CMD")
+  69             the backend is unreachable or failed
+  70             the lock or leadership was lost while CMD ran; CMD was stopped
+  75             the lock could not be had (--no-wait, --timeout)
+  78             bad URL, name or option, or a missing extra
+  126 / 127      CMD is not executable / not found
+  128+N          tenure got signal N while waiting (130 for SIGINT, 143 for SIGTERM)
+"""
+
+_COMMANDS_WITH_CMD = ("run", "elect")
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        raise _UsageError(message)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0: {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
+    return value
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, width=78)
+
+
+def _build_parser() -> tuple[_Parser, dict[str, _Parser]]:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--url",
+        default=None,
+        help="backend URL (default: $TENURE_URL, else the embedded file backend in "
+        "$XDG_STATE_HOME/tenure)",
+    )
+    common.add_argument("--namespace", default=None, help="key prefix (default: tenure)")
+
+    parser = _Parser(
+        prog="tenure",
+        description="Distributed locks and leader election from the shell.",
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tenure {tenure.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run CMD while holding a lock (like flock(1))",
+        description=_wrap(
+            "Acquire lock NAME, run CMD with TENURE_LOCK and TENURE_TOKEN (the fencing "
+            "token) in its environment, release the lock when CMD exits, and exit with CMD's exit "
+            "code. Signals (INT, TERM, HUP, QUIT, USR1, USR2) are forwarded to CMD; a keyboard "
+            "INT/QUIT from the terminal reaches CMD directly and is not sent twice. If the lock is "
+            f"lost, CMD gets SIGTERM, then SIGKILL after --grace seconds, and tenure exits "
+            f"{EX_LOST}. If the lock cannot be had (--no-wait, --timeout), CMD is not run "
+            f"and tenure exits {EX_TEMPFAIL}."
+        ),
+        usage="tenure run NAME [options] -- CMD [ARGS...]",
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("name", metavar="NAME", help="the lock's name, e.g. reports/nightly")
+    run.add_argument(
+        "--ttl", type=_positive_seconds, default=None, metavar="S", help="session lease (s)"
+    )
+    wait = run.add_mutually_exclusive_group()
+    wait.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=None,
+        metavar="S",
+        help="wait at most S seconds (default: forever)",
+    )
+    wait.add_argument("--no-wait", action="store_true", help="try once, never wait")
+    run.add_argument(
+        "--grace",
+        type=_seconds,
+        metavar="S",
+        default=10.0,
+        help="seconds between SIGTERM and SIGKILL when the lock is lost (default 10)",
+    )
+
+    elect = sub.add_parser(
+        "elect",
+        parents=[common],
+        help="run CMD only while leader (active/standby)",
+        description=_wrap(
+            "Campaign in election NAME (a standby waits); as leader run CMD with "
+            "TENURE_ELECTION and TENURE_LEADER_TERM in its environment. If leadership is lost, CMD "
+            "is stopped (SIGTERM, --grace, SIGKILL) and tenure campaigns again (--once: exits "
+            f"{EX_LOST}). When CMD exits on its own, tenure resigns and exits with CMD's code."
+        ),
+        usage="tenure elect NAME [options] -- CMD [ARGS...]",
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    elect.add_argument("name", metavar="NAME", help="the election's name")
+    elect.add_argument(
+        "--value", default=None, metavar="V", help="published value, e.g. this host's address"
+    )
+    elect.add_argument(
+        "--ttl", type=_positive_seconds, default=None, metavar="S", help="session lease (s)"
+    )
+    elect.add_argument(
+        "--grace",
+        type=_seconds,
+        default=10.0,
+        metavar="S",
+        help="seconds between SIGTERM and SIGKILL",
+    )
+    elect.add_argument(
+        "--once", action="store_true", help=f"exit {EX_LOST} when leadership is lost"
+    )
+
+    status = sub.add_parser(
+        "status",
+        parents=[common],
+        help="show a lock's holder and waiters, or the backend",
+        description="With NAME: the holder and waiters of lock NAME (or the leader of election "
+        "NAME with --election). Without: the backend's URL (password redacted) and "
+        "capabilities.",
+    )
+    status.add_argument("name", metavar="NAME", nargs="?", default=None)
+    status.add_argument("--election", action="store_true", help="NAME is an election")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    demo = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="lost updates without a lock vs the exact total with one",
+        description="N processes increment one counter file M times each: first without a "
+        "lock (updates get lost), then with tenure (exact, fencing tokens strictly increasing). "
+        "Exits 0 when the locked total is exact, else 1.",
+    )
+    demo.add_argument("--processes", type=_positive_int, default=4, metavar="N")
+    demo.add_argument("--increments", type=_positive_int, default=500, metavar="M")
+    demo.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser, {"run": run, "elect": elect, "status": status, "demo": demo}
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser, commands = _build_parser()
+    if "--" in argv:
+        at = argv.index("--")
+        head, cmd = argv[:at], argv[at + 1 :]
+    else:
+        head, cmd = argv, []
+    args, extra = parser.parse_known_args(head)
+    if extra:
+        if args.command in _COMMANDS_WITH_CMD and "--" not in argv:
+            commands[args.command].print_usage(sys.stderr)
+            raise _UsageError(
+                f"unrecognized arguments: {' '.join(extra)} "
+                f"(put '--' before the command: tenure {args.command} NAME -- CMD ARGS...)"
+            )
+        parser.parse_args(head)  # reports the unrecognized arguments
+    if args.command in _COMMANDS_WITH_CMD:
+        if not cmd:
+            commands[args.command].print_usage(sys.stderr)
+            raise _UsageError(
+                f"{args.command} needs a command after '--', e.g. "
+                f"tenure {args.command} {args.name} -- make deploy"
+            )
+        args.cmd = cmd
+    elif "--" in argv:
+        args = parser.parse_args(argv)
+    return args
+
+
+_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "elect": cmd_elect,
+    "status": cmd_status,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``tenure`` command line with ``argv`` (default ``sys.argv[1:]``); return the code."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = _parse(arguments)
+    except _UsageError as exc:
+        print_err(f"tenure: error: {exc}")
+        return EX_USAGE
+    except SystemExit as exc:  # --help, --version
+        return exc.code if isinstance(exc.code, int) else 0
+    try:
+        return _HANDLERS[args.command](args)
+    except CLIError as exc:
+        print_err(f"tenure: error: {exc}")
+        return exc.code
+    except tenure.ConfigurationError as exc:
+        print_err(f"tenure: error: {exc}")
+        return EX_CONFIG
+    except tenure.BackendError as exc:
+        print_err(f"tenure: error: {exc}")
+        return EX_UNAVAILABLE
+    except tenure.TenureError as exc:
+        print_err(f"tenure: error: {exc}")
+        return EX_LOST
+    except Interrupted as exc:
+        return 128 + exc.signum
+    except KeyboardInterrupt:
+        return 130

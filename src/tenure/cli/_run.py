@@ -1,0 +1,181 @@
+"""``tenure run`` (CMD under a lock) and ``tenure elect`` (CMD while leader)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+
+import tenure
+
+from ._common import (
+    EX_LOST,
+    EX_TEMPFAIL,
+    connect,
+    describe_holder,
+    interrupting_signals,
+    print_err,
+    stderr_is_tty,
+    wait_in_thread,
+)
+from ._supervise import supervise
+
+__all__ = ["cmd_elect", "cmd_run"]
+
+#: How often the progress line asks the backend who holds the lock (display only).
+_HOLDER_REFRESH = 5.0
+
+
+def _holder_cache(lookup: Callable[[], tenure.Holder | None]) -> Callable[[], tenure.Holder | None]:
+    """``lookup()``, asked at most every few seconds; backend errors show as 'unknown'."""
+    cache: dict[str, object] = {"at": None, "holder": None}
+
+    def get() -> tenure.Holder | None:
+        at = cache["at"]
+        now = time.monotonic()
+        if not isinstance(at, float) or now - at >= _HOLDER_REFRESH:
+            cache["at"] = now
+            try:
+                cache["holder"] = lookup()
+            except tenure.TenureError:
+                cache["holder"] = None
+        holder = cache["holder"]
+        return holder if isinstance(holder, tenure.Holder) else None
+
+    return get
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    with connect(args.url, args.namespace) as client:
+        name: str = args.name
+        lock = client.lock(name, ttl=args.ttl)
+        with interrupting_signals():
+            if args.no_wait:
+                got = lock.acquire(blocking=False)
+            else:
+                holder = _holder_cache(lambda: client.holder(name))
+
+                def describe(elapsed: float) -> str:
+                    who = holder()
+                    held_by = f" held by {describe_holder(who)}" if who is not None else ""
+                    return f"waiting for lock {name}{held_by} … {elapsed:.1f} s"
+
+                timeout: float | None = args.timeout
+                got = wait_in_thread(
+                    lambda: lock.acquire(timeout=timeout),
+                    describe=describe if stderr_is_tty() else None,
+                )
+        if not got:
+            try:
+                who = client.holder(name)
+            except tenure.TenureError:
+                who = None
+            held_by = f"held by {describe_holder(who)}" if who is not None else "held by another"
+            if args.no_wait:
+                print_err(f"tenure: lock {name!r} is {held_by}; not running CMD (--no-wait)")
+            else:
+                print_err(
+                    f"tenure: timed out after {args.timeout:g} s waiting for lock {name!r}, "
+                    f"{held_by}; not running CMD"
+                )
+            return EX_TEMPFAIL
+
+        env = dict(os.environ, TENURE_LOCK=name, TENURE_TOKEN=str(lock.token))
+
+        def lost_message() -> str:
+            try:
+                lock.ensure_held()
+            except tenure.LockLostError as exc:
+                return str(exc)
+            except tenure.TenureError:
+                pass
+            return f"lock {name!r} was lost"
+
+        try:
+            outcome = supervise(
+                args.cmd,
+                env,
+                grace=args.grace,
+                on_lost=lambda callback: lock.on_lost(lambda _lock: callback()),
+                lost_message=lost_message,
+            )
+        finally:
+            _release(lock)
+        if outcome.lost:
+            print_err(f"tenure: CMD stopped because lock {name!r} was lost (exit {EX_LOST})")
+            return EX_LOST
+        return outcome.code
+
+
+def _release(lock: tenure.Lock) -> None:
+    try:
+        lock.release()
+    except tenure.LockLostError:
+        pass  # already reported, or the child finished first: its exit code stands
+    except tenure.NotHeldError:
+        pass
+    except tenure.BackendError as exc:
+        print_err(f"tenure: warning: releasing lock {lock.name!r}: {exc}")
+
+
+def cmd_elect(args: argparse.Namespace) -> int:
+    with connect(args.url, args.namespace) as client:
+        name: str = args.name
+        election = client.election(name, value=args.value, ttl=args.ttl)
+        leader = _holder_cache(election.leader)
+
+        def describe(elapsed: float) -> str:
+            who = leader()
+            led_by = (
+                f"; leader is {describe_holder(who, token_word='term')}"
+                + (f" value {who.value!r}" if who is not None and who.value is not None else "")
+                if who is not None
+                else ""
+            )
+            return f"standby for election {name}{led_by} … {elapsed:.1f} s"
+
+        while True:
+            with interrupting_signals():
+                if not wait_in_thread(
+                    lambda: election.campaign(timeout=None),
+                    describe=describe if stderr_is_tty() else None,
+                ):
+                    continue
+            try:
+                term = election.term
+            except tenure.NotLeaderError:
+                continue  # lost between the grant and now: campaign again
+            env = dict(os.environ, TENURE_ELECTION=name, TENURE_LEADER_TERM=str(term))
+
+            def lost_message(term: int = term) -> str:
+                return f"leadership of election {name!r} (term {term}) was lost"
+
+            try:
+                outcome = supervise(
+                    args.cmd,
+                    env,
+                    grace=args.grace,
+                    on_lost=lambda callback: election.on_lost(lambda _e: callback()),
+                    lost_message=lost_message,
+                )
+            except BaseException:
+                _resign(election)
+                raise
+            if not outcome.lost:
+                _resign(election)
+                return outcome.code
+            _resign(election)
+            if args.once:
+                print_err(f"tenure: CMD stopped: leadership of {name!r} lost (exit {EX_LOST})")
+                return EX_LOST
+            print_err(f"tenure: campaigning again for election {name!r}")
+
+
+def _resign(election: tenure.Election) -> None:
+    try:
+        election.resign()
+    except tenure.NotLeaderError:
+        pass
+    except tenure.BackendError as exc:
+        print_err(f"tenure: warning: resigning from election {election.name!r}: {exc}")

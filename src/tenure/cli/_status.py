@@ -1,0 +1,123 @@
+"""``tenure status``: who holds a lock (or leads an election) and who waits; or the backend."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+from typing import Any
+
+import tenure
+
+from ._common import connect, format_seconds, held_for, shown_url
+
+__all__ = ["cmd_status"]
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with connect(args.url, args.namespace) as client:
+        if args.name is None:
+            return _backend(client, as_json=args.json)
+        now = dt.datetime.now(dt.UTC)
+        if args.election:
+            contenders = client.election(args.name).candidates()
+        else:
+            contenders = client.contenders(args.name)
+        holder = contenders[0] if contenders and contenders[0].acquired_at is not None else None
+        waiters = contenders[1:] if holder is not None else contenders
+        kind = "election" if args.election else "lock"
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "name": args.name,
+                        "kind": kind,
+                        "holder": None if holder is None else _record(holder, now),
+                        "waiters": [_record(w, now) for w in waiters],
+                    },
+                    indent=2,
+                )
+            )
+            return 0
+        _table(args.name, kind, holder, waiters, now)
+        return 0
+
+
+def _record(holder: tenure.Holder, now: dt.datetime) -> dict[str, Any]:
+    record = dataclasses.asdict(holder)
+    record["acquired_at"] = None if holder.acquired_at is None else holder.acquired_at.isoformat()
+    record["held_for"] = held_for(holder, now)
+    return record
+
+
+def _table(
+    name: str,
+    kind: str,
+    holder: tenure.Holder | None,
+    waiters: list[tenure.Holder],
+    now: dt.datetime,
+) -> None:
+    if holder is None and not waiters:
+        print(f"{kind} {name}: free")
+        return
+    state = "held" if holder is not None else "free"
+    if kind == "election":
+        state = "has a leader" if holder is not None else "has no leader"
+    print(f"{kind} {name}: {state}" + (f", {len(waiters)} waiting" if waiters else ""))
+    rows: list[tuple[str, ...]] = []
+    role = "leader" if kind == "election" else "holder"
+    entries = ([(role, holder)] if holder is not None else []) + [("waiter", w) for w in waiters]
+    show_value = any(h.value is not None for _, h in entries)
+    header: tuple[str, ...] = ("ROLE", "OWNER", "HOST", "PID", "TOKEN", "HELD FOR", "EXPIRES IN")
+    if show_value:
+        header += ("VALUE",)
+    for role_name, h in entries:
+        row: tuple[str, ...] = (
+            role_name,
+            h.owner[:8],
+            h.host,
+            str(h.pid),
+            str(h.token) if h.acquired_at is not None else "-",
+            format_seconds(held_for(h, now)),
+            format_seconds(h.expires_in),
+        )
+        if show_value:
+            row += (h.value if h.value is not None else "-",)
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=True)).rstrip())
+
+
+def _backend(client: tenure.Client, *, as_json: bool) -> int:
+    caps = client.capabilities
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "url": shown_url(client),
+                    "namespace": client.namespace,
+                    "default_ttl": client.ttl,
+                    "capabilities": dataclasses.asdict(caps),
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(f"url:          {shown_url(client)}")
+    print(f"namespace:    {client.namespace}")
+    print(f"default ttl:  {client.ttl:g} s")
+    leases = (
+        "yes (a holder that stops renewing is replaced after ttl"
+        + (f" + {caps.expiry_slack:g} s" if caps.expiry_slack else "")
+        + ")"
+        if caps.leases
+        else "no (the kernel frees a dead process's locks at once)"
+    )
+    print(f"leases:       {leases}")
+    if caps.leases:
+        print(f"minimum ttl:  {caps.min_ttl:g} s")
+    print(f"fifo grants:  {'yes' if caps.fifo else 'no'}")
+    print(f"wake-up:      {caps.wakeup}")
+    return 0

@@ -1,0 +1,1 @@
+"""Tests of the ``tenure`` command line (file backend, real subprocesses)."""
