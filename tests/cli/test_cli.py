@@ -516,3 +516,44 @@ def test_cmd_dies_with_a_sigkilled_tenure(url: str, tmp_path: Path) -> None:
         wait_for(gone, "CMD to die with tenure")
     finally:
         stop(proc, marker)
+
+
+def test_elect_with_three_processes_hands_the_child_over(url: str, tmp_path: Path) -> None:
+    log = tmp_path / "leaders"
+    script = (
+        "import os, sys, time\n"
+        "with open(sys.argv[1], 'a') as f:\n"
+        "    f.write(os.environ['TENURE_LEADER_TERM'] + ' ' + str(os.getpid()) + '\\n')\n"
+        "time.sleep(60)"
+    )
+    procs = {
+        name: spawn("elect", "trio", "--url", url, "--value", name, *child(script, log))
+        for name in "abc"
+    }
+
+    def records() -> list[tuple[int, int]]:
+        text = log.read_text() if log.exists() else ""
+        return [(int(t), int(p)) for t, p in (line.split() for line in text.splitlines())]
+
+    def dead(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+        except OSError:
+            return True
+
+    try:
+        for round_ in range(3):
+            wait_for(lambda n=round_ + 1: len(records()) == n, f"leader number {round_ + 1}")
+            status = json.loads(tenure_cli("status", "trio", "--election", "--url", url,
+                                           "--json").stdout)  # fmt: skip
+            leader = status["holder"]["value"]
+            assert len(status["waiters"]) == 2 - round_
+            procs[leader].kill()  # SIGKILL tenure: its CMD dies with it, a standby takes over
+            procs[leader].communicate(timeout=TIMEOUT)
+            wait_for(lambda: dead(records()[-1][1]), "the old leader's CMD to die")
+        terms = [term for term, _ in records()]
+        assert terms == sorted(terms)
+        assert len(set(terms)) == 3
+    finally:
+        for proc in procs.values():
+            stop(proc)

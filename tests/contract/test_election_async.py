@@ -44,6 +44,40 @@ async def test_two_candidates_hand_over_in_order(aclients: Clients) -> None:
     assert await a.election("scheduler").leader() is None
 
 
+async def test_three_candidates_each_lead_once_with_rising_terms(
+    aclients: Clients, backend: Backend
+) -> None:
+    clients = [await aclients() for _ in range(3)]
+    elections = [c.election("trio", value=f"c{i}") for i, c in enumerate(clients)]
+    assert await elections[0].campaign()
+    order: list[str] = []
+    terms: list[int] = [elections[0].term]
+    runner = AsyncRunner()
+    for i in (1, 2):
+
+        async def stand(e: aio.Election = elections[i]) -> None:
+            assert await e.campaign(timeout=30)
+            order.append(str(e.value))
+            terms.append(e.term)
+            await e.resign()
+
+        runner.start(stand)
+
+        async def queued(n: int = i + 1) -> bool:
+            return len(await elections[0].candidates()) == n
+
+        await runner.wait_for(queued, 10)
+    standbys = [h.value for h in (await elections[0].candidates())[1:]]
+    assert sorted(standbys) == ["c1", "c2"]
+    await elections[0].resign()
+    await runner.join()
+    assert sorted(order) == ["c1", "c2"]
+    if backend.capabilities.fifo:
+        assert order == ["c1", "c2"]
+    assert terms == sorted(terms)
+    assert len(set(terms)) == 3
+
+
 async def test_proclaim_and_not_leader_errors(aclients: Clients) -> None:
     client = await aclients()
     election = client.election("proclaimed", value="v1")

@@ -45,6 +45,40 @@ def test_two_candidates_hand_over_in_order(clients: Clients) -> None:
     assert a.election("scheduler").leader() is None
 
 
+def test_three_candidates_each_lead_once_with_rising_terms(
+    clients: Clients, backend: Backend
+) -> None:
+    clients = [clients() for _ in range(3)]
+    elections = [c.election("trio", value=f"c{i}") for i, c in enumerate(clients)]
+    assert elections[0].campaign()
+    order: list[str] = []
+    terms: list[int] = [elections[0].term]
+    runner = Runner()
+    for i in (1, 2):
+
+        def stand(e: aio.Election = elections[i]) -> None:
+            assert e.campaign(timeout=30)
+            order.append(str(e.value))
+            terms.append(e.term)
+            e.resign()
+
+        runner.start(stand)
+
+        def queued(n: int = i + 1) -> bool:
+            return len(elections[0].candidates()) == n
+
+        runner.wait_for(queued, 10)
+    standbys = [h.value for h in (elections[0].candidates())[1:]]
+    assert sorted(standbys) == ["c1", "c2"]
+    elections[0].resign()
+    runner.join()
+    assert sorted(order) == ["c1", "c2"]
+    if backend.capabilities.fifo:
+        assert order == ["c1", "c2"]
+    assert terms == sorted(terms)
+    assert len(set(terms)) == 3
+
+
 def test_proclaim_and_not_leader_errors(clients: Clients) -> None:
     client = clients()
     election = client.election("proclaimed", value="v1")
