@@ -28,7 +28,7 @@ from ..errors import (
 from . import _compat
 from .backends.base import Driver, Grant, Lease, LeaseExpired
 from .election import AsyncElection
-from .lock import AsyncLock
+from .lock import AsyncLock, call_quietly
 
 __all__ = ["AsyncSession"]
 
@@ -109,7 +109,7 @@ class AsyncSession:
             if not self.lost.is_set():
                 self._callbacks.append(callback)
                 return
-        _run_callback(callback, self)
+        call_quietly(callback, self)
 
     @property
     def expires_in(self) -> float | None:
@@ -324,7 +324,7 @@ class AsyncSession:
         for grant, lock in held:
             lock._session_ended(grant, reason)
         for callback in callbacks:
-            _run_callback(callback, self)
+            call_quietly(callback, self)
 
 
 def _keep_alive_fn(ref: weakref.ref[AsyncSession]) -> Callable[[], Awaitable[None]]:
@@ -345,10 +345,3 @@ def _keep_alive_fn(ref: weakref.ref[AsyncSession]) -> Callable[[], Awaitable[Non
             del session
 
     return keep_alive
-
-
-def _run_callback(callback: Callable[..., object], arg: object) -> None:
-    try:
-        callback(arg)
-    except Exception:
-        log.exception("tenure: on_lost callback %r failed", callback)

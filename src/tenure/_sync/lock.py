@@ -235,7 +235,7 @@ class Lock:
             if self._lost_reason is None:
                 self._callbacks.append(callback)
                 return
-        _call(callback, self)
+        call_quietly(callback, self)
 
     def _current(self) -> Grant:
         with self._state:
@@ -268,7 +268,7 @@ class Lock:
             session._gate(self._key).release()  # local waiters may contend again
         log.warning("tenure: %s %r lost: %s", self._kind, self.name, reason)
         for callback in callbacks:
-            _call(callback, self)
+            call_quietly(callback, self)
 
     # Running work under the lock.
 
@@ -301,7 +301,8 @@ def _owner_kind() -> str:
     return "task" if "_sync" in __name__ else "thread"
 
 
-def _call(callback: Callable[..., object], arg: object) -> None:
+def call_quietly(callback: Callable[..., object], arg: object) -> None:
+    """Run an ``on_lost`` callback; log, never raise, what it raises."""
     try:
         callback(arg)
     except Exception:

@@ -29,7 +29,7 @@ from ..errors import (
 from . import _compat
 from .backends.base import Driver, Grant, Lease, LeaseExpired
 from .election import Election
-from .lock import Lock
+from .lock import Lock, call_quietly
 
 __all__ = ["Session"]
 
@@ -108,7 +108,7 @@ class Session:
             if not self.lost.is_set():
                 self._callbacks.append(callback)
                 return
-        _run_callback(callback, self)
+        call_quietly(callback, self)
 
     @property
     def expires_in(self) -> float | None:
@@ -321,7 +321,7 @@ class Session:
         for grant, lock in held:
             lock._session_ended(grant, reason)
         for callback in callbacks:
-            _run_callback(callback, self)
+            call_quietly(callback, self)
 
 
 def _keep_alive_fn(ref: weakref.ref[Session]) -> Callable[[], None]:
@@ -342,10 +342,3 @@ def _keep_alive_fn(ref: weakref.ref[Session]) -> Callable[[], None]:
             del session
 
     return keep_alive
-
-
-def _run_callback(callback: Callable[..., object], arg: object) -> None:
-    try:
-        callback(arg)
-    except Exception:
-        log.exception("tenure: on_lost callback %r failed", callback)
