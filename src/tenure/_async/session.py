@@ -206,7 +206,13 @@ class AsyncSession:
     def _track(self, grant: Grant, lock: AsyncLock) -> None:
         grant._on_lost = lambda reason: self._grant_lost(grant, reason)
         with self._state:
-            self._held[grant] = lock
+            # The session may have been lost (or closed) since the driver granted: then the lock
+            # is lost at once, never held untracked and unrenewed.
+            if not (self.lost.is_set() or self._closed.is_set()):
+                self._held[grant] = lock
+                return
+            reason = self._lost_reason or "the session was closed"
+        lock._session_ended(grant, reason)
 
     def _untrack(self, grant: Grant) -> None:
         with self._state:

@@ -1,0 +1,402 @@
+"""The lock libraries under test, behind one tiny interface, and the raw floors.
+
+A :class:`Library` makes a :class:`BenchClient` for a :class:`Target` (a running server or a
+directory) inside the measuring process; the client makes a :class:`BenchLock` per name. Adapters
+keep each library at its documented defaults unless the label says otherwise. Imports happen
+lazily so that a missing peer is skipped, not fatal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib
+import os
+import struct
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = [
+    "BenchClient",
+    "BenchLock",
+    "FloorOp",
+    "Library",
+    "RedisCommandStats",
+    "Target",
+    "count_redis_requests",
+    "delta",
+    "file_floor",
+    "redis_floor",
+]
+
+LOCK_TTL = 30  # seconds, for every library that takes an expiry
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the locks live: tenure's URL plus what the peers need."""
+
+    backend: str
+    url: str
+    host: str = ""
+    port: int = 0
+    directory: str = ""
+
+
+class BenchLock(Protocol):
+    def acquire(self, timeout: float) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class BenchClient(Protocol):
+    def lock(self, name: str) -> BenchLock: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Library:
+    key: str
+    label: str
+    make: Callable[[Target], BenchClient]
+    requires: tuple[str, ...] = ()
+    note: str = ""
+    is_tenure: bool = False
+    uncontended_only: bool = False  # a diagnostic, not a lock to contend on
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def missing(self) -> list[str]:
+        gone = []
+        for module in self.requires:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                gone.append(module)
+        return gone
+
+
+# tenure.
+
+
+class _TenureLock:
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+
+    def acquire(self, timeout: float) -> bool:
+        return bool(self._lock.acquire(timeout=timeout))
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+class TenureClient:
+    def __init__(self, target: Target) -> None:
+        import tenure
+
+        self._client = tenure.connect(target.url, ttl=LOCK_TTL)
+
+    def lock(self, name: str) -> BenchLock:
+        return _TenureLock(self._client.lock(name))
+
+    def close(self) -> None:
+        self._client.close()
+
+
+# Diagnostic: tenure's own Lua scripts called with bare redis-py, without tenure's Python layers
+# (same keys and arguments as the driver sends). Uncontended only: it splits tenure's distance to
+# the floor into "what the scripts cost" and "what tenure's Python costs".
+
+
+class _ScriptsLock:
+    def __init__(self, client: Any, scripts: tuple[Any, Any], namespace: str, name: str) -> None:
+        import datetime as dt
+        import json
+        import socket
+
+        self._acquire_script, self._release_script = scripts
+        p = f"{namespace}:{{lock/{name}}}:"
+        self._p = p
+        self._keys = [p + "holder", p + "token", p + "queue", p + "seq"]
+        self._owner = uuid.uuid4().hex
+        host, pid = socket.gethostname(), os.getpid()
+        waiter = json.dumps({"owner": self._owner, "host": host, "pid": pid, "value": None})
+        now = dt.datetime.now(dt.UTC).isoformat()
+        self._args = [self._owner, LOCK_TTL * 1000, host, pid, now, "null", 1, p, "", waiter]
+
+    def acquire(self, timeout: float) -> bool:
+        granted, _token, _pttl = self._acquire_script(keys=self._keys, args=self._args)
+        return bool(granted)
+
+    def release(self) -> None:
+        self._release_script(
+            keys=[self._p + "holder", self._p + "queue"],
+            args=[self._owner, self._p, LOCK_TTL * 1000, ""],
+        )
+
+
+class TenureScriptsClient:
+    def __init__(self, target: Target) -> None:
+        import redis
+
+        from tenure import _redis_lua
+
+        self._redis = redis.Redis(host=target.host, port=target.port, decode_responses=True)
+        self._scripts = (
+            self._redis.register_script(_redis_lua.ACQUIRE),
+            self._redis.register_script(_redis_lua.RELEASE),
+        )
+
+    def lock(self, name: str) -> BenchLock:
+        return _ScriptsLock(self._redis, self._scripts, "bench-scripts", name)
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+# redis-py's Lock (SET NX + sleep-polling).
+
+
+class _RedisPyLock:
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+
+    def acquire(self, timeout: float) -> bool:
+        return bool(self._lock.acquire(blocking=True, blocking_timeout=timeout))
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+class RedisPyClient:
+    def __init__(self, target: Target, sleep: float) -> None:
+        import redis
+
+        self._redis = redis.Redis(host=target.host, port=target.port)
+        self._sleep = sleep
+
+    def lock(self, name: str) -> BenchLock:
+        return _RedisPyLock(self._redis.lock(name, timeout=LOCK_TTL, sleep=self._sleep))
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+# python-redis-lock (SET NX + BLPOP on one shared signal list).
+
+
+class _PythonRedisLock:
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+
+    def acquire(self, timeout: float) -> bool:
+        # Its timeout is a whole number of seconds.
+        return bool(self._lock.acquire(blocking=True, timeout=max(1, round(timeout))))
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+class PythonRedisLockClient:
+    def __init__(self, target: Target) -> None:
+        import redis
+
+        self._redis = redis.Redis(host=target.host, port=target.port)
+
+    def lock(self, name: str) -> BenchLock:
+        import redis_lock
+
+        return _PythonRedisLock(redis_lock.Lock(self._redis, name, expire=LOCK_TTL))
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+# pottery's Redlock, one master.
+
+
+class _PotteryLock:
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+
+    def acquire(self, timeout: float) -> bool:
+        return bool(self._lock.acquire(blocking=True, timeout=timeout))
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+class PotteryClient:
+    def __init__(self, target: Target) -> None:
+        import redis
+
+        self._redis = redis.Redis(host=target.host, port=target.port)
+
+    def lock(self, name: str) -> BenchLock:
+        from pottery import Redlock
+
+        return _PotteryLock(
+            Redlock(key=name, masters={self._redis}, auto_release_time=float(LOCK_TTL))
+        )
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+# tooz's redis driver (redis-py's Lock underneath, at its defaults).
+
+
+class _ToozLock:
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+
+    def acquire(self, timeout: float) -> bool:
+        return bool(self._lock.acquire(blocking=timeout))
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+class ToozClient:
+    def __init__(self, target: Target) -> None:
+        from tooz import coordination
+
+        self._coord = coordination.get_coordinator(
+            f"redis://{target.host}:{target.port}", uuid.uuid4().hex.encode()
+        )
+        self._coord.start()
+
+    def lock(self, name: str) -> BenchLock:
+        return _ToozLock(self._coord.get_lock(name.encode()))
+
+    def close(self) -> None:
+        self._coord.stop()
+
+
+# fasteners' InterProcessLock (fcntl, polling with back-off), for the file backend.
+
+
+class _FastenersLock:
+    def __init__(self, path: str) -> None:
+        import fasteners
+
+        self._lock = fasteners.InterProcessLock(path)
+
+    def acquire(self, timeout: float) -> bool:
+        return bool(self._lock.acquire(blocking=True, timeout=timeout))
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+class FastenersClient:
+    def __init__(self, target: Target) -> None:
+        self._dir = os.path.join(target.directory, "fasteners")
+        os.makedirs(self._dir, exist_ok=True)
+
+    def lock(self, name: str) -> BenchLock:
+        return _FastenersLock(os.path.join(self._dir, name + ".lock"))
+
+    def close(self) -> None:
+        return None
+
+
+# Floors: the minimal work any lock on this backend must do, with the same client library. A
+# floor is an operation factory, so that it can be timed interleaved with a library's
+# acquire + release in the same process (both then see the same CPU placement).
+
+FloorOp = tuple[Callable[[], object], Callable[[], None]]
+
+
+def redis_floor(target: Target) -> FloorOp:
+    """Two PING round trips with redis-py: what a lock's acquire + release cannot beat."""
+    import redis
+
+    client = redis.Redis(host=target.host, port=target.port)
+
+    def two_pings() -> None:
+        client.ping()
+        client.ping()
+
+    return two_pings, client.close
+
+
+_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", fcntl.F_SETLK)
+_FLOCK = "hhqqi4x"  # struct flock on 64-bit Linux: type, whence, start, len, pid
+
+
+def file_floor(target: Target) -> FloorOp:
+    """open + fcntl write lock + unlock + close of one file: the syscalls of a file lock."""
+    path = os.path.join(target.directory, "floor.lock")
+    lock = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+    unlock = struct.pack(_FLOCK, fcntl.F_UNLCK, os.SEEK_SET, 0, 0, 0)
+
+    def lock_unlock() -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.fcntl(fd, _OFD_SETLK, lock)
+            fcntl.fcntl(fd, _OFD_SETLK, unlock)
+        finally:
+            os.close(fd)
+
+    return lock_unlock, lambda: None
+
+
+def count_redis_requests() -> Callable[[], int]:
+    """Count requests sent by redis-py in this process (a pipeline is one); returns a reader.
+
+    Patches ``AbstractConnection.send_packed_command``, which every command, pipeline and
+    connection handshake goes through: a request is a round trip (BLPOP included).
+    """
+    try:
+        from redis.connection import AbstractConnection
+    except ImportError:
+        return lambda: 0
+    sent = [0]
+    original = AbstractConnection.send_packed_command
+
+    def counted(self: Any, command: Any, check_health: bool = True) -> None:
+        sent[0] += 1
+        original(self, command, check_health)
+
+    AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
+    return lambda: sent[0]
+
+
+class RedisCommandStats:
+    """Calls per command from ``INFO commandstats`` on one long-lived connection.
+
+    The connection is opened once (its handshake is not counted between snapshots) and our own
+    ``INFO`` calls are left out.
+    """
+
+    def __init__(self, target: Target) -> None:
+        import redis
+
+        self._client = redis.Redis(host=target.host, port=target.port)
+
+    def __call__(self) -> dict[str, int]:
+        raw = self._client.info("commandstats")
+        stats: dict[str, int] = {}
+        for key, value in raw.items():
+            name = key.removeprefix("cmdstat_")
+            if name != "info" and isinstance(value, dict):
+                stats[name] = int(value.get("calls", 0))
+        return stats
+
+    def cpu_seconds(self) -> float:
+        """The server's user + system CPU time so far (``INFO cpu``)."""
+        raw = self._client.info("cpu")
+        return float(raw["used_cpu_user"]) + float(raw["used_cpu_sys"])
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._client.close()
+
+
+def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Per-command calls between two snapshots (only the commands that moved)."""
+    moved = {name: after[name] - before.get(name, 0) for name in after}
+    return {name: calls for name, calls in sorted(moved.items()) if calls}

@@ -1,0 +1,250 @@
+"""What runs inside the measuring processes: uncontended loops, contended workers, renewal.
+
+Contended workers share a few 64-bit slots (``multiprocessing.RawArray``). They are written only
+inside the critical section, so the lock under test is the only thing that orders them; that is
+the point: a second process inside the section shows up as an overlap or a lost increment.
+``time.monotonic_ns()`` is CLOCK_MONOTONIC, one clock for every process on Linux, so a stamp
+written by the releaser and read by the next holder gives the handoff latency.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing.connection
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks._impls import BenchClient, FloorOp, Library, Target, count_redis_requests
+
+__all__ = [
+    "ContendedArgs",
+    "Slots",
+    "contended_worker",
+    "renewal",
+    "uncontended",
+]
+
+
+class Slots:
+    """Indexes into the shared array."""
+
+    INSIDE = 0  # 1 + index of the worker inside the critical section, 0 if none
+    COUNTER = 1  # protected counter, incremented by read + write inside the section
+    LAST_HOLDER = 2  # 1 + index of the last worker to release, 0 before the first release
+    LAST_RELEASE_NS = 3  # monotonic_ns() taken just before that release call
+    START_NS = 4
+    END_NS = 5
+    SIZE = 8
+
+
+@dataclass(frozen=True)
+class ContendedArgs:
+    library: Library
+    target: Target
+    name: str
+    acquire_timeout: float
+    max_grants: int
+    max_errors: int = 50
+    exit_wait: float = 120.0
+
+
+def uncontended(
+    library: Library,
+    floor: Callable[[Target], FloorOp],
+    target: Target,
+    name: str,
+    iterations: int,
+    seconds: float,
+    warmup: int,
+) -> dict[str, list[int]]:
+    """acquire + release of a free lock and the floor, timed per pair (ns), interleaved.
+
+    Chunks of ``_CHUNK`` floor operations alternate with chunks of acquire + release in this one
+    process, so that both see the same CPU placement (a loopback round trip is ~50 µs when client
+    and server share a vCPU and ~85 µs when not, and the scheduler flips between the two).
+    Bounded by ``iterations`` per side and ``seconds``.
+    """
+    client = library.make(target)
+    floor_op, floor_close = floor(target)
+    try:
+        lock = client.lock(name)
+
+        def pair() -> None:
+            if not lock.acquire(5.0):
+                raise RuntimeError(f"{library.label}: a free lock was not granted in 5 s")
+            lock.release()
+
+        for _ in range(warmup):
+            pair()
+            floor_op()
+        out: dict[str, list[int]] = {"floor": [], "lock": []}
+        stop = time.monotonic() + seconds
+        while len(out["lock"]) < iterations and time.monotonic() < stop:
+            for key, op in (("floor", floor_op), ("lock", pair)):
+                samples = out[key]
+                for _ in range(min(_CHUNK, iterations - len(samples))):
+                    t0 = time.monotonic_ns()
+                    op()
+                    samples.append(time.monotonic_ns() - t0)
+        return out
+    finally:
+        client.close()
+        floor_close()
+
+
+_CHUNK = 50
+
+
+def contended_worker(
+    args: ContendedArgs,
+    index: int,
+    shared: Any,
+    ready: Any,
+    start: Any,
+    leave: Any,
+    send: multiprocessing.connection.Connection,
+) -> None:
+    """One contending process: loop acquire → critical section → release until END_NS."""
+    me = index + 1
+    result: dict[str, Any] = {
+        "grants": 0,
+        "grants_in_window": 0,
+        "timeouts": 0,
+        "errors": 0,
+        "overlaps": 0,
+        "self_reacquire": 0,
+        "handoffs_ns": [],
+        "first_error": "",
+        "requests": 0,
+    }
+    client: BenchClient | None = None
+    requests = count_redis_requests() if args.target.backend == "redis" else (lambda: 0)
+    try:
+        client = args.library.make(args.target)
+        # Open connections and load scripts before the clock starts, on another name.
+        warm = client.lock(f"{args.name}-warm-{index}")
+        if warm.acquire(5.0):
+            warm.release()
+        lock = client.lock(args.name)
+        ready.release()
+        if not start.wait(60):
+            raise RuntimeError("the start signal never came")
+        start_ns, end_ns = shared[Slots.START_NS], shared[Slots.END_NS]
+        while time.monotonic_ns() < start_ns:
+            time.sleep(0.0005)
+        sent, cpu = requests(), time.process_time()
+        try:
+            _contend(args, lock, me, end_ns, shared, result)
+        finally:
+            result["requests"] = requests() - sent
+            result["cpu_s"] = time.process_time() - cpu
+    except Exception as exc:
+        result["errors"] += 1
+        result["first_error"] = result["first_error"] or f"{type(exc).__name__}: {exc}"
+    finally:
+        ready.release()  # harmless extra if already released: the runner counts results
+        send.send(result)
+        send.close()
+        leave.wait(args.exit_wait)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+
+def _contend(
+    args: ContendedArgs, lock: Any, me: int, end_ns: int, shared: Any, result: dict[str, Any]
+) -> None:
+    handoffs: list[int] = result["handoffs_ns"]
+    while time.monotonic_ns() < end_ns and result["grants"] < args.max_grants:
+        try:
+            ok = lock.acquire(args.acquire_timeout)
+        except Exception as exc:
+            result["errors"] += 1
+            result["first_error"] = result["first_error"] or f"{type(exc).__name__}: {exc}"
+            if result["errors"] >= args.max_errors:
+                return
+            time.sleep(0.01)
+            continue
+        t_acquired = time.monotonic_ns()
+        if not ok:
+            result["timeouts"] += 1
+            continue
+        # Critical section.
+        if shared[Slots.INSIDE] != 0:
+            result["overlaps"] += 1
+        shared[Slots.INSIDE] = me
+        shared[Slots.COUNTER] = shared[Slots.COUNTER] + 1
+        previous, released_ns = shared[Slots.LAST_HOLDER], shared[Slots.LAST_RELEASE_NS]
+        result["grants"] += 1
+        if t_acquired <= end_ns:
+            result["grants_in_window"] += 1
+            if previous == me:
+                result["self_reacquire"] += 1
+            elif previous != 0:
+                handoffs.append(t_acquired - released_ns)
+        if shared[Slots.INSIDE] != me:
+            result["overlaps"] += 1
+        shared[Slots.INSIDE] = 0
+        shared[Slots.LAST_HOLDER] = me
+        shared[Slots.LAST_RELEASE_NS] = time.monotonic_ns()
+        try:
+            lock.release()
+        except Exception as exc:
+            result["errors"] += 1
+            result["first_error"] = result["first_error"] or f"{type(exc).__name__}: {exc}"
+            if result["errors"] >= args.max_errors:
+                return
+
+
+def renewal(target: Target, locks: int, repeats: int) -> dict[str, Any]:
+    """One session holding ``locks`` locks: round trips and latency of one ``_renew()``."""
+    import tenure
+    from benchmarks._impls import RedisCommandStats, delta
+
+    stats = RedisCommandStats(target)
+    requests = count_redis_requests()
+    client = tenure.connect(target.url, ttl=LOCK_TTL_RENEWAL)
+    try:
+        session = client.session(ttl=LOCK_TTL_RENEWAL)
+        held = [session.lock(f"renew-{i}") for i in range(locks)]
+        t0 = time.monotonic()
+        for lock in held:
+            if not lock.acquire(timeout=5.0):
+                raise RuntimeError("a free lock was not granted in 5 s")
+        acquire_all = time.monotonic() - t0
+        first_sent = requests()
+        session._renew()  # the first call in a process may load the script (NOSCRIPT + LOAD)
+        first_requests = requests() - first_sent
+        samples: list[int] = []
+        round_trips: list[int] = []
+        commands: list[dict[str, int]] = []
+        for _ in range(repeats):
+            before = stats()
+            sent = requests()
+            t1 = time.monotonic_ns()
+            alive = session._renew()
+            samples.append(time.monotonic_ns() - t1)
+            round_trips.append(requests() - sent)
+            commands.append(delta(before, stats()))
+            if not alive:
+                raise RuntimeError("the session ended during the renewal benchmark")
+        lost = sum(1 for lock in held if not lock.held)
+        for lock in held:
+            lock.release()
+        return {
+            "locks": locks,
+            "acquire_all_s": acquire_all,
+            "samples_ns": samples,
+            "round_trips": round_trips,
+            "commands": commands,
+            "locks_lost": lost,
+            "first_renewal_requests": first_requests,
+        }
+    finally:
+        client.close()
+        stats.close()
+
+
+LOCK_TTL_RENEWAL = 30.0

@@ -1,0 +1,176 @@
+"""The backends table: how to start one, its floor, tenure's URL, and the peers on it.
+
+Adding etcd, ZooKeeper or PostgreSQL is one more :class:`Backend` entry: a ``start`` that returns
+a :class:`Target` (from ``tests.servers``), a floor function with the same client library tenure
+uses (etcd: Txn + DeleteRange over grpc; ZooKeeper: create + delete with kazoo; PostgreSQL:
+2 x SELECT 1 with psycopg), and the peers' adapters in ``_impls``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from benchmarks._env import filesystem_of
+from benchmarks._impls import (
+    FastenersClient,
+    FloorOp,
+    Library,
+    PotteryClient,
+    PythonRedisLockClient,
+    RedisPyClient,
+    Target,
+    TenureClient,
+    TenureScriptsClient,
+    ToozClient,
+    file_floor,
+    redis_floor,
+)
+
+__all__ = ["BACKENDS", "Backend", "Running"]
+
+FloorFn = Callable[[Target], FloorOp]
+
+
+@dataclass
+class Running:
+    """A started backend: where it is, how to stop it, facts for the report."""
+
+    target: Target
+    close: Callable[[], None]
+    info: dict[str, Any] = field(default_factory=dict)
+    pids: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    start: Callable[[], Running]
+    floor: FloorFn
+    floor_label: str
+    libraries: tuple[Library, ...]
+    commandstats: bool = False  # the server reports per-command call counts (Redis)
+    renewal: bool = False  # measure a session renewing 1,000 locks
+    wakeup: str = ""
+
+
+def _start_redis() -> Running:
+    from tests.servers import start_redis
+
+    server = start_redis()
+    target = Target(
+        backend="redis",
+        url=f"{server.url}?namespace=bench",
+        host=server.host,
+        port=server.port,
+    )
+    return Running(
+        target=target,
+        close=server.close,
+        info={"endpoint": f"{server.host}:{server.port}", "persistence": "off"},
+        pids=[server.pid] if server.pid else [],
+    )
+
+
+def _start_file() -> Running:
+    directory = tempfile.mkdtemp(prefix="tenure-bench-")
+    return Running(
+        target=Target(
+            backend="file", url=f"file://{directory}?namespace=bench", directory=directory
+        ),
+        close=lambda: shutil.rmtree(directory, ignore_errors=True),
+        info={"directory": directory, "filesystem": filesystem_of(directory)},
+    )
+
+
+BACKENDS: dict[str, Backend] = {
+    "redis": Backend(
+        name="redis",
+        start=_start_redis,
+        floor=redis_floor,
+        floor_label="2 x PING (redis-py)",
+        libraries=(
+            Library(
+                "tenure",
+                "tenure",
+                TenureClient,
+                ("tenure", "redis"),
+                is_tenure=True,
+                note="FIFO queue, per-waiter BLPOP signal",
+            ),
+            Library(
+                "tenure-scripts",
+                "diagnostic: tenure's 2 Lua scripts via bare redis-py",
+                TenureScriptsClient,
+                ("tenure", "redis"),
+                note="same EVALSHA calls and arguments, none of tenure's Python layers",
+                uncontended_only=True,
+            ),
+            Library(
+                "redis-py",
+                "redis-py Lock (sleep 0.1 s, default)",
+                lambda t: RedisPyClient(t, 0.1),
+                ("redis",),
+                note="SET NX, polls every 0.1 s",
+            ),
+            Library(
+                "redis-py-1ms",
+                "redis-py Lock (sleep 1 ms)",
+                lambda t: RedisPyClient(t, 0.001),
+                ("redis",),
+                note="SET NX, polls every 1 ms",
+            ),
+            Library(
+                "python-redis-lock",
+                "python-redis-lock",
+                PythonRedisLockClient,
+                ("redis_lock",),
+                note="SET NX + BLPOP on one shared signal list",
+            ),
+            Library(
+                "pottery",
+                "pottery Redlock (1 master)",
+                PotteryClient,
+                ("pottery",),
+                note="retries after a random sleep of 0-200 ms",
+            ),
+            Library(
+                "tooz",
+                "tooz (redis)",
+                ToozClient,
+                ("tooz",),
+                note="redis-py Lock underneath, default sleep",
+            ),
+        ),
+        commandstats=True,
+        renewal=True,
+        wakeup="release pushes to the next waiter's own list (BLPOP)",
+    ),
+    "file": Backend(
+        name="file",
+        start=_start_file,
+        floor=file_floor,
+        floor_label="open + fcntl lock + unlock + close",
+        libraries=(
+            Library(
+                "tenure",
+                "tenure",
+                TenureClient,
+                ("tenure",),
+                is_tenure=True,
+                note="OFD lock, waiters woken by inotify",
+            ),
+            Library(
+                "fasteners",
+                "fasteners InterProcessLock",
+                FastenersClient,
+                ("fasteners",),
+                note="fcntl lock, polls 10-100 ms",
+            ),
+        ),
+        wakeup="inotify on the lock file (IN_CLOSE_WRITE on release)",
+    ),
+}
