@@ -548,9 +548,10 @@ def test_elect_with_three_processes_hands_the_child_over(url: str, tmp_path: Pat
                                            "--json").stdout)  # fmt: skip
             leader = status["holder"]["value"]
             assert len(status["waiters"]) == 2 - round_
+            old_cmd = records()[-1][1]
             procs[leader].kill()  # SIGKILL tenure: its CMD dies with it, a standby takes over
             procs[leader].communicate(timeout=TIMEOUT)
-            wait_for(lambda: dead(records()[-1][1]), "the old leader's CMD to die")
+            wait_for(lambda pid=old_cmd: dead(pid), "the old leader's CMD to die")
         terms = [term for term, _ in records()]
         assert terms == sorted(terms)
         assert len(set(terms)) == 3
