@@ -7,6 +7,8 @@ them, ``_expire`` notifies only the locks already tracked, and the new grant is 
 session that is lost and will never renew it nor report it lost: ``acquire`` returns True,
 ``held`` stays True and ``lost`` is never set, while the server lets the entry expire after the
 TTL and grants the lock to someone else. The test runs the alarm's ``_expire`` at that point.
+Found by this test and fixed in f906959 (``_track`` re-checks the session under its state lock);
+it stays as a regression test.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def test_a_session_lost_between_grant_and_tracking_marks_the_lock_lost(
         # The other client gets the lock once the unrenewed entry expires (after the TTL)...
         other = b.lock("raced")
         assert other.acquire(timeout=10)
-        # ...by which time the first one must have been told. (Today: held, lost never set.)
+        # ...by which time the first one must have been told (before the fix: held, never lost).
         assert not granted or lock.lost.is_set(), (
             f"acquire returned {granted}; held={lock.held}, lost={lock.lost.is_set()} "
             f"while another client holds token {other.token}"
