@@ -275,3 +275,14 @@ def test_thread_safe_use_of_one_client(redis_server: RedisServer, ns: str) -> No
         runner.join(60)
         assert count == 400
         assert overlaps == 0
+
+
+def test_ttl_below_the_minimum_is_refused(redis_server: RedisServer, ns: str) -> None:
+    url = f"{redis_server.url}?namespace={ns}"
+    with pytest.raises(ConfigurationError, match=r"minimum of 0\.1 s"):
+        tenure.connect(url, ttl=0.05)
+    with tenure.connect(url) as client:
+        with pytest.raises(ConfigurationError, match=r"minimum of 0\.1 s"):
+            client.session(ttl=0.05)
+        with pytest.raises(ConfigurationError, match=r"minimum of 0\.1 s"):
+            client.lock("short", ttl=0.05).acquire()

@@ -17,7 +17,7 @@ from . import _compat
 from .backends.base import Driver
 from .election import AsyncElection
 from .lock import AsyncLock, check_timeout
-from .session import AsyncSession
+from .session import AsyncSession, check_ttl
 
 __all__ = ["DEFAULT_TTL", "AsyncClient"]
 
@@ -68,11 +68,7 @@ class AsyncClient:
         )
         self.url = parsed.redacted()
         self._retry: RetryStrategy = retry or ExponentialRetry(base=0.05, cap=1.0, max_attempts=8)
-        if self._driver.capabilities.leases and self.ttl < self._driver.capabilities.min_ttl:
-            raise ConfigurationError(
-                f"ttl {self.ttl} s is below the {parsed.scheme} backend's minimum of "
-                f"{self._driver.capabilities.min_ttl} s"
-            )
+        check_ttl(self._driver, self.ttl)  # fail at connect, not at the first acquire
         self._sessions: dict[float, AsyncSession] = {}
         self._all_sessions: weakref.WeakSet[AsyncSession] = weakref.WeakSet()
         self._open_gate = _compat.Gate()

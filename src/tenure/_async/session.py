@@ -56,13 +56,7 @@ class AsyncSession:
         retry: RetryStrategy,
         default_timeout: float | None = None,
     ) -> None:
-        caps = driver.capabilities
-        if caps.leases and ttl < caps.min_ttl:
-            raise ConfigurationError(
-                f"ttl {ttl} s is below the {driver.scheme} backend's minimum of {caps.min_ttl} s"
-            )
-        if ttl <= 0:
-            raise ConfigurationError(f"ttl must be > 0 seconds, got {ttl}")
+        check_ttl(driver, ttl)
         self._driver = driver
         self.ttl = float(ttl)
         self._retry = retry
@@ -331,6 +325,17 @@ class AsyncSession:
             lock._session_ended(grant, reason)
         for callback in callbacks:
             call_quietly(callback, self)
+
+
+def check_ttl(driver: Driver, ttl: float) -> None:
+    """Refuse a TTL the backend cannot honour (never change it silently)."""
+    caps = driver.capabilities
+    if caps.leases and ttl < caps.min_ttl:
+        raise ConfigurationError(
+            f"ttl {ttl} s is below the {driver.scheme} backend's minimum of {caps.min_ttl} s"
+        )
+    if ttl <= 0:
+        raise ConfigurationError(f"ttl must be > 0 seconds, got {ttl}")
 
 
 def _keep_alive_fn(ref: weakref.ref[AsyncSession]) -> Callable[[], Awaitable[None]]:

@@ -17,7 +17,7 @@ from . import _compat
 from .backends.base import Driver
 from .election import Election
 from .lock import Lock, check_timeout
-from .session import Session
+from .session import Session, check_ttl
 
 __all__ = ["DEFAULT_TTL", "Client"]
 
@@ -68,11 +68,7 @@ class Client:
         )
         self.url = parsed.redacted()
         self._retry: RetryStrategy = retry or ExponentialRetry(base=0.05, cap=1.0, max_attempts=8)
-        if self._driver.capabilities.leases and self.ttl < self._driver.capabilities.min_ttl:
-            raise ConfigurationError(
-                f"ttl {self.ttl} s is below the {parsed.scheme} backend's minimum of "
-                f"{self._driver.capabilities.min_ttl} s"
-            )
+        check_ttl(self._driver, self.ttl)  # fail at connect, not at the first acquire
         self._sessions: dict[float, Session] = {}
         self._all_sessions: weakref.WeakSet[Session] = weakref.WeakSet()
         self._open_gate = _compat.Gate()
