@@ -97,6 +97,16 @@ async def test_with_lock_raises_on_timeout_and_never_runs_the_body(aclients: Cli
     await held.release()
 
 
+async def test_session_locks_take_the_clients_default_timeout(aclients: Clients) -> None:
+    a, b = await aclients(), await aclients(timeout=0.2)
+    held = a.lock("session-timeout")
+    assert await held.acquire()
+    with pytest.raises(AcquireTimeoutError):
+        async with b.session().lock("session-timeout"):
+            raise AssertionError("must not run")
+    await held.release()
+
+
 async def test_release_twice_and_unheld_raise_not_held(aclients: Clients) -> None:
     client = await aclients()
     lock = client.lock("twice")

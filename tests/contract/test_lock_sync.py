@@ -96,6 +96,15 @@ def test_with_lock_raises_on_timeout_and_never_runs_the_body(clients: Clients) -
     held.release()
 
 
+def test_session_locks_take_the_clients_default_timeout(clients: Clients) -> None:
+    a, b = clients(), clients(timeout=0.2)
+    held = a.lock("session-timeout")
+    assert held.acquire()
+    with pytest.raises(AcquireTimeoutError), b.session().lock("session-timeout"):
+        raise AssertionError("must not run")
+    held.release()
+
+
 def test_release_twice_and_unheld_raise_not_held(clients: Clients) -> None:
     client = clients()
     lock = client.lock("twice")

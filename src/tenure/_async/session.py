@@ -86,16 +86,30 @@ class AsyncSession:
     def lock(
         self, name: str, *, timeout: float | None = None, reentrant: bool = False
     ) -> AsyncLock:
-        """A lock on ``name`` held in this session (see ``Client.lock``)."""
+        """A lock on ``name`` held in this session (see ``Client.lock``).
+
+        ``timeout`` None takes the client's default wait, as ``Client.lock`` does.
+        """
         return AsyncLock(
-            self._use, self._driver, name, timeout=timeout, reentrant=reentrant, kind="lock"
+            self._use,
+            self._driver,
+            name,
+            timeout=self._default_timeout if timeout is None else timeout,
+            reentrant=reentrant,
+            kind="lock",
         )
 
     def election(
         self, name: str, *, value: str | None = None, timeout: float | None = None
     ) -> AsyncElection:
         """A leader election on ``name`` in this session (see ``Client.election``)."""
-        return AsyncElection(self._use, self._driver, name, value=value, timeout=timeout)
+        return AsyncElection(
+            self._use,
+            self._driver,
+            name,
+            value=value,
+            timeout=self._default_timeout if timeout is None else timeout,
+        )
 
     def on_lost(self, callback: Callable[[AsyncSession], object]) -> None:
         """Call ``callback(session)`` when the session is lost (at once if it already is)."""

@@ -85,16 +85,30 @@ class Session:
     # Public API.
 
     def lock(self, name: str, *, timeout: float | None = None, reentrant: bool = False) -> Lock:
-        """A lock on ``name`` held in this session (see ``Client.lock``)."""
+        """A lock on ``name`` held in this session (see ``Client.lock``).
+
+        ``timeout`` None takes the client's default wait, as ``Client.lock`` does.
+        """
         return Lock(
-            self._use, self._driver, name, timeout=timeout, reentrant=reentrant, kind="lock"
+            self._use,
+            self._driver,
+            name,
+            timeout=self._default_timeout if timeout is None else timeout,
+            reentrant=reentrant,
+            kind="lock",
         )
 
     def election(
         self, name: str, *, value: str | None = None, timeout: float | None = None
     ) -> Election:
         """A leader election on ``name`` in this session (see ``Client.election``)."""
-        return Election(self._use, self._driver, name, value=value, timeout=timeout)
+        return Election(
+            self._use,
+            self._driver,
+            name,
+            value=value,
+            timeout=self._default_timeout if timeout is None else timeout,
+        )
 
     def on_lost(self, callback: Callable[[Session], object]) -> None:
         """Call ``callback(session)`` when the session is lost (at once if it already is)."""
