@@ -19,7 +19,7 @@ from tenure import Capabilities
 from tenure._async.backends.file import FileDriver, _stem
 
 #: Backends under contract; each server backend adds itself here as it lands.
-BACKENDS = ["file", "redis"]
+BACKENDS = ["file", "redis", "postgres"]
 
 
 @dataclass
@@ -64,6 +64,35 @@ def make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> B
             name,
             f"{server.url}?namespace={namespace}",
             RedisDriver.capabilities,
+            ttl=1.0,
+            steal=steal,
+        )
+    if name == "postgres":
+        import psycopg
+
+        from tenure._async.backends.postgres import PostgresDriver
+
+        server = request.getfixturevalue("postgres_server")
+
+        def steal(lock_name: str, kind: str = "lock") -> None:
+            # Advisory locks belong to a server session: end the holder's (and wait for it).
+            with psycopg.connect(server.url, autocommit=True) as conn:
+                row = conn.execute(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(h.backend_pid, 5000))"
+                    " FROM tenure.holders h JOIN pg_locks l ON l.pid = h.backend_pid"
+                    " AND l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+                    " AND l.classid = ((h.key >> 32) & 4294967295)::oid"
+                    " AND l.objid = (h.key & 4294967295)::oid"
+                    " WHERE h.namespace = %s AND h.name = %s",
+                    (namespace, f"{kind}/{lock_name}"),
+                ).fetchone()
+            assert row is not None
+            assert row[0] == 1, f"no holder of {kind}/{lock_name} to steal from"
+
+        return Backend(
+            name,
+            f"{server.url}?namespace={namespace}",
+            PostgresDriver.capabilities,
             ttl=1.0,
             steal=steal,
         )

@@ -217,6 +217,10 @@ class Session:
             # is lost at once, never held untracked and unrenewed.
             if not (self.lost.is_set() or self._closed.is_set()):
                 self._held[grant] = lock
+                if grant.renew_by is not None and grant.renew_by < self._deadline:
+                    self._deadline = grant.renew_by
+                    if self._alarm is not None:
+                        self._alarm.set(self._deadline)
                 return
             reason = self._lost_reason or "the session was closed"
         lock._session_ended(grant, reason)
@@ -292,7 +296,14 @@ class Session:
                 continue
             if self.lost.is_set():
                 return False
-            self._deadline = sent + self.ttl * (1 - DRIFT)
+            deadline = sent + self.ttl * (1 - DRIFT)
+            with self._state:
+                # Entries granted during this renewal were not in it: keep their own limits.
+                renewed = set(grants)
+                for grant in self._held:
+                    if grant not in renewed and grant.renew_by is not None:
+                        deadline = min(deadline, grant.renew_by)
+                self._deadline = deadline
             if self._alarm is not None:
                 self._alarm.set(self._deadline)
             for grant in gone:

@@ -66,7 +66,17 @@ class Lease:
 class Grant:
     """One held lock entry: who holds ``key`` under which ``token``."""
 
-    __slots__ = ("__weakref__", "_on_lost", "acquired_at", "data", "key", "lease", "owner", "token")
+    __slots__ = (
+        "__weakref__",
+        "_on_lost",
+        "acquired_at",
+        "data",
+        "key",
+        "lease",
+        "owner",
+        "renew_by",
+        "token",
+    )
 
     def __init__(
         self,
@@ -76,6 +86,7 @@ class Grant:
         lease: Lease,
         acquired_at: dt.datetime,
         data: Any = None,
+        renew_by: float | None = None,
     ) -> None:
         self.key = key
         self.owner = owner
@@ -83,6 +94,10 @@ class Grant:
         self.lease = lease
         self.acquired_at = acquired_at
         self.data = data
+        #: A ``monotonic()`` time by which this entry must be renewed, when it is earlier than
+        #: the session's own deadline (a driver whose entries have separate server-side timers,
+        #: like PostgreSQL's connections); the session's deadline is never later than this.
+        self.renew_by = renew_by
         self._on_lost: Callable[[str], None] | None = None
 
     def lost(self, reason: str) -> None:
