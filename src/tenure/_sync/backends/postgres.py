@@ -183,6 +183,13 @@ class PostgresDriver:
                 f"postgresql at {self._address} timed out ({what}): {_first_line(exc)}"
             ) from exc
         except psycopg.OperationalError as exc:
+            text = str(exc)
+            if any(sign in text for sign in _CONFIG_ERRORS):
+                # The server answered, and refused us: retrying will not help.
+                raise ConfigurationError(
+                    f"postgresql at {self._address} refused the connection: "
+                    + text.rpartition("FATAL:")[2].strip().splitlines()[0]
+                ) from exc
             raise BackendUnavailableError(
                 f"postgresql at {self._address} is unreachable ({what}): {_first_line(exc)}"
             ) from exc
@@ -655,6 +662,15 @@ class _Statements:
         )
 
 
+#: Connection failures that are the caller's configuration, not the server's availability.
+_CONFIG_ERRORS = (
+    "password authentication failed",
+    "no password supplied",
+    "does not exist",
+    "pg_hba.conf",
+    "SSL",
+    "certificate",
+)
 #: notify observers of an election (lazily: CASE evaluates only the branch it takes)
 _NOTIFY = "CASE WHEN %(channel)s <> '' THEN pg_notify(%(channel)s, '') END"
 #: "this connection holds advisory lock k" (as an SQL boolean)
