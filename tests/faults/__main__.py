@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tests.faults.history import summarize
 from tests.faults.nemesis import FAULTS, RunConfig, RunResult, run
-from tests.servers import start_redis
+from tests.servers import ServerProcess, start_postgres, start_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "safety.md"
@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             prefix="tenure-faults-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None
         )
     )
-    server = start_redis() if "redis" in backends else None
+    starters = {"redis": start_redis, "postgres": start_postgres}
+    servers: dict[str, ServerProcess] = {}
     try:
         for backend in backends:
             for fault in FAULTS[backend]:
@@ -123,13 +124,15 @@ def main(argv: list[str] | None = None) -> int:
                     settle=0,
                     max_acquisitions=200_000,
                 )
-                result = run(config, base / f"{backend}-{fault}", server)
+                if backend in starters and backend not in servers:
+                    servers[backend] = starters[backend]()
+                result = run(config, base / f"{backend}-{fault}", servers.get(backend))
                 results.append(result)
                 print(row(result), flush=True)
                 for problem in [*result.errors, *result.report.examples.values()]:
                     print(f"    {problem}", flush=True)
     finally:
-        if server is not None:
+        for server in servers.values():
             server.close()
         if args.keep:
             print(f"histories kept in {base}")

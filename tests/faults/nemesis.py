@@ -48,7 +48,7 @@ from tenure.errors import TenureError
 from tests.faults import worker as w
 from tests.faults.history import Event, Fault, Report, check
 from tests.faults.resource import Store
-from tests.servers import RedisServer, TcpProxy
+from tests.servers import ServerProcess, TcpProxy
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -65,7 +65,22 @@ FAULTS: dict[str, tuple[str, ...]] = {
         "drop-acquire-reply",
         "drop-release-reply",
     ),
+    # pause-server does not apply: SIGSTOP of the postmaster leaves the sessions (backends) and
+    # their locks running (tests/backends/test_postgres.py covers it).
+    "postgres": (
+        "none",
+        "pause-holder",
+        "kill-holder",
+        "kill-server",
+        "cut-off-holder",
+        "cut-off-waiter",
+        "drop-acquire-reply",
+        "drop-release-reply",
+    ),
 }
+#: Backends whose protocol cannot lose one reply and go on: there a lost reply is a reply
+#: dropped together with its connection.
+SEVER_ON_DROP = frozenset({"postgres"})
 PROXY_FAULTS = frozenset(
     {"cut-off-holder", "cut-off-waiter", "drop-acquire-reply", "drop-release-reply"}
 )
@@ -106,7 +121,7 @@ class RunResult:
 
 
 class _Run:
-    def __init__(self, config: RunConfig, directory: Path, server: RedisServer | None) -> None:
+    def __init__(self, config: RunConfig, directory: Path, server: ServerProcess | None) -> None:
         self.cfg = config
         self.dir = directory
         self.server = server
@@ -133,6 +148,17 @@ class _Run:
             if config.fault in PROXY_FAULTS:
                 self.proxies = [TcpProxy(server.host, server.port) for _ in range(n)]
                 self.urls = [p.url_for("redis", "/0") + query for p in self.proxies]
+            else:
+                self.urls = [self.direct] * n
+        elif config.backend == "postgres":
+            assert server is not None, "the postgres backend needs a server"
+            query = f"?namespace={namespace}&connect_timeout=2"
+            self.direct = f"postgresql://postgres@{server.host}:{server.port}/postgres{query}"
+            if config.fault in PROXY_FAULTS:
+                self.proxies = [TcpProxy(server.host, server.port) for _ in range(n)]
+                self.urls = [
+                    f"postgresql://postgres@{p.endpoint}/postgres{query}" for p in self.proxies
+                ]
             else:
                 self.urls = [self.direct] * n
         else:
@@ -399,7 +425,7 @@ class _Run:
             return False
         grants, lost = self.slots.get(slot, w.GRANTS), self.slots.get(slot, w.SESSION_LOST)
         session = self.slots.get(slot, w.SESSION)
-        self.proxies[slot].drop_next_reply()
+        self.proxies[slot].drop_next_reply(sever=self.cfg.backend in SEVER_ON_DROP)
         t = time.monotonic_ns()
         try:
 
@@ -421,7 +447,7 @@ class _Run:
         if found is None:
             return False
         slot, pid, token, session = found
-        self.proxies[slot].drop_next_reply()
+        self.proxies[slot].drop_next_reply(sever=self.cfg.backend in SEVER_ON_DROP)
         t = time.monotonic_ns()
         try:
             self.cross_check(pid)
@@ -529,7 +555,7 @@ def load_events(directory: Path) -> list[Event]:
     return sorted(events, key=lambda e: e.t)
 
 
-def run(config: RunConfig, directory: Path, server: RedisServer | None = None) -> RunResult:
+def run(config: RunConfig, directory: Path, server: ServerProcess | None = None) -> RunResult:
     """One bounded run of ``config.fault`` against ``config.backend``; the histories checked."""
     if config.fault not in FAULTS[config.backend]:
         raise ValueError(f"{config.fault!r} does not apply to {config.backend}")

@@ -11,7 +11,7 @@ import pytest
 
 from tests.faults.history import summarize
 from tests.faults.nemesis import FAULTS, SERVER_FAULTS, RunConfig, RunResult, run
-from tests.servers import RedisServer, record_timing
+from tests.servers import ServerProcess, record_timing
 
 pytestmark = pytest.mark.faults
 
@@ -47,13 +47,20 @@ def describe(result: RunResult) -> str:
     return "\n".join(lines)
 
 
+#: backend -> (shared server fixture, fresh server fixture for faults that kill the server)
+SERVER_FIXTURES = {
+    "redis": ("redis_server", "fresh_redis"),
+    "postgres": ("postgres_server", "fresh_postgres"),
+}
+
+
 @pytest.fixture
-def server(request: pytest.FixtureRequest, backend_fault: tuple[str, str]) -> RedisServer | None:
+def server(request: pytest.FixtureRequest, backend_fault: tuple[str, str]) -> ServerProcess | None:
     backend, fault = backend_fault
-    if backend != "redis":
+    if backend not in SERVER_FIXTURES:
         return None
-    name = "fresh_redis" if fault in SERVER_FAULTS else "redis_server"
-    server: RedisServer = request.getfixturevalue(name)
+    shared, fresh = SERVER_FIXTURES[backend]
+    server: ServerProcess = request.getfixturevalue(fresh if fault in SERVER_FAULTS else shared)
     return server
 
 
@@ -64,7 +71,7 @@ def backend_fault(request: pytest.FixtureRequest) -> tuple[str, str]:
 
 
 def test_safety_under_fault(
-    backend_fault: tuple[str, str], server: RedisServer | None, tmp_path: Path
+    backend_fault: tuple[str, str], server: ServerProcess | None, tmp_path: Path
 ) -> None:
     backend, fault = backend_fault
     config = RunConfig(
@@ -118,7 +125,7 @@ def test_safety_under_fault(
         assert report.overlaps == 0, info
         assert report.stale_unfenced == report.rejected_fenced == 0, info
         assert all(m.takeover_after is not None and m.takeover_after >= TTL for m in measures)
-    if fault == "pause-holder" and backend == "redis":
+    if fault == "pause-holder" and backend in ("redis", "postgres"):
         # The negative control: past its TTL the paused holder's lease is gone, another client
         # holds the lock, and on resuming the ex-holder writes with its old token. The unfenced
         # twin accepts it (stale write, lost update); the fenced one refuses it.

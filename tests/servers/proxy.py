@@ -7,7 +7,9 @@ Modes, switchable at any time from any thread:
 * :meth:`TcpProxy.blackhole` — connections are accepted and read, nothing is forwarded in
   either direction and nothing is closed (a network partition);
 * :meth:`TcpProxy.drop_next_reply` — the next chunk coming back from the server is
-  swallowed, once (call it n times to drop n chunks);
+  swallowed, once (call it n times to drop n chunks); with ``sever=True`` its connection is
+  then closed (how a lost reply looks on a protocol that cannot resynchronise, e.g.
+  PostgreSQL's: the request was executed, the client never learns the outcome);
 * :meth:`TcpProxy.sever` — close every current connection (new ones are still accepted).
 """
 
@@ -58,6 +60,7 @@ class TcpProxy:
         self._mode = "pass"
         self._delay = 0.0
         self._drop_replies = 0
+        self._sever_on_drop = False
         self._drop_lock = threading.Lock()
         self._conns: set[_Conn] = set()
         self.accepted = 0  # connections accepted so far
@@ -102,10 +105,12 @@ class TcpProxy:
         """Read and discard everything in both directions; keep connections open."""
         self._mode = "blackhole"
 
-    def drop_next_reply(self) -> None:
-        """Swallow the next chunk coming back from the server (once per call)."""
+    def drop_next_reply(self, *, sever: bool = False) -> None:
+        """Swallow the next chunk coming back from the server (once per call); with
+        ``sever``, close that chunk's connection too."""
         with self._drop_lock:
             self._drop_replies += 1
+            self._sever_on_drop = sever
 
     def heal(self) -> None:
         """Back to pass-through (pending drop_next_reply calls are cancelled too)."""
@@ -192,12 +197,13 @@ class TcpProxy:
             asyncio.create_task(self._pump(conn, up_reader, writer, reply=True)),
         ]
 
-    def _take_drop(self) -> bool:
+    def _take_drop(self) -> str:
+        """ "" (forward the chunk), "drop", or "sever" (drop it and close the connection)."""
         with self._drop_lock:
             if self._drop_replies > 0:
                 self._drop_replies -= 1
-                return True
-            return False
+                return "sever" if self._sever_on_drop else "drop"
+            return ""
 
     async def _pump(
         self,
@@ -223,7 +229,9 @@ class TcpProxy:
                     break
                 if self._mode == "blackhole":
                     continue
-                if reply and self._take_drop():
+                if reply and (drop := self._take_drop()):
+                    if drop == "sever":
+                        break
                     continue
                 queue.put_nowait((loop.time() + self._delay_now(), data))
         finally:
