@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import importlib
 import os
 import struct
@@ -28,6 +29,7 @@ __all__ = [
     "count_redis_requests",
     "delta",
     "file_floor",
+    "postgres_floor",
     "redis_floor",
 ]
 
@@ -275,6 +277,62 @@ class ToozClient:
         self._coord.stop()
 
 
+class ToozPostgresClient(ToozClient):
+    def __init__(self, target: Target) -> None:
+        from tooz import coordination
+
+        self._coord = coordination.get_coordinator(
+            f"postgresql://postgres@{target.host}:{target.port}/postgres",
+            uuid.uuid4().hex.encode(),
+        )
+        self._coord.start()
+
+
+# Plain PostgreSQL session-level advisory locks with psycopg: what users write by hand (no
+# lease, no token, no holder records), the timeout as lock_timeout.
+
+
+class _PgAdvisoryLock:
+    def __init__(self, conn: Any, key: int) -> None:
+        self._conn = conn
+        self._key = key
+        self._timeout_ms = -1
+
+    def acquire(self, timeout: float) -> bool:
+        import psycopg
+
+        ms = max(1, int(timeout * 1000))
+        if ms != self._timeout_ms:
+            self._conn.execute(f"SET lock_timeout = {ms}")
+            self._timeout_ms = ms
+        try:
+            self._conn.execute("SELECT pg_advisory_lock(%s)", (self._key,))
+        except psycopg.errors.LockNotAvailable:
+            return False
+        return True
+
+    def release(self) -> None:
+        self._conn.execute("SELECT pg_advisory_unlock(%s)", (self._key,))
+
+
+class PgAdvisoryClient:
+    def __init__(self, target: Target) -> None:
+        import psycopg
+
+        self._conn = psycopg.connect(
+            f"postgresql://postgres@{target.host}:{target.port}/postgres",
+            autocommit=True,
+            prepare_threshold=0,
+        )
+
+    def lock(self, name: str) -> BenchLock:
+        digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+        return _PgAdvisoryLock(self._conn, int.from_bytes(digest, "big", signed=True))
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 # fasteners' InterProcessLock (fcntl, polling with back-off), for the file backend.
 
 
@@ -321,6 +379,23 @@ def redis_floor(target: Target) -> FloorOp:
         client.ping()
 
     return two_pings, client.close
+
+
+def postgres_floor(target: Target) -> FloorOp:
+    """Two ``SELECT 1`` round trips with psycopg on one connection (prepared, as tenure's are)."""
+    import psycopg
+
+    conn = psycopg.connect(
+        f"postgresql://postgres@{target.host}:{target.port}/postgres",
+        autocommit=True,
+        prepare_threshold=0,
+    )
+
+    def two_selects() -> None:
+        conn.execute("SELECT 1").fetchone()
+        conn.execute("SELECT 1").fetchone()
+
+    return two_selects, conn.close
 
 
 _OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", fcntl.F_SETLK)

@@ -19,6 +19,7 @@ from benchmarks._impls import (
     FastenersClient,
     FloorOp,
     Library,
+    PgAdvisoryClient,
     PotteryClient,
     PythonRedisLockClient,
     RedisPyClient,
@@ -26,7 +27,9 @@ from benchmarks._impls import (
     TenureClient,
     TenureScriptsClient,
     ToozClient,
+    ToozPostgresClient,
     file_floor,
+    postgres_floor,
     redis_floor,
 )
 
@@ -71,6 +74,24 @@ def _start_redis() -> Running:
         target=target,
         close=server.close,
         info={"endpoint": f"{server.host}:{server.port}", "persistence": "off"},
+        pids=[server.pid] if server.pid else [],
+    )
+
+
+def _start_postgres() -> Running:
+    from tests.servers import start_postgres
+
+    server = start_postgres()
+    target = Target(
+        backend="postgres",
+        url=f"{server.url}?namespace=bench",
+        host=server.host,
+        port=server.port,
+    )
+    return Running(
+        target=target,
+        close=server.close,
+        info={"endpoint": f"{server.host}:{server.port}", "fsync": "off"},
         pids=[server.pid] if server.pid else [],
     )
 
@@ -148,6 +169,37 @@ BACKENDS: dict[str, Backend] = {
         commandstats=True,
         renewal=True,
         wakeup="release pushes to the next waiter's own list (BLPOP)",
+    ),
+    "postgres": Backend(
+        name="postgres",
+        start=_start_postgres,
+        floor=postgres_floor,
+        floor_label="2 x SELECT 1 (psycopg, prepared)",
+        libraries=(
+            Library(
+                "tenure",
+                "tenure",
+                TenureClient,
+                ("tenure", "psycopg"),
+                is_tenure=True,
+                note="advisory lock + token + holder record, PostgreSQL's lock queue",
+            ),
+            Library(
+                "pg-advisory",
+                "plain pg_advisory_lock (psycopg)",
+                PgAdvisoryClient,
+                ("psycopg",),
+                note="no lease, no token, no records; PostgreSQL's lock queue",
+            ),
+            Library(
+                "tooz",
+                "tooz (postgresql)",
+                ToozPostgresClient,
+                ("tooz", "psycopg2"),
+                note="advisory locks via psycopg2",
+            ),
+        ),
+        wakeup="PostgreSQL's lock queue (the backend wakes the next waiter)",
     ),
     "file": Backend(
         name="file",

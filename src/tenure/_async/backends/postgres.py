@@ -562,17 +562,22 @@ class _Statements:
     def __init__(self, schema: str) -> None:
         s = sql.Identifier(schema)
 
-        def q(text: str) -> sql.Composed:
-            return sql.SQL(text).format(s=s)
+        def q(text: str) -> str:
+            # Rendered once: psycopg then sends (and prepares) the same bytes every time.
+            return sql.SQL(text).format(s=s).as_string(None)
 
         self.probe = "SELECT current_setting('idle_session_timeout'), pg_backend_pid()"
-        self.exists = sql.SQL(
-            "SELECT to_regclass({h}) IS NOT NULL AND to_regclass({w}) IS NOT NULL"
-            " AND to_regclass({t}) IS NOT NULL"
-        ).format(
-            h=sql.Literal(f'"{schema}".holders'),
-            w=sql.Literal(f'"{schema}".waiters'),
-            t=sql.Literal(f'"{schema}".tokens'),
+        self.exists = (
+            sql.SQL(
+                "SELECT to_regclass({h}) IS NOT NULL AND to_regclass({w}) IS NOT NULL"
+                " AND to_regclass({t}) IS NOT NULL"
+            )
+            .format(
+                h=sql.Literal(f'"{schema}".holders'),
+                w=sql.Literal(f'"{schema}".waiters'),
+                t=sql.Literal(f'"{schema}".tokens'),
+            )
+            .as_string(None)
         )
         self.create = [
             q("CREATE SCHEMA IF NOT EXISTS {s}"),
@@ -639,12 +644,8 @@ class _Statements:
             "WITH d AS (DELETE FROM {s}.waiters WHERE backend_pid = pg_backend_pid())"
             " SELECT pg_advisory_unlock_all()"
         )
-        self.release = (
-            "SELECT CASE WHEN "
-            + _HELD
-            + " THEN pg_advisory_unlock(%(k)s) ELSE false END, "
-            + _NOTIFY
-        )
+        # pg_advisory_unlock is False (with a WARNING notice) when this session did not hold it.
+        self.release = "SELECT pg_advisory_unlock(%(k)s), " + _NOTIFY
         self.check = "SELECT " + _HELD
         self.set_value = q(
             "WITH u AS (UPDATE {s}.holders SET value = %(value)s::jsonb"
