@@ -151,8 +151,6 @@ class PostgresDriver:
         for name in ("sslmode", "sslrootcert", "sslcert", "sslkey"):
             if name in options:
                 params[name] = options[name]
-        if url.scheme == "postgresqls" and "sslmode" not in params:
-            params["sslmode"] = "verify-full"
         self._params = params
         self._ready = False
         self._inspect: _Conn | None = None
