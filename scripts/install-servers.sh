@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the servers the test-suite starts by itself (Redis, etcd, ZooKeeper,
-# PostgreSQL, a Java runtime for ZooKeeper) from Debian's packages.
+# PostgreSQL, PgBouncer, a Java runtime for ZooKeeper) from Debian's packages.
 #
 # Idempotent: only packages whose binaries are missing are installed, and
 # `apt-get update` runs only when something is missing.  Services that the
@@ -48,8 +48,11 @@ for bindir in /usr/lib/postgresql/*/bin; do
 done
 ((pg_found)) || missing+=(postgresql)
 
+# PgBouncer: the tests prove a transaction-pooling proxy is refused.
+have_cmd pgbouncer || [[ -x /usr/sbin/pgbouncer ]] || missing+=(pgbouncer)
+
 if ((${#missing[@]} == 0)); then
-    echo "install-servers: all servers present (redis-server, etcd, etcdctl, zookeeper, java, postgresql)"
+    echo "install-servers: all servers present (redis-server, etcd, etcdctl, zookeeper, java, postgresql, pgbouncer)"
     exit 0
 fi
 

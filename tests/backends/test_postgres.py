@@ -20,7 +20,7 @@ import tenure
 from tenure import aio
 from tenure.errors import BackendUnavailableError, ConfigurationError, LockLostError
 from tests.contract.runners import Runner
-from tests.servers import PostgresServer
+from tests.servers import PostgresServer, start_pgbouncer
 
 pytestmark = pytest.mark.server("postgres")
 SPAWN = multiprocessing.get_context("spawn")
@@ -252,3 +252,21 @@ def test_schema_option_and_bad_input(postgres_server: PostgresServer) -> None:
 def test_ttl_below_the_minimum_is_refused(url: str) -> None:
     with pytest.raises(ConfigurationError, match="minimum"):
         tenure.connect(url, ttl=0.1)
+
+
+@pytest.mark.parametrize("ignore_options", [False, True], ids=["strict", "ignoring-options"])
+def test_transaction_pooling_pgbouncer_is_refused(
+    postgres_server: PostgresServer, ignore_options: bool
+) -> None:
+    # A transaction pool hands each statement to any server session: a session-level lock
+    # taken through it would be held by a session we cannot renew or release. PgBouncer
+    # either rejects the settings tenure sends at connection start, or (told to ignore them)
+    # drops them; both are caught.
+    bouncer = start_pgbouncer(postgres_server, ignore_options=ignore_options)
+    try:
+        with psycopg.connect(bouncer.url, autocommit=True) as conn:  # the proxy itself works
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        with pytest.raises(ConfigurationError, match=r"pgbouncer|pooler"):
+            tenure.connect(f"{bouncer.url}?namespace=pooled")
+    finally:
+        bouncer.close()

@@ -42,7 +42,13 @@ Helpers: :func:`require_binary` (raises :class:`ServerMissing` naming the Debian
 from __future__ import annotations
 
 from tests.servers.etcd import EtcdCluster, EtcdNode, etcd_binary, start_etcd_cluster
-from tests.servers.postgres import PostgresServer, postgres_bindir, start_postgres
+from tests.servers.postgres import (
+    PgBouncer,
+    PostgresServer,
+    postgres_bindir,
+    start_pgbouncer,
+    start_postgres,
+)
 from tests.servers.process import (
     ServerMissing,
     ServerProcess,
@@ -93,6 +99,7 @@ __all__ = [
     "KINDS",
     "EtcdCluster",
     "EtcdNode",
+    "PgBouncer",
     "PostgresServer",
     "RedisServer",
     "ServerMissing",
@@ -109,6 +116,7 @@ __all__ = [
     "redlock_url",
     "require_binary",
     "start_etcd_cluster",
+    "start_pgbouncer",
     "start_postgres",
     "start_redis",
     "start_redis_masters",

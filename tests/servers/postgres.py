@@ -20,7 +20,14 @@ from tests.servers.process import (
     record_startup,
 )
 
-__all__ = ["PostgresServer", "postgres_bindir", "postgres_os_user", "start_postgres"]
+__all__ = [
+    "PgBouncer",
+    "PostgresServer",
+    "postgres_bindir",
+    "postgres_os_user",
+    "start_pgbouncer",
+    "start_postgres",
+]
 
 SUPERUSER = "postgres"  # the database role (initdb -U); independent of the OS user
 FALLBACK_OS_USER = "tenure-test"
@@ -223,3 +230,58 @@ def start_postgres(tmp: Path | None = None, *, timeout: float | None = None) -> 
     server.start(timeout)
     record_startup("postgres", time.monotonic() - t0)  # includes set-up (initdb/copy)
     return server
+
+
+class PgBouncer(ServerProcess):
+    """PgBouncer in front of a :class:`PostgresServer` (trust auth), in ``pool_mode``."""
+
+    kind = "pgbouncer"
+
+    def __init__(
+        self, tmp: Path, target: PostgresServer, pool_mode: str, ignore_options: bool
+    ) -> None:
+        binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+        if not Path(binary).is_file():
+            raise ServerMissing("pgbouncer", "pgbouncer", "pgbouncer")
+        port = free_port()
+        user = postgres_os_user()
+        (tmp / "userlist.txt").write_text(f'"{SUPERUSER}" ""\n')
+        ignored = "extra_float_digits,options" if ignore_options else "extra_float_digits"
+        (tmp / "pgbouncer.ini").write_text(
+            "[databases]\n"
+            f"postgres = host={target.host} port={target.port} dbname=postgres\n"
+            "[pgbouncer]\n"
+            f"listen_addr = {HOST}\nlisten_port = {port}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {tmp / 'userlist.txt'}\n"
+            f"pool_mode = {pool_mode}\nignore_startup_parameters = {ignored}\n"
+        )
+        _chown_tree(tmp, user)
+        super().__init__(
+            [binary, str(tmp / "pgbouncer.ini")],
+            port=port,
+            log_path=tmp / "pgbouncer.log",
+            cwd=tmp,
+            run_as=user,
+            name="pgbouncer",
+        )
+
+    def probe(self) -> bool:
+        import socket
+
+        with socket.create_connection((self.host, self.port), timeout=1):
+            return True
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{SUPERUSER}@{self.host}:{self.port}/postgres"
+
+
+def start_pgbouncer(
+    target: PostgresServer, *, pool_mode: str = "transaction", ignore_options: bool = False
+) -> PgBouncer:
+    """Start PgBouncer in front of ``target`` (closed, with its temp dir, by ``close()``)."""
+    tmp = make_temp_dir("pgbouncer")
+    bouncer = PgBouncer(tmp, target, pool_mode, ignore_options)
+    bouncer.owned_tmp = tmp
+    bouncer.start()
+    return bouncer

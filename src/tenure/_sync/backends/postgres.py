@@ -199,6 +199,7 @@ class PostgresDriver:
     def _open(self, ttl: float | None) -> _Conn:
         """A new dedicated connection whose server session ends after ``ttl`` s of silence."""
         ms = 0 if ttl is None else max(1, int(ttl * 1000))
+        marker = new_owner_id()[:16]
         check_ms = max(100, ms // 3) if ms else 0
         keepalive = max(1, int(ttl / 3)) if ttl else 10
         settings = {
@@ -211,6 +212,8 @@ class PostgresDriver:
             "synchronous_commit": "on",  # the token sequence must survive a server crash
             "lock_timeout": 0,
             "statement_timeout": 0,
+            # A marker read back below: proof that our settings reached this server session.
+            "tenure.session": marker,
         }
         params = dict(self._params)
         params["options"] = " ".join(f"-c {k}={v}" for k, v in settings.items())
@@ -243,12 +246,12 @@ class PostgresDriver:
                     )
                 row = (conn.execute(self._sql.probe)).fetchone()
                 assert row is not None
-                if ms and row[0] != f"{ms}ms" and _ms(row[0]) != ms:
+                if row[1] != marker or _ms(row[0]) != ms:
                     raise ConfigurationError(
-                        f"the idle_session_timeout tenure set at connection start did not reach "
-                        f"the server session at {self._address} (it reads {row[0]!r}): a pooler "
-                        "(pgbouncer?) in front of PostgreSQL? Session-level advisory locks need "
-                        "a direct or session-pooled connection"
+                        "the settings tenure sends at connection start did not reach the server "
+                        f"session at {self._address} (idle_session_timeout reads {row[0]!r}): a "
+                        "pooler (pgbouncer?) in front of PostgreSQL? Session-level advisory "
+                        "locks need a direct or session-pooled connection"
                     )
                 if not self._ready:
                     self._create_schema(conn)
@@ -553,7 +556,10 @@ class _Statements:
             # Rendered once: psycopg then sends (and prepares) the same bytes every time.
             return sql.SQL(text).format(s=s).as_string(None)
 
-        self.probe = "SELECT current_setting('idle_session_timeout'), pg_backend_pid()"
+        self.probe = (
+            "SELECT current_setting('idle_session_timeout'),"
+            " current_setting('tenure.session', true)"
+        )
         self.exists = (
             sql.SQL(
                 "SELECT to_regclass({h}) IS NOT NULL AND to_regclass({w}) IS NOT NULL"
