@@ -22,6 +22,7 @@ import pytest
 
 import tenure
 from tenure.cli import main
+from tests.servers import PostgresServer, RedisServer
 
 TIMEOUT = 30.0  # seconds any one subprocess may take
 TENURE = [sys.executable, "-m", "tenure"]
@@ -420,6 +421,71 @@ def test_demo_json(url: str) -> None:
     assert record["with_lock"]["total"] == 100
     assert record["with_lock"]["tokens_strictly_increasing"] is True
     assert record["without_lock"]["total"] <= 100
+
+
+# bench
+
+
+def check_bench(record: dict[str, object], procs: list[int]) -> None:
+    uncontended = record["uncontended"]
+    assert isinstance(uncontended, dict)
+    assert uncontended["samples"] == 100
+    assert uncontended["p50_us"] > 0
+    # A ratio, reported (no timing is asserted: speed lives in benchmarks/).
+    assert record["floor"] is None or uncontended["p50_over_floor"] > 0
+    runs = record["contended"]
+    assert isinstance(runs, list)
+    assert [run["processes"] for run in runs] == procs
+    for run in runs:
+        assert run["reported"] == run["processes"], run
+        assert run["acquisitions"] > 0, run
+        assert run["overlaps"] == 0, run
+        assert run["errors"] == [], run
+        assert 0 < run["fairness"] <= 1
+
+
+def test_bench_file_json_and_table(url: str) -> None:
+    args = ("bench", "--url", url, "--procs", "1,3", "--seconds", "0.5", "--iterations", "100")
+    result = tenure_cli(*args, "--json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["floor"]["what"].startswith("open + fcntl")
+    check_bench(record, [1, 3])
+    assert "contended: 3 processes" in result.stderr  # the progress display
+    table = tenure_cli(*args, timeout=120)
+    assert table.returncode == 0, table.stderr
+    assert "uncontended acquire + release" in table.stdout
+    assert "x floor" in table.stdout
+    assert "contended, 3 processes" in table.stdout
+
+
+@pytest.mark.server("redis")
+def test_bench_redis(redis_server: RedisServer) -> None:
+    result = tenure_cli(
+        "bench", "--url", redis_server.url, "--procs", "2", "--seconds", "0.5",
+        "--iterations", "100", "--json", timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["floor"]["what"] == "2 x PING (redis-py)"
+    check_bench(record, [2])
+
+
+@pytest.mark.server("postgres")
+def test_bench_postgres(postgres_server: PostgresServer) -> None:
+    result = tenure_cli(
+        "bench", "--url", postgres_server.url, "--procs", "2", "--seconds", "0.5",
+        "--iterations", "100", "--json", timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["floor"]["what"] == "2 x SELECT 1 (psycopg)"
+    check_bench(record, [2])
+
+
+def test_bench_bad_arguments(url: str) -> None:
+    assert tenure_cli("bench", "--url", url, "--procs", "0").returncode == 64
+    assert tenure_cli("bench", "--url", "nope://x").returncode == 78
 
 
 # elect

@@ -1,7 +1,8 @@
 """The ``tenure`` command line (also ``python -m tenure``).
 
 Commands: ``run`` (CMD under a lock, like ``flock(1)``), ``elect`` (CMD while leader),
-``status`` (holder and waiters, or the backend), ``demo`` (lost updates vs the exact total).
+``status`` (holder and waiters, or the backend), ``demo`` (lost updates vs the exact total),
+``bench`` (latency and throughput on the user's own backend).
 
 Exit codes (sysexits.h, and the shell's conventions):
 
@@ -28,6 +29,7 @@ from typing import NoReturn
 
 import tenure
 
+from ._bench import cmd_bench
 from ._common import (
     EX_CONFIG,
     EX_LOST,
@@ -94,6 +96,13 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
     return value
+
+
+def _int_list(text: str) -> list[int]:
+    values = [_positive_int(part) for part in text.split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected N or N,N,...: {text!r}")
+    return values
 
 
 def _wrap(text: str) -> str:
@@ -212,7 +221,43 @@ def _build_parser() -> tuple[_Parser, dict[str, _Parser]]:
     demo.add_argument("--processes", type=_positive_int, default=4, metavar="N")
     demo.add_argument("--increments", type=_positive_int, default=500, metavar="M")
     demo.add_argument("--json", action="store_true", help="machine-readable output")
-    return parser, {"run": run, "elect": elect, "status": status, "demo": demo}
+
+    bench = sub.add_parser(
+        "bench",
+        parents=[common],
+        help="measure tenure on your backend: floor, uncontended, contended",
+        description=_wrap(
+            "Measure this deployment: the floor (two minimal round trips with the backend's "
+            "own client library), uncontended acquire + release (p50, p99, ratio to the floor), "
+            "and N local processes contending for one name (acquisitions/s, handoff latency "
+            "p50/p99, fairness, overlaps at a counter only the lock protects). Uses a fresh "
+            "namespace unless --namespace is given. Exits 1 if any overlap was seen."
+        ),
+    )
+    bench.add_argument(
+        "--procs",
+        type=_int_list,
+        default=[8],
+        metavar="N[,N...]",
+        help="contending processes per run (default 8; e.g. 2,8,32)",
+    )
+    bench.add_argument(
+        "--seconds", type=_positive_seconds, default=3.0, help="per contended run (default 3)"
+    )
+    bench.add_argument(
+        "--iterations", type=_positive_int, default=1000, help="uncontended samples (default 1000)"
+    )
+    bench.add_argument(
+        "--timeout", type=_positive_seconds, default=10.0, help="per acquire (default 10 s)"
+    )
+    bench.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser, {
+        "run": run,
+        "elect": elect,
+        "status": status,
+        "demo": demo,
+        "bench": bench,
+    }
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -249,6 +294,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "elect": cmd_elect,
     "status": cmd_status,
     "demo": cmd_demo,
+    "bench": cmd_bench,
 }
 
 
