@@ -365,6 +365,9 @@ class PostgresDriver:
         if pool.primary is None or pool.primary.closed:
             pool.primary = await self._open(lease.ttl)
         primary = pool.primary
+        try_once = deadline is not None and deadline <= _compat.monotonic()
+        # If we will have to wait, it will be on a spare connection: queue its record now.
+        args["wpid"] = pool.spares[-1].info.backend_pid if pool.spares and not try_once else 0
         sent = _compat.monotonic()
         try:
             with self._errors("acquire"):
@@ -378,7 +381,7 @@ class PostgresDriver:
             return Grant(
                 key, owner, int(token), lease, acquired_at, _Hold(primary), _by(sent, 0, lease)
             )
-        if deadline is not None and deadline <= _compat.monotonic():
+        if try_once:
             return None
         return await self._wait(pool, lease, key, owner, args, deadline)
 
@@ -403,12 +406,18 @@ class PostgresDriver:
         deadline: float | None,
     ) -> Grant | None:
         """Queue in PostgreSQL's lock queue on a connection of our own until granted."""
-        conn = pool.spares.pop() if pool.spares else await self._open(lease.ttl)
+        queued = [c for c in pool.spares if args["wpid"] and c.info.backend_pid == args["wpid"]]
+        if queued:
+            conn = queued[0]  # the try statement wrote its queue record
+            pool.spares.remove(conn)
+        else:
+            conn = pool.spares.pop() if pool.spares else await self._open(lease.ttl)
         pool.busy.add(conn)
         done = False
         try:
-            with self._errors("queue"):
-                await conn.execute(self._sql.enqueue, args)
+            if not queued:
+                with self._errors("queue"):
+                    await conn.execute(self._sql.enqueue, args)
             while True:
                 if deadline is None:
                     args["ms"] = "0"
@@ -611,10 +620,16 @@ class _Statements:
             " ttl = EXCLUDED.ttl, value = EXCLUDED.value, backend_pid = EXCLUDED.backend_pid"
             " RETURNING h.token, h.acquired_at"
         )
-        # One round trip: try, and on success take a token and write the holder record.
+        # One round trip: try; on success take a token and write the holder record, else write
+        # the queue record of the spare connection we will wait on (wpid), if there is one.
         self.try_acquire = q(
             "WITH g AS MATERIALIZED (SELECT pg_try_advisory_lock(%(k)s) AS got),"
-            " u AS (" + upsert + ")"
+            " u AS (" + upsert + "),"
+            " w AS (INSERT INTO {s}.waiters (backend_pid, key, owner, host, pid, value)"
+            " SELECT %(wpid)s, %(k)s, %(owner)s, %(host)s, %(pid)s, %(value)s::jsonb FROM g"
+            " WHERE NOT g.got AND %(wpid)s <> 0 ON CONFLICT (backend_pid) DO UPDATE SET"
+            " key = EXCLUDED.key, owner = EXCLUDED.owner, host = EXCLUDED.host,"
+            " pid = EXCLUDED.pid, value = EXCLUDED.value)"
             " SELECT g.got, u.token, u.acquired_at,"
             " CASE WHEN g.got AND %(channel)s <> '' THEN pg_notify(%(channel)s, '') END"
             " FROM g LEFT JOIN u ON true"
