@@ -49,7 +49,7 @@ from urllib.parse import quote
 from kazoo import exceptions as kazoo_errors
 from kazoo.client import KazooClient
 from kazoo.handlers.threading import KazooTimeoutError
-from kazoo.protocol.states import EventType, KazooState, WatchedEvent
+from kazoo.protocol.states import KazooState, WatchedEvent
 from kazoo.security import ACL, OPEN_ACL_UNSAFE, Id, Permissions
 
 from ..._names import OwnerInfo
@@ -172,6 +172,8 @@ class ZooKeeperDriver:
                 ACL(Permissions.READ, Id("world", "anyone")),
             ]
         self._admin: KazooClient | None = None
+        # Queues last seen busy: their acquires skip the fast path (it would fail).
+        self._contended: dict[str, bool] = {}
 
     def __repr__(self) -> str:
         return f"ZooKeeperDriver({self._url.redacted()!r})"
@@ -378,12 +380,21 @@ class ZooKeeperDriver:
                         )
                         if own_stat is None:
                             own = None
-                if own is None:
+                record = {"owner": owner.owner, "host": owner.host, "pid": owner.pid,
+                          "value": owner.value}  # fmt: skip
+                data = json.dumps(record).encode()
+                if own is None and not self._contended.get(parent, False):
                     with state.mutex:  # in case the reply is lost: found again or cleaned up
                         state.orphans[(parent, owner.owner)] = ""
-                    record = {"owner": owner.owner, "host": owner.host, "pid": owner.pid,
-                              "value": owner.value}  # fmt: skip
-                    data = json.dumps(record).encode()
+                    granted = await self._acquire_free(client, parent, prefix, data, timeout)
+                    with state.mutex:  # we know what happened: no orphan either way
+                        state.orphans.pop((parent, owner.owner), None)
+                    if granted is not None:
+                        own, own_stat = granted
+                        children = [own]
+                if own is None:
+                    with state.mutex:
+                        state.orphans[(parent, owner.owner)] = ""
                     created = client.create_async(
                         parent + "/" + prefix, data, acl=self._acl, ephemeral=True,
                         sequence=True, makepath=True, include_data=True,
@@ -397,6 +408,9 @@ class ZooKeeperDriver:
                         children = _sorted(await self._wait(listed, timeout))
                     except kazoo_errors.NoNodeError:  # the parent was made by our create
                         children = await self._children(client, parent, timeout)
+                if len(self._contended) > 10_000:
+                    self._contended.clear()
+                self._contended[parent] = children.index(own) > 0 if own in children else True
                 try_once = deadline is not None and deadline <= _compat.monotonic()
                 while True:
                     self._raise_if_lost(state, name)
@@ -426,20 +440,33 @@ class ZooKeeperDriver:
             if not done and own is not None:
                 await self._leave(state, parent, owner.owner, own)
 
+    async def _acquire_free(
+        self, client: KazooClient, parent: str, prefix: str, data: bytes, timeout: float
+    ) -> tuple[str, Any] | None:
+        """The uncontended fast path: one transaction that succeeds only if nobody is queued.
+
+        Deleting the parent fails unless it has no children, so ``delete parent, create parent,
+        create our node`` is "take the lock if the queue is empty" in one round trip (the slow path
+        needs a create and a listing). The node gets sequence number 0 explicitly; the recreated
+        parent's counter then gives later contenders 1, 2... so the queue order holds. The final
+        ``set_data`` only makes the reply carry the node's ``Stat`` (its czxid is the token).
+        """
+        own = prefix + "0" * 10
+        transaction = client.transaction()
+        transaction.delete(parent)
+        transaction.create(parent, b"", acl=self._acl)
+        transaction.create(parent + "/" + own, data, acl=self._acl, ephemeral=True)
+        transaction.set_data(parent + "/" + own, data)
+        results = await self._wait(transaction.commit_async(), timeout)
+        if any(isinstance(r, Exception) for r in results):
+            return None  # queue not empty, or no parent yet: nothing was changed
+        return own, results[3]
+
     def _granted(
         self, state: _LeaseState, lease: Lease, key: str, owner: OwnerInfo, path: str, stat: Any
     ) -> Grant:
-        held = _Held(path, state)
-        grant = Grant(key, owner, int(stat.czxid), lease, utcnow(), data=held)
-        call = state.call
-
-        def on_event(event: WatchedEvent) -> None:  # on a kazoo thread
-            if event.type == EventType.DELETED and not held.releasing:
-                call(lambda: grant.lost("the node was deleted"))
-
-        # Fire and forget: the reply needs no waiting for; renewals check the node as well.
-        state.client.exists_async(path, watch=on_event)
-        return grant
+        # A deleted node is noticed by the next renewal (one multi of checks per session).
+        return Grant(key, owner, int(stat.czxid), lease, utcnow(), data=_Held(path, state))
 
     async def _wait_for(
         self,
