@@ -24,6 +24,7 @@ from pathlib import Path
 from tests.faults.history import summarize
 from tests.faults.nemesis import FAULTS, RunConfig, RunResult, run
 from tests.servers import start_redis
+from tests.servers.zookeeper import start_zookeeper
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "safety.md"
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     server = start_redis() if "redis" in backends else None
+    zookeeper = start_zookeeper() if "zookeeper" in backends else None
     try:
         for backend in backends:
             for fault in FAULTS[backend]:
@@ -123,7 +125,11 @@ def main(argv: list[str] | None = None) -> int:
                     settle=0,
                     max_acquisitions=200_000,
                 )
-                result = run(config, base / f"{backend}-{fault}", server)
+                result = run(
+                    config,
+                    base / f"{backend}-{fault}",
+                    zookeeper if backend == "zookeeper" else server,
+                )
                 results.append(result)
                 print(row(result), flush=True)
                 for problem in [*result.errors, *result.report.examples.values()]:
@@ -131,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.close()
+        if zookeeper is not None:
+            zookeeper.close()
         if args.keep:
             print(f"histories kept in {base}")
         else:

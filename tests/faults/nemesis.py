@@ -49,6 +49,7 @@ from tests.faults import worker as w
 from tests.faults.history import Event, Fault, Report, check
 from tests.faults.resource import Store
 from tests.servers import RedisServer, TcpProxy
+from tests.servers.zookeeper import ZooKeeperEnsemble
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -60,6 +61,18 @@ FAULTS: dict[str, tuple[str, ...]] = {
         "kill-holder",
         "kill-server",
         "pause-server",
+        "cut-off-holder",
+        "cut-off-waiter",
+        "drop-acquire-reply",
+        "drop-release-reply",
+    ),
+    # ZooKeeper: the client-side faults. The server faults are left out: a killed standalone
+    # ZooKeeper comes back with its data and sessions (no data-loss case to test), and the
+    # ensemble's leader kill is tests/backends/test_zookeeper.py's job.
+    "zookeeper": (
+        "none",
+        "pause-holder",
+        "kill-holder",
         "cut-off-holder",
         "cut-off-waiter",
         "drop-acquire-reply",
@@ -106,7 +119,9 @@ class RunResult:
 
 
 class _Run:
-    def __init__(self, config: RunConfig, directory: Path, server: RedisServer | None) -> None:
+    def __init__(
+        self, config: RunConfig, directory: Path, server: RedisServer | ZooKeeperEnsemble | None
+    ) -> None:
         self.cfg = config
         self.dir = directory
         self.server = server
@@ -133,6 +148,16 @@ class _Run:
             if config.fault in PROXY_FAULTS:
                 self.proxies = [TcpProxy(server.host, server.port) for _ in range(n)]
                 self.urls = [p.url_for("redis", "/0") + query for p in self.proxies]
+            else:
+                self.urls = [self.direct] * n
+        elif config.backend == "zookeeper":
+            assert isinstance(server, ZooKeeperEnsemble), "the zookeeper backend needs a server"
+            query = f"?namespace={namespace}&request_timeout=1"
+            self.direct = server.url + query
+            if config.fault in PROXY_FAULTS:
+                node = server.nodes[0]
+                self.proxies = [TcpProxy("127.0.0.1", node.port) for _ in range(n)]
+                self.urls = [p.url_for("zookeeper") + query for p in self.proxies]
             else:
                 self.urls = [self.direct] * n
         else:
@@ -529,7 +554,11 @@ def load_events(directory: Path) -> list[Event]:
     return sorted(events, key=lambda e: e.t)
 
 
-def run(config: RunConfig, directory: Path, server: RedisServer | None = None) -> RunResult:
+def run(
+    config: RunConfig,
+    directory: Path,
+    server: RedisServer | ZooKeeperEnsemble | None = None,
+) -> RunResult:
     """One bounded run of ``config.fault`` against ``config.backend``; the histories checked."""
     if config.fault not in FAULTS[config.backend]:
         raise ValueError(f"{config.fault!r} does not apply to {config.backend}")

@@ -12,6 +12,7 @@ import pytest
 from tests.faults.history import summarize
 from tests.faults.nemesis import FAULTS, SERVER_FAULTS, RunConfig, RunResult, run
 from tests.servers import RedisServer, record_timing
+from tests.servers.zookeeper import ZooKeeperEnsemble
 
 pytestmark = pytest.mark.faults
 
@@ -48,8 +49,13 @@ def describe(result: RunResult) -> str:
 
 
 @pytest.fixture
-def server(request: pytest.FixtureRequest, backend_fault: tuple[str, str]) -> RedisServer | None:
+def server(
+    request: pytest.FixtureRequest, backend_fault: tuple[str, str]
+) -> RedisServer | ZooKeeperEnsemble | None:
     backend, fault = backend_fault
+    if backend == "zookeeper":
+        ensemble: ZooKeeperEnsemble = request.getfixturevalue("zookeeper_server")
+        return ensemble
     if backend != "redis":
         return None
     name = "fresh_redis" if fault in SERVER_FAULTS else "redis_server"
@@ -64,7 +70,9 @@ def backend_fault(request: pytest.FixtureRequest) -> tuple[str, str]:
 
 
 def test_safety_under_fault(
-    backend_fault: tuple[str, str], server: RedisServer | None, tmp_path: Path
+    backend_fault: tuple[str, str],
+    server: RedisServer | ZooKeeperEnsemble | None,
+    tmp_path: Path,
 ) -> None:
     backend, fault = backend_fault
     config = RunConfig(
@@ -118,7 +126,7 @@ def test_safety_under_fault(
         assert report.overlaps == 0, info
         assert report.stale_unfenced == report.rejected_fenced == 0, info
         assert all(m.takeover_after is not None and m.takeover_after >= TTL for m in measures)
-    if fault == "pause-holder" and backend == "redis":
+    if fault == "pause-holder" and backend in ("redis", "zookeeper"):
         # The negative control: past its TTL the paused holder's lease is gone, another client
         # holds the lock, and on resuming the ex-holder writes with its old token. The unfenced
         # twin accepts it (stale write, lost update); the fenced one refuses it.

@@ -49,7 +49,7 @@ from urllib.parse import quote
 from kazoo import exceptions as kazoo_errors
 from kazoo.client import KazooClient
 from kazoo.handlers.threading import KazooTimeoutError
-from kazoo.protocol.states import KazooState, WatchedEvent
+from kazoo.protocol.states import KazooState, KeeperState, WatchedEvent
 from kazoo.security import ACL, OPEN_ACL_UNSAFE, Id, Permissions
 
 from ..._names import OwnerInfo
@@ -68,6 +68,10 @@ from .base import Grant, Lease, LeaseExpired
 __all__ = ["ZooKeeperDriver"]
 
 log = logging.getLogger("tenure")
+# kazoo logs every failed reconnect attempt as a warning; tenure reports what matters (a lost
+# session, failed renewals) itself. Configure "tenure.kazoo" to see kazoo's own messages.
+_kazoo_log = logging.getLogger("tenure.kazoo")
+_kazoo_log.addHandler(logging.NullHandler())
 
 _SEPARATOR = "-lock-"
 _FLOAT_OPTIONS = ("connect_timeout", "request_timeout")
@@ -77,8 +81,17 @@ _BOOL_OPTIONS = ("use_ssl", "verify_certs")
 class _LeaseState:
     """One session: its kazoo client, and what the kazoo threads tell us about it."""
 
-    def __init__(self, client: KazooClient, lease_call: Callable[[Callable[[], None]], None]):
+    def __init__(
+        self,
+        client: KazooClient,
+        lease_call: Callable[[Callable[[], None]], None],
+        ttl: float,
+        sent: float,
+    ) -> None:
         self.client = client
+        self.ttl = ttl
+        # Like the core's deadline: from before the last successful contact was sent.
+        self.deadline = sent + ttl
         self.call = lease_call  # runs a callback in the flavour's context (the loop, or inline)
         self.mutex = threading.Lock()
         self.lost_reason: str | None = None
@@ -95,7 +108,7 @@ class _LeaseState:
             with self.mutex:
                 if self.closing or self.lost_reason is not None:
                     return True
-                self.lost_reason = "the ZooKeeper session expired (or its auth failed)"
+                self.lost_reason = _loss_reason(self.client.client_state)
                 wakers = list(self.wakers)
             lease = self.lease
             if lease is not None:
@@ -203,6 +216,14 @@ class ZooKeeperDriver:
             raise BackendUnavailableError(
                 f"zookeeper at {self._hosts} is unreachable ({what}): {type(exc).__name__}"
             ) from exc
+        except RuntimeError as exc:
+            # kazoo sets this on a request when its connection loop fails (replies out of
+            # order); the loop then stops, and the listener reports the session lost.
+            if state is not None and state.lost_reason is not None:
+                raise LeaseExpired(state.lost_reason) from exc
+            raise BackendUnavailableError(
+                f"zookeeper at {self._hosts}: the connection failed ({what}): {exc.args[0]}"
+            ) from exc
         except kazoo_errors.KazooException as exc:
             raise BackendError(
                 f"zookeeper at {self._hosts} failed ({what}): {type(exc).__name__} {exc}"
@@ -245,21 +266,21 @@ class ZooKeeperDriver:
                 "backoff": 1.5,
                 "max_delay": max(0.1, min(1.0, session_timeout / 4)),
             },
-            logger=logging.getLogger("tenure.kazoo"),
+            logger=_kazoo_log,
             **self._tls,
         )
 
-    async def _start(self, client: KazooClient, what: str) -> None:
+    async def _start(self, client: KazooClient, what: str, timeout: float) -> None:
         try:
             with self._errors(what):
-                await asyncio.to_thread(client.start, self._connect_timeout)  # tenure: async-only
-                # tenure: sync client.start(self._connect_timeout)
+                await asyncio.to_thread(client.start, timeout)  # tenure: async-only
+                # tenure: sync client.start(timeout)
         except BackendError as exc:
             await self._stop(client)
             if isinstance(exc, BackendTimeoutError):
                 raise BackendUnavailableError(
                     f"zookeeper at {self._hosts} is unreachable ({what}): no server answered "
-                    f"within {self._connect_timeout} s"
+                    f"within {timeout} s"
                 ) from exc.__cause__
             raise
 
@@ -278,7 +299,7 @@ class ZooKeeperDriver:
 
     async def connect(self) -> None:
         admin = self._client(max(10.0, self._request_timeout))
-        await self._start(admin, "connect")
+        await self._start(admin, "connect", self._connect_timeout)
         try:
             with self._errors("connect"):
                 await self._wait(admin.exists_async("/"), self._request_timeout)
@@ -297,7 +318,9 @@ class ZooKeeperDriver:
     async def grant_lease(self, ttl: float) -> Lease:
         client = self._client(ttl)
         negotiated = _measure_session_timeout(client)
-        await self._start(client, "open session")
+        sent = _compat.monotonic()
+        # A session that takes longer than its TTL to open would be lost at once anyway.
+        await self._start(client, "open session", min(self._connect_timeout, ttl))
         try:
             with self._errors("open session"):
                 # One round trip: after it, the connect reply has been read (and auth sent).
@@ -312,7 +335,7 @@ class ZooKeeperDriver:
         except BaseException:
             await self._stop(client)
             raise
-        state = _LeaseState(client, _loop_safe(_compat.thread_safe_caller()))
+        state = _LeaseState(client, _loop_safe(_compat.thread_safe_caller()), ttl, sent)
         session_id = client.client_id[0] if client.client_id else 0
         lease = Lease(id=f"{session_id:x}", ttl=ttl, data=state)
         state.lease = lease
@@ -326,6 +349,7 @@ class ZooKeeperDriver:
         if state.lost_reason is not None:
             raise LeaseExpired(state.lost_reason)
         client = state.client
+        sent = _compat.monotonic()
         with self._errors("renew", state):
             if not grants:
                 await self._wait(client.exists_async("/"), timeout)
@@ -338,10 +362,11 @@ class ZooKeeperDriver:
                 gone = []
                 if any(isinstance(r, Exception) for r in results):
                     # A failed multi names only its first failure: look at each node.
-                    sent = [client.exists_async(g.data.path) for g in grants]
-                    for grant, result in zip(grants, sent, strict=True):
+                    checks = [client.exists_async(g.data.path) for g in grants]
+                    for grant, result in zip(grants, checks, strict=True):
                         if await self._wait(result, timeout) is None:
                             gone.append(grant)
+        state.deadline = sent + lease.ttl
         await self._delete_orphans(state, timeout)
         return gone
 
@@ -492,9 +517,22 @@ class ZooKeeperDriver:
             if await self._wait(client.exists_async(predecessor, watch=on_event), timeout) is None:
                 return True
             remaining = None if deadline is None else deadline - _compat.monotonic()
-            if remaining is not None and remaining <= 0:
-                return False
-            return await woken.wait(remaining)
+            while True:
+                # Also wake at the lease's local deadline: if no renewal moved it, the session
+                # is lost (the core's alarm says so too) and this waiter must fail.
+                now = _compat.monotonic()
+                if now >= state.deadline:
+                    raise LeaseExpired("no renewal succeeded before the local deadline")
+                remaining = None if deadline is None else deadline - now
+                if remaining is not None and remaining <= 0:
+                    return False
+                wait = (
+                    state.deadline - now
+                    if remaining is None
+                    else min(remaining, state.deadline - now)
+                )
+                if await woken.wait(wait):
+                    return True
         finally:
             with state.mutex:
                 state.wakers.discard(wake)
@@ -514,6 +552,8 @@ class ZooKeeperDriver:
     async def _leave(self, state: _LeaseState, parent: str, owner: str, own: str) -> None:
         """Delete our node; if that cannot be done now, remember it for the next renewal."""
         sent = state.client.delete_async(parent + "/" + own)  # sent now, even if we are cancelled
+        if state.lost_reason is not None or _compat.monotonic() >= state.deadline:
+            return  # the session is over (or about to be): the node goes with it
         try:
             with self._errors("leave", state), suppress(kazoo_errors.NoNodeError):
                 await self._wait(sent, min(self._request_timeout, 5.0))
@@ -557,7 +597,9 @@ class ZooKeeperDriver:
                     # path is ours alone (owner id + sequence): never a newer holder's node.
                     return retried
         except LeaseExpired:
-            return False
+            # The session ended and took the node with it: as above, a retry (the first attempt
+            # may have been the one that deleted it) counts it as released.
+            return retried
         return True
 
     async def check(self, grant: Grant) -> bool:
@@ -669,6 +711,16 @@ class ZooKeeperDriver:
     def forget_after_fork(self) -> None:
         # kazoo's threads do not survive fork(); the child's sessions are dropped by the core.
         self._admin = None
+
+
+def _loss_reason(client_state: str) -> str:
+    if client_state == KeeperState.EXPIRED_SESSION:
+        return "the ZooKeeper session expired"
+    if client_state == KeeperState.AUTH_FAILED:
+        return "ZooKeeper authentication failed"
+    # kazoo's connection loop gave up (e.g. a reply out of order: "xids do not match") and
+    # will not reconnect: nothing can renew the session any more.
+    return f"the ZooKeeper connection closed for good ({client_state})"
 
 
 def _sorted(children: Sequence[str]) -> list[str]:
