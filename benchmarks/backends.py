@@ -18,6 +18,7 @@ from benchmarks._env import filesystem_of
 from benchmarks._impls import (
     FastenersClient,
     FloorOp,
+    KazooLockClient,
     Library,
     PotteryClient,
     PythonRedisLockClient,
@@ -26,8 +27,10 @@ from benchmarks._impls import (
     TenureClient,
     TenureScriptsClient,
     ToozClient,
+    ToozZooKeeperClient,
     file_floor,
     redis_floor,
+    zookeeper_floor,
 )
 
 __all__ = ["BACKENDS", "Backend", "Running"]
@@ -72,6 +75,25 @@ def _start_redis() -> Running:
         close=server.close,
         info={"endpoint": f"{server.host}:{server.port}", "persistence": "off"},
         pids=[server.pid] if server.pid else [],
+    )
+
+
+def _start_zookeeper() -> Running:
+    from tests.servers.zookeeper import start_zookeeper
+
+    ensemble = start_zookeeper(1)
+    node = ensemble.nodes[0]
+    target = Target(
+        backend="zookeeper",
+        url=f"{ensemble.url}?namespace=bench",
+        host="127.0.0.1",
+        port=node.port,
+    )
+    return Running(
+        target=target,
+        close=ensemble.close,
+        info={"endpoint": node.endpoint, "mode": "standalone", "forceSync": "no"},
+        pids=[node.pid] if node.pid else [],
     )
 
 
@@ -172,5 +194,36 @@ BACKENDS: dict[str, Backend] = {
             ),
         ),
         wakeup="inotify on the lock file (IN_CLOSE_WRITE on release)",
+    ),
+    "zookeeper": Backend(
+        name="zookeeper",
+        start=_start_zookeeper,
+        floor=zookeeper_floor,
+        floor_label="create + delete of an ephemeral node (kazoo)",
+        libraries=(
+            Library(
+                "tenure",
+                "tenure",
+                TenureClient,
+                ("tenure", "kazoo"),
+                is_tenure=True,
+                note="one transaction when free; else sequential node + predecessor watch",
+            ),
+            Library(
+                "kazoo",
+                "kazoo Lock",
+                KazooLockClient,
+                ("kazoo",),
+                note="sequential node + predecessor watch",
+            ),
+            Library(
+                "tooz",
+                "tooz (zookeeper)",
+                ToozZooKeeperClient,
+                ("tooz", "kazoo"),
+                note="kazoo Lock underneath",
+            ),
+        ),
+        wakeup="exists watch on the predecessor node (one per handoff)",
     ),
 }
