@@ -202,13 +202,19 @@ def test_connection_dropped_and_restored_within_the_session_keeps_the_lock(
         accepted = zk_proxy.accepted
         zk_proxy.sever()
         wait_for(lambda: zk_proxy.accepted > accepted and client.connected, ttl)
-        # 2. A partition shorter than the session timeout: kazoo's pings (and our renewals) go
-        # unanswered, it drops the connection (SUSPENDED) and reconnects once healed.
-        accepted = zk_proxy.accepted
+        # 2. The server unreachable for a third of the session timeout: the connection is cut
+        # (SUSPENDED), reconnect attempts go unanswered, then the network heals. (The proxy's
+        # blackhole swallows bytes, which TCP never does on a live connection, so the
+        # connections are cut on both edges rather than resumed: ZooKeeper's protocol would see
+        # a reply missing and kazoo would give up the connection for good.)
         zk_proxy.blackhole()
+        zk_proxy.sever()
+        wait_for(lambda: not client.connected, ttl)
         time.sleep(ttl / 3)  # the partition's length, not a wait for a condition
-        assert not lock.lost.is_set()
+        assert not lock.lost.is_set(), "SUSPENDED alone must not lose the lock"
         zk_proxy.heal()
+        accepted = zk_proxy.accepted
+        zk_proxy.sever()  # a connect attempt swallowed by the blackhole would wait its timeout
         wait_for(lambda: zk_proxy.accepted > accepted and client.connected, ttl)
         lock.ensure_held()
         assert lock.held

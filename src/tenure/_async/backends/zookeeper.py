@@ -49,7 +49,7 @@ from urllib.parse import quote
 from kazoo import exceptions as kazoo_errors
 from kazoo.client import KazooClient
 from kazoo.handlers.threading import KazooTimeoutError
-from kazoo.protocol.states import KazooState, KeeperState, WatchedEvent
+from kazoo.protocol.states import EventType, KazooState, KeeperState, WatchedEvent
 from kazoo.security import ACL, OPEN_ACL_UNSAFE, Id, Permissions
 
 from ..._names import OwnerInfo
@@ -450,10 +450,17 @@ class ZooKeeperDriver:
                         return self._granted(state, lease, key, owner, parent + "/" + own, own_stat)
                     if try_once:
                         return None
-                    if not await self._wait_for(
+                    woken = await self._wait_for(
                         state, client, parent + "/" + children[index - 1], deadline, timeout
-                    ):
+                    )
+                    if woken is None:
                         return None
+                    if woken and index == 1:
+                        # Our predecessor was the first and is deleted: nothing can queue
+                        # ahead of us (sequence numbers only grow while our node exists), so
+                        # we are first without listing again. One round trip saved per handoff.
+                        children = [own]
+                        continue
                     children = await self._children(client, parent, timeout)
         except LeaseExpired as exc:
             raise LockLostError(
@@ -500,15 +507,18 @@ class ZooKeeperDriver:
         predecessor: str,
         deadline: float | None,
         timeout: float,
-    ) -> bool:
-        """Wait until ``predecessor`` may be gone; False when ``deadline`` passes first."""
+    ) -> bool | None:
+        """Wait until ``predecessor`` may be gone: True if it is known to be deleted, False if
+        something else woke us (the connection was suspended); None when ``deadline`` passes."""
         woken = _compat.Event()
+        deleted: list[bool] = []
         call = state.call
 
         def wake() -> None:  # from any thread
             call(woken.set)
 
-        def on_event(_: WatchedEvent) -> None:  # deleted, or the connection was suspended
+        def on_event(event: WatchedEvent) -> None:  # deleted, or the connection was suspended
+            deleted.append(event.type == EventType.DELETED)
             wake()
 
         with state.mutex:
@@ -516,7 +526,6 @@ class ZooKeeperDriver:
         try:
             if await self._wait(client.exists_async(predecessor, watch=on_event), timeout) is None:
                 return True
-            remaining = None if deadline is None else deadline - _compat.monotonic()
             while True:
                 # Also wake at the lease's local deadline: if no renewal moved it, the session
                 # is lost (the core's alarm says so too) and this waiter must fail.
@@ -525,14 +534,14 @@ class ZooKeeperDriver:
                     raise LeaseExpired("no renewal succeeded before the local deadline")
                 remaining = None if deadline is None else deadline - now
                 if remaining is not None and remaining <= 0:
-                    return False
+                    return None
                 wait = (
                     state.deadline - now
                     if remaining is None
                     else min(remaining, state.deadline - now)
                 )
                 if await woken.wait(wait):
-                    return True
+                    return bool(deleted) and deleted[0]
         finally:
             with state.mutex:
                 state.wakers.discard(wake)
@@ -597,9 +606,10 @@ class ZooKeeperDriver:
                     # path is ours alone (owner id + sequence): never a newer holder's node.
                     return retried
         except LeaseExpired:
-            # The session ended and took the node with it: as above, a retry (the first attempt
-            # may have been the one that deleted it) counts it as released.
-            return retried
+            # The session ended during the release (it was not lost when the release began, or
+            # the core would not have called us) and took the node with it, if our delete did
+            # not: either way the lock was ours until now and is free now.
+            return True
         return True
 
     async def check(self, grant: Grant) -> bool:
