@@ -438,3 +438,23 @@ def test_each_waiter_watches_only_its_predecessor(
     finally:
         for c in clients:
             c.close()
+
+
+def test_forked_child_inspects_through_its_own_connection(
+    zookeeper_server: ZooKeeperEnsemble, ns: str
+) -> None:
+    with tenure.connect(f"{zookeeper_server.url}?namespace={ns}") as client:
+        lock = client.lock("forked")
+        assert lock.acquire()
+        pid = os.fork()
+        if pid == 0:  # child: kazoo's threads are gone; holder() must still work
+            code = 1
+            try:
+                holder = client.holder("forked")
+                code = 0 if holder is not None and holder.pid == os.getppid() else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        lock.ensure_held()
+        lock.release()

@@ -185,6 +185,7 @@ class ZooKeeperDriver:
                 ACL(Permissions.READ, Id("world", "anyone")),
             ]
         self._admin: KazooClient | None = None
+        self._forked = False
         # Queues last seen busy: their acquires skip the fast path (it would fail).
         self._contended: dict[str, bool] = {}
 
@@ -292,9 +293,13 @@ class ZooKeeperDriver:
         kind, _, name = key.partition("/")
         return f"{self._root}/{kind}/{quote(name, safe='')}"
 
-    def _admin_client(self) -> KazooClient:
+    async def _admin_client(self) -> KazooClient:
         if self._admin is None:
-            raise BackendUnavailableError(f"zookeeper at {self._hosts}: the client is closed")
+            if not self._forked:
+                raise BackendUnavailableError(f"zookeeper at {self._hosts}: the client is closed")
+            self._forked = False
+            await self.connect()  # a forked child: its own connection, not the parent's
+            assert self._admin is not None
         return self._admin
 
     async def connect(self) -> None:
@@ -652,7 +657,7 @@ class ZooKeeperDriver:
         return await self._contenders(key, first_only=False)
 
     async def _contenders(self, key: str, first_only: bool) -> list[Holder]:
-        client = self._admin_client()
+        client = await self._admin_client()
         parent = self._path(key)
         name = key.partition("/")[2]
         found: list[Holder] = []
@@ -685,7 +690,7 @@ class ZooKeeperDriver:
         return found
 
     async def changes(self, key: str) -> AsyncIterator[None]:
-        client = self._admin_client()
+        client = await self._admin_client()
         parent = self._path(key)
         call = _loop_safe(_compat.thread_safe_caller())
         while True:
@@ -719,8 +724,10 @@ class ZooKeeperDriver:
                     return
 
     def forget_after_fork(self) -> None:
-        # kazoo's threads do not survive fork(); the child's sessions are dropped by the core.
+        # kazoo's threads do not survive fork(); the child's sessions are dropped by the core,
+        # and the inspection client is opened again on first use.
         self._admin = None
+        self._forked = True
 
 
 def _loss_reason(client_state: str) -> str:

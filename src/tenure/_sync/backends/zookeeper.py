@@ -185,6 +185,7 @@ class ZooKeeperDriver:
                 ACL(Permissions.READ, Id("world", "anyone")),
             ]
         self._admin: KazooClient | None = None
+        self._forked = False
         # Queues last seen busy: their acquires skip the fast path (it would fail).
         self._contended: dict[str, bool] = {}
 
@@ -270,7 +271,11 @@ class ZooKeeperDriver:
 
     def _admin_client(self) -> KazooClient:
         if self._admin is None:
-            raise BackendUnavailableError(f"zookeeper at {self._hosts}: the client is closed")
+            if not self._forked:
+                raise BackendUnavailableError(f"zookeeper at {self._hosts}: the client is closed")
+            self._forked = False
+            self.connect()  # a forked child: its own connection, not the parent's
+            assert self._admin is not None
         return self._admin
 
     def connect(self) -> None:
@@ -685,8 +690,10 @@ class ZooKeeperDriver:
                     return
 
     def forget_after_fork(self) -> None:
-        # kazoo's threads do not survive fork(); the child's sessions are dropped by the core.
+        # kazoo's threads do not survive fork(); the child's sessions are dropped by the core,
+        # and the inspection client is opened again on first use.
         self._admin = None
+        self._forked = True
 
 
 def _loss_reason(client_state: str) -> str:
