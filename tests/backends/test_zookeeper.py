@@ -252,6 +252,38 @@ def test_partition_past_the_session_timeout_loses_before_anyone_else_acquires(
         zk_proxy.heal()
 
 
+def test_waiter_cut_off_past_its_session_fails_and_is_never_granted(
+    zk_proxy: TcpProxy, zookeeper_server: ZooKeeperEnsemble, ns: str
+) -> None:
+    ttl = 1.0
+    url = zk_proxy.url_for("zookeeper") + f"?namespace={ns}"
+    direct = f"{zookeeper_server.url}?namespace={ns}"
+    with tenure.connect(direct, ttl=ttl) as a, tenure.connect(url, ttl=ttl) as b:
+        holder = a.lock("queue")
+        assert holder.acquire()
+        session = b.session()
+        waiter = session.lock("queue")
+        runner = Runner()
+        runner.start(lambda: waiter.acquire(timeout=30))
+        wait_for(lambda: len(a.contenders("queue")) == 2)
+        started = time.monotonic()
+        zk_proxy.blackhole()
+        try:
+            with pytest.raises(LockLostError):
+                runner.join(10 * ttl)
+            print(f"cut-off waiter failed after {time.monotonic() - started:.3f} s")
+            assert session.lost.is_set()
+            assert not waiter.held
+            # Its node goes when the server expires the session; then it is not in the way.
+            wait_for(lambda: len(a.contenders("queue")) == 1, 10 * ttl)
+        finally:
+            zk_proxy.heal()
+        holder.release()
+        late = a.lock("queue")
+        assert late.acquire(blocking=False)
+        late.release()
+
+
 # -- the ensemble's leader killed during contention (fenced resource) -------------------
 
 

@@ -66,15 +66,17 @@ FAULTS: dict[str, tuple[str, ...]] = {
         "drop-acquire-reply",
         "drop-release-reply",
     ),
-    # ZooKeeper: the client-side faults. The server faults are left out: a killed standalone
-    # ZooKeeper comes back with its data and sessions (no data-loss case to test), and the
-    # ensemble's leader kill is tests/backends/test_zookeeper.py's job.
+    # ZooKeeper: the client-side faults. Left out: the server faults (a killed standalone
+    # ZooKeeper comes back with its data and sessions, so there is no data-loss case; the
+    # ensemble's leader kill is tests/backends/test_zookeeper.py's job), and cut-off-waiter: a
+    # ZooKeeper session is opened by a round trip, so a waiter cut off while opening it has no
+    # session to lose (its acquire fails with BackendUnavailableError instead), which this
+    # fault cannot tell apart from a miss; test_zookeeper.py cuts off an established waiter.
     "zookeeper": (
         "none",
         "pause-holder",
         "kill-holder",
         "cut-off-holder",
-        "cut-off-waiter",
         "drop-acquire-reply",
         "drop-release-reply",
     ),

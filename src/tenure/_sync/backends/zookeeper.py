@@ -530,9 +530,14 @@ class ZooKeeperDriver:
             return []
 
     def _raise_if_lost(self, state: _LeaseState, name: str) -> None:
-        if state.lost_reason is not None:
+        reason = state.lost_reason
+        if reason is None and _compat.monotonic() >= state.deadline:
+            # Cut off: kazoo cannot learn that the server expired the session, but the core's
+            # alarm has fired; a retried acquire must not wait on in a dead session.
+            reason = "no renewal succeeded before the local deadline"
+        if reason is not None:
             raise LockLostError(
-                f"the session ended while waiting for {name!r}: {state.lost_reason}", name=name
+                f"the session ended while waiting for {name!r}: {reason}", name=name
             )
 
     def _leave(self, state: _LeaseState, parent: str, owner: str, own: str) -> None:
