@@ -13,16 +13,17 @@ Layout, under the URL's chroot (``zookeeper://h1:p1,h2:p2/chroot``)::
   measured from before the last successful renewal. LOST (the server expired the session, or
   authentication failed) calls ``lease.expired`` at once and wakes every waiter of the lease, which
   then fails with ``LockLostError``. A reconnection within the session loses nothing.
-- **Acquire**: create our ephemeral sequential node (its name carries the owner id, so a create
+- **Acquire**: when nobody is queued, one transaction takes the lock (``_acquire_free``).
+  Otherwise create our ephemeral sequential node (its name carries the owner id, so a create
   whose reply was lost is found again by listing the children) and list the children in the same
   pipelined round trip. First in sequence order: granted, the token is the node's creation zxid
   (strictly increasing across the ensemble, and sequence order is zxid order). Otherwise an
   ``exists`` watch on **only the predecessor**: a release wakes exactly one waiter. A deadline,
   cancellation or error deletes our node; a delete that cannot be sent is remembered and retried.
+  A waiter also wakes at its lease's local deadline and fails if no renewal moved it.
 - **Renew**: one ``multi`` of ``check`` operations over every node the session holds (one round
   trip however many locks it holds); nodes that are gone are reported lost. kazoo's own pings keep
-  the session alive between renewals. A holder also keeps a watch on its own node, so a deleted
-  node is reported at once.
+  the session alive between renewals.
 - **Auth**: ``zk://user:password@...`` adds digest auth and creates every node with the ACL
   "creator all, world read": other identities can read the queue but cannot delete our nodes
   (ZooKeeper checks DELETE on the parent, which carries the same ACL).
