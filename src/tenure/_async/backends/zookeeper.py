@@ -146,7 +146,9 @@ class ZooKeeperDriver:
         # The server's own bound is minSessionTimeout (2 x tickTime by default: 4 s with the
         # default tickTime of 2 s); grant_lease refuses any TTL the server negotiates differently.
         min_ttl=0.5,
-        expiry_slack=0.0,
+        # The server expires sessions in tickTime buckets: up to one tick past the timeout
+        # (2 s with ZooKeeper's default tickTime; the test servers tick every 250 ms).
+        expiry_slack=2.0,
         wakeup="exists watch on the predecessor node (one watch fired per handoff)",
     )
     options: ClassVar[frozenset[str]] = frozenset(
