@@ -31,6 +31,7 @@ __all__ = [
     "file_floor",
     "postgres_floor",
     "redis_floor",
+    "zookeeper_floor",
 ]
 
 LOCK_TTL = 30  # seconds, for every library that takes an expiry
@@ -475,3 +476,73 @@ def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     """Per-command calls between two snapshots (only the commands that moved)."""
     moved = {name: after[name] - before.get(name, 0) for name in after}
     return {name: calls for name, calls in sorted(moved.items()) if calls}
+
+
+# ZooKeeper: kazoo's own Lock recipe, tooz on kazoo, and the floor (create + delete with kazoo).
+
+
+def _kazoo(target: Target) -> Any:
+    from kazoo.client import KazooClient
+
+    client = KazooClient(hosts=f"{target.host}:{target.port}", timeout=LOCK_TTL)
+    client.start(10)
+    return client
+
+
+class _KazooLock:
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+
+    def acquire(self, timeout: float) -> bool:
+        return bool(self._lock.acquire(timeout=timeout))
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+class KazooLockClient:
+    """kazoo's ``Lock`` recipe (ephemeral sequential nodes, predecessor watch)."""
+
+    def __init__(self, target: Target) -> None:
+        self._client = _kazoo(target)
+        self._id = uuid.uuid4().hex
+
+    def lock(self, name: str) -> BenchLock:
+        return _KazooLock(self._client.Lock(f"/bench-kazoo/{name}", self._id))
+
+    def close(self) -> None:
+        self._client.stop()
+        self._client.close()
+
+
+class ToozZooKeeperClient:
+    """tooz's ``kazoo://`` driver (kazoo's Lock recipe underneath)."""
+
+    def __init__(self, target: Target) -> None:
+        from tooz import coordination
+
+        self._coord = coordination.get_coordinator(
+            f"kazoo://{target.host}:{target.port}?timeout={LOCK_TTL}", uuid.uuid4().hex.encode()
+        )
+        self._coord.start()
+
+    def lock(self, name: str) -> BenchLock:
+        return _ToozLock(self._coord.get_lock(name.encode()))
+
+    def close(self) -> None:
+        self._coord.stop()
+
+
+def zookeeper_floor(target: Target) -> FloorOp:
+    """Create + delete of one ephemeral node with kazoo: two writes, what a lock cannot beat."""
+    client = _kazoo(target)
+    client.ensure_path("/bench-floor")
+
+    def create_delete() -> None:
+        client.delete(client.create("/bench-floor/node", ephemeral=True))
+
+    def close() -> None:
+        client.stop()
+        client.close()
+
+    return create_delete, close

@@ -18,6 +18,7 @@ from benchmarks._env import filesystem_of
 from benchmarks._impls import (
     FastenersClient,
     FloorOp,
+    KazooLockClient,
     Library,
     PgAdvisoryClient,
     PotteryClient,
@@ -28,9 +29,11 @@ from benchmarks._impls import (
     TenureScriptsClient,
     ToozClient,
     ToozPostgresClient,
+    ToozZooKeeperClient,
     file_floor,
     postgres_floor,
     redis_floor,
+    zookeeper_floor,
 )
 
 __all__ = ["BACKENDS", "Backend", "Running"]
@@ -93,6 +96,25 @@ def _start_postgres() -> Running:
         close=server.close,
         info={"endpoint": f"{server.host}:{server.port}", "fsync": "off"},
         pids=[server.pid] if server.pid else [],
+    )
+
+
+def _start_zookeeper() -> Running:
+    from tests.servers.zookeeper import start_zookeeper
+
+    ensemble = start_zookeeper(1)
+    node = ensemble.nodes[0]
+    target = Target(
+        backend="zookeeper",
+        url=f"{ensemble.url}?namespace=bench",
+        host="127.0.0.1",
+        port=node.port,
+    )
+    return Running(
+        target=target,
+        close=ensemble.close,
+        info={"endpoint": node.endpoint, "mode": "standalone", "forceSync": "no"},
+        pids=[node.pid] if node.pid else [],
     )
 
 
@@ -224,5 +246,36 @@ BACKENDS: dict[str, Backend] = {
             ),
         ),
         wakeup="inotify on the lock file (IN_CLOSE_WRITE on release)",
+    ),
+    "zookeeper": Backend(
+        name="zookeeper",
+        start=_start_zookeeper,
+        floor=zookeeper_floor,
+        floor_label="create + delete of an ephemeral node (kazoo)",
+        libraries=(
+            Library(
+                "tenure",
+                "tenure",
+                TenureClient,
+                ("tenure", "kazoo"),
+                is_tenure=True,
+                note="one transaction when free; else sequential node + predecessor watch",
+            ),
+            Library(
+                "kazoo",
+                "kazoo Lock",
+                KazooLockClient,
+                ("kazoo",),
+                note="sequential node + predecessor watch",
+            ),
+            Library(
+                "tooz",
+                "tooz (zookeeper)",
+                ToozZooKeeperClient,
+                ("tooz", "kazoo"),
+                note="kazoo Lock underneath",
+            ),
+        ),
+        wakeup="exists watch on the predecessor node (one per handoff)",
     ),
 }

@@ -22,6 +22,8 @@ _BUILTIN: dict[str, tuple[str, str, str | None]] = {
     "rediss": ("redis", "RedisDriver", "redis"),
     "postgresql": ("postgres", "PostgresDriver", "postgres"),
     "postgres": ("postgres", "PostgresDriver", "postgres"),
+    "zookeeper": ("zookeeper", "ZooKeeperDriver", "zookeeper"),
+    "zk": ("zookeeper", "ZooKeeperDriver", "zookeeper"),
 }
 
 

@@ -19,7 +19,7 @@ from tenure import Capabilities
 from tenure._async.backends.file import FileDriver, _stem
 
 #: Backends under contract; each server backend adds itself here as it lands.
-BACKENDS = ["file", "redis", "postgres"]
+BACKENDS = ["file", "redis", "postgres", "zookeeper"]
 
 
 @dataclass
@@ -96,4 +96,37 @@ def make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> B
             ttl=1.0,
             steal=steal,
         )
+    if name == "zookeeper":
+        from tenure._async.backends.zookeeper import ZooKeeperDriver
+
+        ensemble = request.getfixturevalue("zookeeper_server")
+        return Backend(
+            name,
+            f"{ensemble.url}?namespace={namespace}",
+            ZooKeeperDriver.capabilities,
+            ttl=1.0,
+            steal=zookeeper_stealer(ensemble.hosts, f"/{namespace}"),
+        )
     raise AssertionError(f"no contract set-up for backend {name!r}")
+
+
+def zookeeper_stealer(hosts: str, root: str, auth: str | None = None) -> Callable[..., None]:
+    """``steal`` for ZooKeeper: delete the holder's node (the first in sequence order) with a
+    separate kazoo client (``auth``: ``user:password`` when the nodes carry ACLs)."""
+    from urllib.parse import quote
+
+    from kazoo.client import KazooClient
+
+    def steal(lock_name: str, kind: str = "lock") -> None:
+        zk = KazooClient(hosts=hosts, auth_data=[("digest", auth)] if auth else None)
+        zk.start(10)
+        try:
+            parent = f"{root}/{kind}/{quote(lock_name, safe='')}"
+            children = sorted(zk.get_children(parent), key=lambda c: c.rpartition("-")[2])
+            assert children, f"nothing to steal under {parent}"
+            zk.delete(f"{parent}/{children[0]}")
+        finally:
+            zk.stop()
+            zk.close()
+
+    return steal

@@ -24,6 +24,7 @@ from pathlib import Path
 from tests.faults.history import summarize
 from tests.faults.nemesis import FAULTS, RunConfig, RunResult, run
 from tests.servers import ServerProcess, start_postgres, start_redis
+from tests.servers.zookeeper import ZooKeeperEnsemble, start_zookeeper
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "safety.md"
@@ -108,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             prefix="tenure-faults-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None
         )
     )
-    starters = {"redis": start_redis, "postgres": start_postgres}
-    servers: dict[str, ServerProcess] = {}
+    starters = {"redis": start_redis, "postgres": start_postgres, "zookeeper": start_zookeeper}
+    servers: dict[str, ServerProcess | ZooKeeperEnsemble] = {}
     try:
         for backend in backends:
             for fault in FAULTS[backend]:

@@ -49,6 +49,7 @@ from tests.faults import worker as w
 from tests.faults.history import Event, Fault, Report, check
 from tests.faults.resource import Store
 from tests.servers import ServerProcess, TcpProxy
+from tests.servers.zookeeper import ZooKeeperEnsemble
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -74,6 +75,20 @@ FAULTS: dict[str, tuple[str, ...]] = {
         "kill-server",
         "cut-off-holder",
         "cut-off-waiter",
+        "drop-acquire-reply",
+        "drop-release-reply",
+    ),
+    # ZooKeeper: the client-side faults. Left out: the server faults (a killed standalone
+    # ZooKeeper comes back with its data and sessions, so there is no data-loss case; the
+    # ensemble's leader kill is tests/backends/test_zookeeper.py's job), and cut-off-waiter: a
+    # ZooKeeper session is opened by a round trip, so a waiter cut off while opening it has no
+    # session to lose (its acquire fails with BackendUnavailableError instead), which this
+    # fault cannot tell apart from a miss; test_zookeeper.py cuts off an established waiter.
+    "zookeeper": (
+        "none",
+        "pause-holder",
+        "kill-holder",
+        "cut-off-holder",
         "drop-acquire-reply",
         "drop-release-reply",
     ),
@@ -121,7 +136,9 @@ class RunResult:
 
 
 class _Run:
-    def __init__(self, config: RunConfig, directory: Path, server: ServerProcess | None) -> None:
+    def __init__(
+        self, config: RunConfig, directory: Path, server: ServerProcess | ZooKeeperEnsemble | None
+    ) -> None:
         self.cfg = config
         self.dir = directory
         self.server = server
@@ -159,6 +176,16 @@ class _Run:
                 self.urls = [
                     f"postgresql://postgres@{p.endpoint}/postgres{query}" for p in self.proxies
                 ]
+            else:
+                self.urls = [self.direct] * n
+        elif config.backend == "zookeeper":
+            assert isinstance(server, ZooKeeperEnsemble), "the zookeeper backend needs a server"
+            query = f"?namespace={namespace}&request_timeout=1"
+            self.direct = server.url + query
+            if config.fault in PROXY_FAULTS:
+                node = server.nodes[0]
+                self.proxies = [TcpProxy("127.0.0.1", node.port) for _ in range(n)]
+                self.urls = [p.url_for("zookeeper") + query for p in self.proxies]
             else:
                 self.urls = [self.direct] * n
         else:
@@ -555,7 +582,11 @@ def load_events(directory: Path) -> list[Event]:
     return sorted(events, key=lambda e: e.t)
 
 
-def run(config: RunConfig, directory: Path, server: ServerProcess | None = None) -> RunResult:
+def run(
+    config: RunConfig,
+    directory: Path,
+    server: ServerProcess | ZooKeeperEnsemble | None = None,
+) -> RunResult:
     """One bounded run of ``config.fault`` against ``config.backend``; the histories checked."""
     if config.fault not in FAULTS[config.backend]:
         raise ValueError(f"{config.fault!r} does not apply to {config.backend}")

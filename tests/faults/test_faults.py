@@ -12,6 +12,7 @@ import pytest
 from tests.faults.history import summarize
 from tests.faults.nemesis import FAULTS, SERVER_FAULTS, RunConfig, RunResult, run
 from tests.servers import ServerProcess, record_timing
+from tests.servers.zookeeper import ZooKeeperEnsemble
 
 pytestmark = pytest.mark.faults
 
@@ -51,16 +52,21 @@ def describe(result: RunResult) -> str:
 SERVER_FIXTURES = {
     "redis": ("redis_server", "fresh_redis"),
     "postgres": ("postgres_server", "fresh_postgres"),
+    "zookeeper": ("zookeeper_server", "zookeeper_server"),  # no server faults in its row
 }
 
 
 @pytest.fixture
-def server(request: pytest.FixtureRequest, backend_fault: tuple[str, str]) -> ServerProcess | None:
+def server(
+    request: pytest.FixtureRequest, backend_fault: tuple[str, str]
+) -> ServerProcess | ZooKeeperEnsemble | None:
     backend, fault = backend_fault
     if backend not in SERVER_FIXTURES:
         return None
     shared, fresh = SERVER_FIXTURES[backend]
-    server: ServerProcess = request.getfixturevalue(fresh if fault in SERVER_FAULTS else shared)
+    server: ServerProcess | ZooKeeperEnsemble = request.getfixturevalue(
+        fresh if fault in SERVER_FAULTS else shared
+    )
     return server
 
 
@@ -71,7 +77,9 @@ def backend_fault(request: pytest.FixtureRequest) -> tuple[str, str]:
 
 
 def test_safety_under_fault(
-    backend_fault: tuple[str, str], server: ServerProcess | None, tmp_path: Path
+    backend_fault: tuple[str, str],
+    server: ServerProcess | ZooKeeperEnsemble | None,
+    tmp_path: Path,
 ) -> None:
     backend, fault = backend_fault
     config = RunConfig(
@@ -125,7 +133,7 @@ def test_safety_under_fault(
         assert report.overlaps == 0, info
         assert report.stale_unfenced == report.rejected_fenced == 0, info
         assert all(m.takeover_after is not None and m.takeover_after >= TTL for m in measures)
-    if fault == "pause-holder" and backend in ("redis", "postgres"):
+    if fault == "pause-holder" and backend in ("redis", "postgres", "zookeeper"):
         # The negative control: past its TTL the paused holder's lease is gone, another client
         # holds the lock, and on resuming the ex-holder writes with its old token. The unfenced
         # twin accepts it (stale write, lost update); the fenced one refuses it.

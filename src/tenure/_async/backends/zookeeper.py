@@ -1,0 +1,815 @@
+"""The ``zookeeper://`` / ``zk://`` backend: an ephemeral sequential queue on kazoo.
+
+Layout, under the URL's chroot (``zookeeper://h1:p1,h2:p2/chroot``)::
+
+    /<namespace>/<kind>/<quoted name>/<owner id>-lock-<sequence>   one contender (ephemeral)
+
+- **Leases are ZooKeeper sessions.** ``grant_lease`` opens one kazoo client whose session timeout
+  is the TTL; the server may only *negotiate* it within ``[minSessionTimeout, maxSessionTimeout]``
+  and silently does so, so a TTL it would change is refused (``ConfigurationError``). Ephemeral
+  nodes die with the session: ``revoke_lease`` closes the client.
+- **Connection states** (Curator's care): SUSPENDED (connection gone, session maybe alive) loses
+  nothing by itself: renewals fail and the core's alarm fires ``lost`` at the local deadline,
+  measured from before the last successful renewal. LOST (the server expired the session, or
+  authentication failed) calls ``lease.expired`` at once and wakes every waiter of the lease, which
+  then fails with ``LockLostError``. A reconnection within the session loses nothing.
+- **Acquire**: when nobody is queued, one transaction takes the lock (``_acquire_free``).
+  Otherwise create our ephemeral sequential node (its name carries the owner id, so a create
+  whose reply was lost is found again by listing the children) and list the children in the same
+  pipelined round trip. First in sequence order: granted, the token is the node's creation zxid
+  (strictly increasing across the ensemble, and sequence order is zxid order). Otherwise an
+  ``exists`` watch on **only the predecessor**: a release wakes exactly one waiter. A deadline,
+  cancellation or error deletes our node; a delete that cannot be sent is remembered and retried.
+  A waiter also wakes at its lease's local deadline and fails if no renewal moved it.
+- **Renew**: one ``multi`` of ``check`` operations over every node the session holds (one round
+  trip however many locks it holds); nodes that are gone are reported lost. kazoo's own pings keep
+  the session alive between renewals.
+- **Auth**: ``zk://user:password@...`` adds digest auth and creates every node with the ACL
+  "creator all, world read": other identities can read the queue but cannot delete our nodes
+  (ZooKeeper checks DELETE on the parent, which carries the same ACL).
+
+The asyncio flavour bridges kazoo's ``IAsyncResult`` to asyncio futures with
+``loop.call_soon_threadsafe`` (no thread per call or waiter); the sync flavour blocks on
+``IAsyncResult.get``. Both send through kazoo's asynchronous calls, which lets us pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio  # tenure: async-only
+import datetime as dt
+import hashlib
+import json
+import logging
+import threading
+from base64 import b64encode
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+from kazoo import exceptions as kazoo_errors
+from kazoo.client import KazooClient
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.states import EventType, KazooState, KeeperState, WatchedEvent
+from kazoo.security import ACL, OPEN_ACL_UNSAFE, Id, Permissions
+
+from ..._names import OwnerInfo
+from ..._types import Capabilities, Holder, utcnow
+from ..._url import ParsedURL
+from ...errors import (
+    BackendError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    ConfigurationError,
+    LockLostError,
+)
+from .. import _compat
+from .base import Grant, Lease, LeaseExpired
+
+__all__ = ["ZooKeeperDriver"]
+
+log = logging.getLogger("tenure")
+# kazoo logs every failed reconnect attempt as a warning; tenure reports what matters (a lost
+# session, failed renewals) itself. Configure "tenure.kazoo" to see kazoo's own messages.
+_kazoo_log = logging.getLogger("tenure.kazoo")
+_kazoo_log.addHandler(logging.NullHandler())
+
+_SEPARATOR = "-lock-"
+_FLOAT_OPTIONS = ("connect_timeout", "request_timeout")
+_BOOL_OPTIONS = ("use_ssl", "verify_certs")
+
+
+class _LeaseState:
+    """One session: its kazoo client, and what the kazoo threads tell us about it."""
+
+    def __init__(
+        self,
+        client: KazooClient,
+        lease_call: Callable[[Callable[[], None]], None],
+        ttl: float,
+        sent: float,
+    ) -> None:
+        self.client = client
+        self.ttl = ttl
+        # Like the core's deadline: from before the last successful contact was sent.
+        self.deadline = sent + ttl
+        self.call = lease_call  # runs a callback in the flavour's context (the loop, or inline)
+        self.mutex = threading.Lock()
+        self.lost_reason: str | None = None
+        self.closing = False
+        self.wakers: set[Callable[[], None]] = set()
+        # (parent, owner id) -> node name, or "" when a create's reply never came
+        self.orphans: dict[tuple[str, str], str] = {}
+        self.active: set[str] = set()  # owner ids inside acquire() right now
+        self.lease: Lease | None = None
+
+    def on_state(self, state: str) -> bool:
+        """kazoo's connection listener (runs on a kazoo thread; must not block)."""
+        if state == KazooState.LOST:
+            with self.mutex:
+                if self.closing or self.lost_reason is not None:
+                    return True
+                self.lost_reason = _loss_reason(self.client.client_state)
+                wakers = list(self.wakers)
+            lease = self.lease
+            if lease is not None:
+                reason = self.lost_reason
+                self.call(lambda: lease.expired(reason))
+            for wake in wakers:
+                wake()
+            # kazoo would reconnect with a new session: this lease is over, stop it.
+            self.client.handler.spawn(_stop_quietly, self.client)
+            return True  # remove the listener
+        if state == KazooState.SUSPENDED:
+            log.info("tenure: ZooKeeper connection suspended; the session may still be alive")
+        return False
+
+
+class _Held:
+    """``Grant.data`` for ZooKeeper: the node's path, and whether we deleted it ourselves."""
+
+    __slots__ = ("path", "releasing", "state")
+
+    def __init__(self, path: str, state: _LeaseState) -> None:
+        self.path = path
+        self.state = state
+        self.releasing = False
+
+
+class ZooKeeperDriver:
+    """Driver for ``zookeeper://[user:password@]h1:p1,h2:p2/chroot`` (alias ``zk://``)."""
+
+    scheme: ClassVar[str] = "zookeeper"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        leases=True,
+        fifo=True,
+        # The server's own bound is minSessionTimeout (2 x tickTime by default: 4 s with the
+        # default tickTime of 2 s); grant_lease refuses any TTL the server negotiates differently.
+        min_ttl=0.5,
+        # The server expires sessions in tickTime buckets: up to one tick past the timeout
+        # (2 s with ZooKeeper's default tickTime; the test servers tick every 250 ms).
+        expiry_slack=2.0,
+        wakeup="exists watch on the predecessor node (one watch fired per handoff)",
+    )
+    options: ClassVar[frozenset[str]] = frozenset(
+        {*_FLOAT_OPTIONS, *_BOOL_OPTIONS, "ca", "certfile", "keyfile", "keyfile_password"}
+    )
+
+    def __init__(self, url: ParsedURL, *, namespace: str, options: dict[str, str]) -> None:
+        hosts = url.hosts_with_default(2181)
+        self._hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in hosts)
+        self._url = url
+        chroot = url.path.rstrip("/")
+        if chroot and any(part in ("", ".", "..") for part in chroot[1:].split("/")):
+            raise ConfigurationError(f"bad ZooKeeper chroot {url.path!r}")
+        self._root = chroot + "/" + namespace
+        timeouts = {name: _seconds(options, name, 10.0) for name in _FLOAT_OPTIONS}
+        self._connect_timeout = timeouts["connect_timeout"]
+        self._request_timeout = timeouts["request_timeout"]
+        self._tls: dict[str, Any] = {}
+        for name in _BOOL_OPTIONS:
+            if name in options:
+                self._tls[name] = _boolean(options, name)
+        for name in ("ca", "certfile", "keyfile", "keyfile_password"):
+            if name in options:
+                self._tls[name] = options[name]
+        if self._tls and not self._tls.get("use_ssl", False):
+            raise ConfigurationError("TLS options need use_ssl=true")
+        self._auth: list[tuple[str, str]] = []
+        self._acl: list[ACL] = list(OPEN_ACL_UNSAFE)
+        if url.username is not None or url.password is not None:
+            if not url.username or url.password is None:
+                raise ConfigurationError("ZooKeeper digest auth needs user:password@ in the URL")
+            credential = f"{url.username}:{url.password}"
+            self._auth = [("digest", credential)]
+            digest = b64encode(hashlib.sha1(credential.encode()).digest()).decode()
+            self._acl = [
+                ACL(Permissions.ALL, Id("digest", f"{url.username}:{digest}")),
+                ACL(Permissions.READ, Id("world", "anyone")),
+            ]
+        self._admin: KazooClient | None = None
+        self._forked = False
+        # Queues last seen busy: their acquires skip the fast path (it would fail).
+        self._contended: dict[str, bool] = {}
+
+    def __repr__(self) -> str:
+        return f"ZooKeeperDriver({self._url.redacted()!r})"
+
+    # The one boundary where kazoo's exceptions become tenure's.
+
+    @contextmanager
+    def _errors(self, what: str, state: _LeaseState | None = None) -> Iterator[None]:
+        try:
+            yield
+        except (kazoo_errors.NoAuthError, kazoo_errors.AuthFailedError) as exc:
+            raise ConfigurationError(
+                f"zookeeper at {self._hosts} refused access ({what}): check the credentials"
+                + (f" of user {self._url.username!r}" if self._url.username else "")
+                + f" and the ACLs under {self._root!r}"
+            ) from exc
+        except (KazooTimeoutError, TimeoutError) as exc:
+            raise BackendTimeoutError(f"zookeeper at {self._hosts} timed out ({what})") from exc
+        except (
+            kazoo_errors.ConnectionLoss,
+            kazoo_errors.ConnectionClosedError,
+            kazoo_errors.SessionExpiredError,
+            kazoo_errors.OperationTimeoutError,
+        ) as exc:
+            if state is not None and state.lost_reason is not None:
+                raise LeaseExpired(state.lost_reason) from exc
+            raise BackendUnavailableError(
+                f"zookeeper at {self._hosts} is unreachable ({what}): {type(exc).__name__}"
+            ) from exc
+        except RuntimeError as exc:
+            # kazoo sets this on a request when its connection loop fails (replies out of
+            # order); the loop then stops, and the listener reports the session lost.
+            if state is not None and state.lost_reason is not None:
+                raise LeaseExpired(state.lost_reason) from exc
+            raise BackendUnavailableError(
+                f"zookeeper at {self._hosts}: the connection failed ({what}): {exc.args[0]}"
+            ) from exc
+        except kazoo_errors.KazooException as exc:
+            raise BackendError(
+                f"zookeeper at {self._hosts} failed ({what}): {type(exc).__name__} {exc}"
+            ) from exc
+
+    async def _wait(self, result: Any, timeout: float) -> Any:
+        """The value of a kazoo ``IAsyncResult`` (raises its exception), within ``timeout``."""
+        # tenure: begin async-only
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+
+        def settle() -> None:
+            if future.done():
+                return
+            if result.successful():
+                future.set_result(result.value)
+            else:
+                future.set_exception(result.exception)
+
+        def done(_: Any) -> None:  # on a kazoo thread
+            with suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(settle)
+
+        result.rawlink(done)
+        async with asyncio.timeout(timeout):
+            return await future
+        # tenure: end async-only
+        # tenure: begin sync-only
+        # return result.get(timeout=timeout)
+        # tenure: end sync-only
+
+    def _client(self, session_timeout: float) -> KazooClient:
+        return KazooClient(
+            hosts=self._hosts,
+            timeout=session_timeout,
+            auth_data=self._auth or None,
+            connection_retry={
+                "max_tries": -1,
+                "delay": 0.05,
+                "backoff": 1.5,
+                "max_delay": max(0.1, min(1.0, session_timeout / 4)),
+            },
+            logger=_kazoo_log,
+            **self._tls,
+        )
+
+    async def _start(self, client: KazooClient, what: str, timeout: float) -> None:
+        try:
+            with self._errors(what):
+                await asyncio.to_thread(client.start, timeout)  # tenure: async-only
+                # tenure: sync client.start(timeout)
+        except BackendError as exc:
+            await self._stop(client)
+            if isinstance(exc, BackendTimeoutError):
+                raise BackendUnavailableError(
+                    f"zookeeper at {self._hosts} is unreachable ({what}): no server answered "
+                    f"within {timeout} s"
+                ) from exc.__cause__
+            raise
+
+    async def _stop(self, client: KazooClient) -> None:
+        await asyncio.to_thread(_stop_quietly, client)  # tenure: async-only
+        # tenure: sync _stop_quietly(client)
+
+    def _path(self, key: str) -> str:
+        kind, _, name = key.partition("/")
+        return f"{self._root}/{kind}/{quote(name, safe='')}"
+
+    async def _admin_client(self) -> KazooClient:
+        if self._admin is None:
+            if not self._forked:
+                raise BackendUnavailableError(f"zookeeper at {self._hosts}: the client is closed")
+            self._forked = False
+            await self.connect()  # a forked child: its own connection, not the parent's
+            assert self._admin is not None
+        return self._admin
+
+    async def connect(self) -> None:
+        admin = self._client(max(10.0, self._request_timeout))
+        await self._start(admin, "connect", self._connect_timeout)
+        try:
+            with self._errors("connect"):
+                await self._wait(admin.exists_async("/"), self._request_timeout)
+        except BaseException:
+            await self._stop(admin)
+            raise
+        self._admin = admin
+
+    async def close(self) -> None:
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            await self._stop(admin)
+
+    # Leases: one ZooKeeper session each.
+
+    async def grant_lease(self, ttl: float) -> Lease:
+        client = self._client(ttl)
+        negotiated = _measure_session_timeout(client)
+        sent = _compat.monotonic()
+        # A session that takes longer than its TTL to open would be lost at once anyway.
+        await self._start(client, "open session", min(self._connect_timeout, ttl))
+        try:
+            with self._errors("open session"):
+                # One round trip: after it, the connect reply has been read (and auth sent).
+                await self._wait(client.exists_async("/"), self._request_timeout)
+            requested = int(ttl * 1000)
+            if negotiated and negotiated[-1] != requested:
+                raise ConfigurationError(
+                    f"ttl {ttl} s is outside the session timeouts the zookeeper server at "
+                    f"{self._hosts} allows: it offered {negotiated[-1] / 1000} s instead "
+                    "(its minSessionTimeout/maxSessionTimeout, 2 and 20 x tickTime by default)"
+                )
+        except BaseException:
+            await self._stop(client)
+            raise
+        state = _LeaseState(client, _loop_safe(_compat.thread_safe_caller()), ttl, sent)
+        session_id = client.client_id[0] if client.client_id else 0
+        lease = Lease(id=f"{session_id:x}", ttl=ttl, data=state)
+        state.lease = lease
+        client.add_listener(state.on_state)
+        return lease
+
+    async def renew_lease(
+        self, lease: Lease, grants: Sequence[Grant], timeout: float
+    ) -> Sequence[Grant]:
+        state: _LeaseState = lease.data
+        if state.lost_reason is not None:
+            raise LeaseExpired(state.lost_reason)
+        client = state.client
+        sent = _compat.monotonic()
+        with self._errors("renew", state):
+            if not grants:
+                await self._wait(client.exists_async("/"), timeout)
+                gone: list[Grant] = []
+            else:
+                transaction = client.transaction()
+                for grant in grants:
+                    transaction.check(grant.data.path, -1)
+                results = await self._wait(transaction.commit_async(), timeout)
+                gone = []
+                if any(isinstance(r, Exception) for r in results):
+                    # A failed multi names only its first failure: look at each node.
+                    checks = [client.exists_async(g.data.path) for g in grants]
+                    for grant, result in zip(grants, checks, strict=True):
+                        if await self._wait(result, timeout) is None:
+                            gone.append(grant)
+        state.deadline = sent + lease.ttl
+        await self._delete_orphans(state, timeout)
+        return gone
+
+    async def revoke_lease(self, lease: Lease) -> None:
+        state: _LeaseState = lease.data
+        with state.mutex:
+            state.closing = True
+        await self._stop(state.client)  # closing the session deletes its ephemeral nodes
+
+    # Contenders.
+
+    async def acquire(
+        self, lease: Lease, key: str, owner: OwnerInfo, deadline: float | None
+    ) -> Grant | None:
+        state: _LeaseState = lease.data
+        name = key.partition("/")[2]
+        self._raise_if_lost(state, name)
+        client = state.client
+        parent = self._path(key)
+        prefix = owner.owner + _SEPARATOR
+        timeout = min(self._request_timeout, lease.ttl)
+        with state.mutex:
+            state.active.add(owner.owner)
+            adopt = state.orphans.pop((parent, owner.owner), None)
+        own: str | None = None
+        own_stat: Any = None
+        done = False
+        try:
+            with self._errors("acquire", state):
+                if adopt is not None:  # a retry: our earlier create may have reached the server
+                    children = await self._children(client, parent, timeout)
+                    own = next((c for c in children if c.startswith(prefix)), None)
+                    if own is not None:
+                        own_stat = await self._wait(
+                            client.exists_async(parent + "/" + own), timeout
+                        )
+                        if own_stat is None:
+                            own = None
+                record = {"owner": owner.owner, "host": owner.host, "pid": owner.pid,
+                          "value": owner.value}  # fmt: skip
+                data = json.dumps(record).encode()
+                if own is None and not self._contended.get(parent, False):
+                    with state.mutex:  # in case the reply is lost: found again or cleaned up
+                        state.orphans[(parent, owner.owner)] = ""
+                    granted = await self._acquire_free(client, parent, prefix, data, timeout)
+                    with state.mutex:  # we know what happened: no orphan either way
+                        state.orphans.pop((parent, owner.owner), None)
+                    if granted is not None:
+                        own, own_stat = granted
+                        children = [own]
+                if own is None:
+                    with state.mutex:
+                        state.orphans[(parent, owner.owner)] = ""
+                    created = client.create_async(
+                        parent + "/" + prefix, data, acl=self._acl, ephemeral=True,
+                        sequence=True, makepath=True, include_data=True,
+                    )  # fmt: skip
+                    listed = client.get_children_async(parent)  # pipelined behind the create
+                    path, own_stat = await self._wait(created, timeout)
+                    own = path.rpartition("/")[2]
+                    with state.mutex:
+                        state.orphans.pop((parent, owner.owner), None)
+                    try:
+                        children = _sorted(await self._wait(listed, timeout))
+                    except kazoo_errors.NoNodeError:  # the parent was made by our create
+                        children = await self._children(client, parent, timeout)
+                if len(self._contended) > 10_000:
+                    self._contended.clear()
+                self._contended[parent] = children.index(own) > 0 if own in children else True
+                try_once = deadline is not None and deadline <= _compat.monotonic()
+                while True:
+                    self._raise_if_lost(state, name)
+                    if own not in children:
+                        raise BackendUnavailableError(
+                            f"zookeeper at {self._hosts}: our queue entry for {name!r} vanished"
+                        )
+                    index = children.index(own)
+                    if index == 0:
+                        # The token is the creation zxid, fixed when the node was created.
+                        done = True
+                        return self._granted(state, lease, key, owner, parent + "/" + own, own_stat)
+                    if try_once:
+                        return None
+                    woken = await self._wait_for(
+                        state, client, parent + "/" + children[index - 1], deadline, timeout
+                    )
+                    if woken is None:
+                        return None
+                    if woken and index == 1:
+                        # Our predecessor was the first and is deleted: nothing can queue
+                        # ahead of us (sequence numbers only grow while our node exists), so
+                        # we are first without listing again. One round trip saved per handoff.
+                        children = [own]
+                        continue
+                    children = await self._children(client, parent, timeout)
+        except LeaseExpired as exc:
+            raise LockLostError(
+                f"the session ended while waiting for {name!r}: {exc}", name=name
+            ) from exc
+        finally:
+            with state.mutex:
+                state.active.discard(owner.owner)
+            if not done and own is not None:
+                await self._leave(state, parent, owner.owner, own)
+
+    async def _acquire_free(
+        self, client: KazooClient, parent: str, prefix: str, data: bytes, timeout: float
+    ) -> tuple[str, Any] | None:
+        """The uncontended fast path: one transaction that succeeds only if nobody is queued.
+
+        Deleting the parent fails unless it has no children, so ``delete parent, create parent,
+        create our node`` is "take the lock if the queue is empty" in one round trip (the slow path
+        needs a create and a listing). The node gets sequence number 0 explicitly; the recreated
+        parent's counter then gives later contenders 1, 2... so the queue order holds. The final
+        ``set_data`` only makes the reply carry the node's ``Stat`` (its czxid is the token).
+        """
+        own = prefix + "0" * 10
+        transaction = client.transaction()
+        transaction.delete(parent)
+        transaction.create(parent, b"", acl=self._acl)
+        transaction.create(parent + "/" + own, data, acl=self._acl, ephemeral=True)
+        transaction.set_data(parent + "/" + own, data)
+        results = await self._wait(transaction.commit_async(), timeout)
+        if any(isinstance(r, Exception) for r in results):
+            return None  # queue not empty, or no parent yet: nothing was changed
+        return own, results[3]
+
+    def _granted(
+        self, state: _LeaseState, lease: Lease, key: str, owner: OwnerInfo, path: str, stat: Any
+    ) -> Grant:
+        # A deleted node is noticed by the next renewal (one multi of checks per session).
+        return Grant(key, owner, int(stat.czxid), lease, utcnow(), data=_Held(path, state))
+
+    async def _wait_for(
+        self,
+        state: _LeaseState,
+        client: KazooClient,
+        predecessor: str,
+        deadline: float | None,
+        timeout: float,
+    ) -> bool | None:
+        """Wait until ``predecessor`` may be gone: True if it is known to be deleted, False if
+        something else woke us (the connection was suspended); None when ``deadline`` passes."""
+        woken = _compat.Event()
+        deleted: list[bool] = []
+        call = state.call
+
+        def wake() -> None:  # from any thread
+            call(woken.set)
+
+        def on_event(event: WatchedEvent) -> None:  # deleted, or the connection was suspended
+            deleted.append(event.type == EventType.DELETED)
+            wake()
+
+        with state.mutex:
+            state.wakers.add(wake)
+        try:
+            if await self._wait(client.exists_async(predecessor, watch=on_event), timeout) is None:
+                return True
+            while True:
+                # Also wake at the lease's local deadline: if no renewal moved it, the session
+                # is lost (the core's alarm says so too) and this waiter must fail.
+                now = _compat.monotonic()
+                if now >= state.deadline:
+                    raise LeaseExpired("no renewal succeeded before the local deadline")
+                remaining = None if deadline is None else deadline - now
+                if remaining is not None and remaining <= 0:
+                    return None
+                wait = (
+                    state.deadline - now
+                    if remaining is None
+                    else min(remaining, state.deadline - now)
+                )
+                if await woken.wait(wait):
+                    return bool(deleted) and deleted[0]
+        finally:
+            with state.mutex:
+                state.wakers.discard(wake)
+
+    async def _children(self, client: KazooClient, parent: str, timeout: float) -> list[str]:
+        try:
+            return _sorted(await self._wait(client.get_children_async(parent), timeout))
+        except kazoo_errors.NoNodeError:
+            return []
+
+    def _raise_if_lost(self, state: _LeaseState, name: str) -> None:
+        reason = state.lost_reason
+        if reason is None and _compat.monotonic() >= state.deadline:
+            # Cut off: kazoo cannot learn that the server expired the session, but the core's
+            # alarm has fired; a retried acquire must not wait on in a dead session.
+            reason = "no renewal succeeded before the local deadline"
+        if reason is not None:
+            raise LockLostError(
+                f"the session ended while waiting for {name!r}: {reason}", name=name
+            )
+
+    async def _leave(self, state: _LeaseState, parent: str, owner: str, own: str) -> None:
+        """Delete our node; if that cannot be done now, remember it for the next renewal."""
+        sent = state.client.delete_async(parent + "/" + own)  # sent now, even if we are cancelled
+        if state.lost_reason is not None or _compat.monotonic() >= state.deadline:
+            return  # the session is over (or about to be): the node goes with it
+        try:
+            with self._errors("leave", state), suppress(kazoo_errors.NoNodeError):
+                await self._wait(sent, min(self._request_timeout, 5.0))
+        except (BackendError, LeaseExpired) as exc:
+            if state.lost_reason is None:
+                log.info("tenure: leaving the queue of %s failed (%s); will retry", parent, exc)
+                with state.mutex:
+                    state.orphans[(parent, owner)] = own
+
+    async def _delete_orphans(self, state: _LeaseState, timeout: float) -> None:
+        with state.mutex:
+            orphans = {k: v for k, v in state.orphans.items() if k[1] not in state.active}
+            for k in orphans:
+                del state.orphans[k]
+        for (parent, owner), known in orphans.items():
+            own = known
+            try:
+                with self._errors("clean up", state):
+                    if not own:
+                        children = await self._children(state.client, parent, timeout)
+                        own = next((c for c in children if c.startswith(owner + _SEPARATOR)), "")
+                    if own:
+                        with suppress(kazoo_errors.NoNodeError):
+                            await self._wait(state.client.delete_async(parent + "/" + own), timeout)
+            except (BackendError, LeaseExpired):
+                with state.mutex:
+                    state.orphans.setdefault((parent, owner), own)
+
+    async def release(self, grant: Grant) -> bool:
+        held: _Held = grant.data
+        retried = held.releasing
+        held.releasing = True
+        try:
+            with self._errors("release", held.state):
+                try:
+                    await self._wait(
+                        held.state.client.delete_async(held.path), self._request_timeout
+                    )
+                except kazoo_errors.NoNodeError:
+                    # A retry after a lost reply finds nothing: the first attempt deleted it. The
+                    # path is ours alone (owner id + sequence): never a newer holder's node.
+                    return retried
+        except LeaseExpired:
+            # The session ended during the release (it was not lost when the release began, or
+            # the core would not have called us) and took the node with it, if our delete did
+            # not: either way the lock was ours until now and is free now.
+            return True
+        return True
+
+    async def check(self, grant: Grant) -> bool:
+        held: _Held = grant.data
+        try:
+            with self._errors("check", held.state):
+                stat = await self._wait(
+                    held.state.client.exists_async(held.path), self._request_timeout
+                )
+        except LeaseExpired:
+            return False
+        return stat is not None
+
+    async def set_value(self, grant: Grant, value: str) -> bool:
+        held: _Held = grant.data
+        client = held.state.client
+        try:
+            with self._errors("set value", held.state):
+                try:
+                    data, _ = await self._wait(client.get_async(held.path), self._request_timeout)
+                    record = json.loads(data)
+                    record["value"] = value
+                    await self._wait(
+                        client.set_async(held.path, json.dumps(record).encode()),
+                        self._request_timeout,
+                    )
+                except kazoo_errors.NoNodeError:
+                    return False
+        except LeaseExpired:
+            return False
+        return True
+
+    # Inspection (through the driver's own client, outside any session).
+
+    async def holder(self, key: str) -> Holder | None:
+        found = await self._contenders(key, first_only=True)
+        return found[0] if found else None
+
+    async def contenders(self, key: str) -> list[Holder]:
+        return await self._contenders(key, first_only=False)
+
+    async def _contenders(self, key: str, first_only: bool) -> list[Holder]:
+        client = await self._admin_client()
+        parent = self._path(key)
+        name = key.partition("/")[2]
+        found: list[Holder] = []
+        with self._errors("contenders"):
+            children = await self._children(client, parent, self._request_timeout)
+            if first_only:
+                children = children[:1]
+            sent = [client.get_async(parent + "/" + child) for child in children]
+            for result in sent:
+                try:
+                    data, stat = await self._wait(result, self._request_timeout)
+                except kazoo_errors.NoNodeError:
+                    continue  # left meanwhile
+                record = json.loads(data)
+                first = not found
+                found.append(
+                    Holder(
+                        name=name,
+                        owner=record["owner"],
+                        host=record.get("host", ""),
+                        pid=int(record.get("pid", 0)),
+                        token=int(stat.czxid) if first else 0,
+                        acquired_at=dt.datetime.fromtimestamp(stat.ctime / 1000, dt.UTC)
+                        if first
+                        else None,
+                        expires_in=None,  # a session's expiry is known only to the server
+                        value=record.get("value"),
+                    )
+                )
+        return found
+
+    async def changes(self, key: str) -> AsyncIterator[None]:
+        client = await self._admin_client()
+        parent = self._path(key)
+        call = _loop_safe(_compat.thread_safe_caller())
+        while True:
+            woken = _compat.Event()
+
+            def on_event(_: WatchedEvent, woken: _compat.Event = woken) -> None:
+                call(woken.set)
+
+            with self._errors("observe"):
+                try:
+                    children = _sorted(
+                        await self._wait(
+                            client.get_children_async(parent, watch=on_event),
+                            self._request_timeout,
+                        )
+                    )
+                except kazoo_errors.NoNodeError:
+                    children = []
+                    # No queue yet: wake when it is created.
+                    await self._wait(
+                        client.exists_async(parent, watch=on_event), self._request_timeout
+                    )
+                if children:  # the holder's value may change too (Election.proclaim)
+                    await self._wait(
+                        client.exists_async(parent + "/" + children[0], watch=on_event),
+                        self._request_timeout,
+                    )
+            yield
+            while not await woken.wait(self._request_timeout):
+                if self._admin is None:
+                    return
+
+    def forget_after_fork(self) -> None:
+        # kazoo's threads do not survive fork(); the child's sessions are dropped by the core,
+        # and the inspection client is opened again on first use.
+        self._admin = None
+        self._forked = True
+
+
+def _loss_reason(client_state: str) -> str:
+    if client_state == KeeperState.EXPIRED_SESSION:
+        return "the ZooKeeper session expired"
+    if client_state == KeeperState.AUTH_FAILED:
+        return "ZooKeeper authentication failed"
+    # kazoo's connection loop gave up (e.g. a reply out of order: "xids do not match") and
+    # will not reconnect: nothing can renew the session any more.
+    return f"the ZooKeeper connection closed for good ({client_state})"
+
+
+def _sorted(children: Sequence[str]) -> list[str]:
+    """Contender nodes in sequence (= grant) order; anything else is ignored."""
+    ours = [c for c in children if _SEPARATOR in c]
+    return sorted(ours, key=lambda c: c.rpartition(_SEPARATOR)[2])
+
+
+def _measure_session_timeout(client: KazooClient) -> list[int]:
+    """Record the session timeout the server negotiates (kazoo keeps it to itself).
+
+    kazoo's connection handler returns ``read_timeout = negotiated * 2 / 3`` from ``_connect``;
+    the list gets the negotiated value in milliseconds after each connect.
+    """
+    negotiated: list[int] = []
+    connection = client._connection
+    connect = connection._connect
+
+    def measured_connect(*args: Any) -> Any:
+        read_timeout, connect_timeout = connect(*args)
+        negotiated.append(round(read_timeout * 3 / 2))
+        return read_timeout, connect_timeout
+
+    connection._connect = measured_connect
+    return negotiated
+
+
+def _loop_safe(call: Callable[[Callable[[], None]], None]) -> Callable[[Callable[[], None]], None]:
+    """``call``, but a closed event loop (nobody left to tell) is not an error."""
+
+    def safe(fn: Callable[[], None]) -> None:
+        try:
+            call(fn)
+        except RuntimeError:
+            log.debug("tenure: dropped a ZooKeeper event: the event loop is closed")
+
+    return safe
+
+
+def _stop_quietly(client: KazooClient) -> None:
+    try:
+        client.stop()
+        client.close()
+    except Exception as exc:
+        log.debug("tenure: closing a kazoo client: %s", exc)
+
+
+def _seconds(options: dict[str, str], name: str, default: float) -> float:
+    text = options.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number of seconds, got {text!r}") from None
+    if value <= 0:
+        raise ConfigurationError(f"{name} must be > 0 seconds, got {value}")
+    return value
+
+
+def _boolean(options: dict[str, str], name: str) -> bool:
+    text = options[name].lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{name} must be true or false, got {options[name]!r}")
