@@ -19,7 +19,7 @@ from tenure import Capabilities
 from tenure._async.backends.file import FileDriver, _stem
 
 #: Backends under contract; each server backend adds itself here as it lands.
-BACKENDS = ["file", "redis", "etcd"]
+BACKENDS = ["file", "redis", "etcd", "etcd-cluster"]
 
 
 @dataclass

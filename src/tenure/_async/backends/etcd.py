@@ -192,7 +192,7 @@ class EtcdDriver:
             if len(self._addresses) > 1:
                 where = f"etcd at {', '.join(self._addresses)} (last tried {address})"
             return BackendUnavailableError(f"{where} is unavailable ({what}): {details}")
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        if _deadline_exceeded(exc):
             return BackendTimeoutError(
                 f"{where} did not answer within {self._request_timeout} s ({what})"
             )
@@ -454,7 +454,7 @@ class EtcdDriver:
                     if reply.events or reply.canceled:
                         return
             except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                if not _deadline_exceeded(exc):
                     raise
             finally:
                 stream.cancel()
@@ -640,6 +640,12 @@ def _holder(key: str, kv: kv_pb2.KeyValue, first: bool) -> Holder:
         expires_in=None,
         value=data.get("value"),
     )
+
+
+def _deadline_exceeded(exc: grpc.RpcError) -> bool:
+    # etcd may answer with its own status when it sees our deadline pass first.
+    code, details = exc.code(), exc.details() or ""
+    return code == grpc.StatusCode.DEADLINE_EXCEEDED or "context deadline exceeded" in details
 
 
 def _token_expired(exc: grpc.RpcError) -> bool:
