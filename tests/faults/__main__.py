@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tests.faults.history import summarize
 from tests.faults.nemesis import FAULTS, RunConfig, RunResult, run
-from tests.servers import start_redis
+from tests.servers import start_etcd_cluster, start_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "safety.md"
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     server = start_redis() if "redis" in backends else None
+    etcd = start_etcd_cluster(1) if "etcd" in backends else None
     try:
         for backend in backends:
             for fault in FAULTS[backend]:
@@ -123,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                     settle=0,
                     max_acquisitions=200_000,
                 )
-                result = run(config, base / f"{backend}-{fault}", server)
+                node = etcd.nodes[0] if etcd is not None and backend == "etcd" else None
+                result = run(config, base / f"{backend}-{fault}", node or server)
                 results.append(result)
                 print(row(result), flush=True)
                 for problem in [*result.errors, *result.report.examples.values()]:
@@ -131,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.close()
+        if etcd is not None:
+            etcd.close()
         if args.keep:
             print(f"histories kept in {base}")
         else:

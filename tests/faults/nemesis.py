@@ -16,7 +16,8 @@ shared memory and cross-checked with ``client.holder(name).pid``):
   (no lease) keep it stopped for 1.5 x TTL and check that nobody got the lock meanwhile.
 * ``kill-holder``: SIGKILL the holder, wait for the next grant, start a replacement client.
 * ``kill-server``: SIGKILL the Redis server while a client holds the lock and start it again at
-  once on the same port, empty (no persistence: the data-loss case).
+  once on the same port, empty (no persistence: the data-loss case). etcd: SIGKILL the single
+  node and restart it on its data dir (keys and leases survive; leases are extended).
 * ``pause-server``: SIGSTOP the Redis server until the holder's ``lost`` fires, then SIGCONT.
 * ``cut-off-holder``: blackhole the holder's own TCP proxy until its ``lost`` fired and a newer
   holder was granted, then heal.
@@ -48,7 +49,7 @@ from tenure.errors import TenureError
 from tests.faults import worker as w
 from tests.faults.history import Event, Fault, Report, check
 from tests.faults.resource import Store
-from tests.servers import RedisServer, TcpProxy
+from tests.servers import EtcdNode, RedisServer, TcpProxy
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -64,6 +65,16 @@ FAULTS: dict[str, tuple[str, ...]] = {
         "cut-off-waiter",
         "drop-acquire-reply",
         "drop-release-reply",
+    ),
+    # etcd: server faults on a single node (SIGKILL + restart keeps its data and leases).
+    "etcd": (
+        "none",
+        "pause-holder",
+        "kill-holder",
+        "kill-server",
+        "pause-server",
+        "cut-off-holder",
+        "cut-off-waiter",
     ),
 }
 PROXY_FAULTS = frozenset(
@@ -106,7 +117,9 @@ class RunResult:
 
 
 class _Run:
-    def __init__(self, config: RunConfig, directory: Path, server: RedisServer | None) -> None:
+    def __init__(
+        self, config: RunConfig, directory: Path, server: RedisServer | EtcdNode | None
+    ) -> None:
         self.cfg = config
         self.dir = directory
         self.server = server
@@ -133,6 +146,15 @@ class _Run:
             if config.fault in PROXY_FAULTS:
                 self.proxies = [TcpProxy(server.host, server.port) for _ in range(n)]
                 self.urls = [p.url_for("redis", "/0") + query for p in self.proxies]
+            else:
+                self.urls = [self.direct] * n
+        elif config.backend == "etcd":
+            assert server is not None, "the etcd backend needs a server (one EtcdNode)"
+            query = f"?namespace={namespace}&request_timeout=1"
+            self.direct = f"etcd://{server.host}:{server.port}" + query
+            if config.fault in PROXY_FAULTS:
+                self.proxies = [TcpProxy(server.host, server.port) for _ in range(n)]
+                self.urls = [p.url_for("etcd") + query for p in self.proxies]
             else:
                 self.urls = [self.direct] * n
         else:
@@ -529,7 +551,9 @@ def load_events(directory: Path) -> list[Event]:
     return sorted(events, key=lambda e: e.t)
 
 
-def run(config: RunConfig, directory: Path, server: RedisServer | None = None) -> RunResult:
+def run(
+    config: RunConfig, directory: Path, server: RedisServer | EtcdNode | None = None
+) -> RunResult:
     """One bounded run of ``config.fault`` against ``config.backend``; the histories checked."""
     if config.fault not in FAULTS[config.backend]:
         raise ValueError(f"{config.fault!r} does not apply to {config.backend}")

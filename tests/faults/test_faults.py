@@ -5,13 +5,14 @@ The long tier (thousands of acquisitions per fault class) is ``python -m tests.f
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.faults.history import summarize
 from tests.faults.nemesis import FAULTS, SERVER_FAULTS, RunConfig, RunResult, run
-from tests.servers import RedisServer, record_timing
+from tests.servers import RedisServer, ServerProcess, record_timing, start_etcd_cluster
 
 pytestmark = pytest.mark.faults
 
@@ -48,13 +49,26 @@ def describe(result: RunResult) -> str:
 
 
 @pytest.fixture
-def server(request: pytest.FixtureRequest, backend_fault: tuple[str, str]) -> RedisServer | None:
+def server(
+    request: pytest.FixtureRequest, backend_fault: tuple[str, str]
+) -> Iterator[ServerProcess | None]:
     backend, fault = backend_fault
+    if backend == "etcd":
+        if fault not in SERVER_FAULTS:
+            yield request.getfixturevalue("etcd_server").nodes[0]
+            return
+        single = start_etcd_cluster(1)  # killed and paused: not the shared one
+        try:
+            yield single.nodes[0]
+        finally:
+            single.close()
+        return
     if backend != "redis":
-        return None
+        yield None
+        return
     name = "fresh_redis" if fault in SERVER_FAULTS else "redis_server"
-    server: RedisServer = request.getfixturevalue(name)
-    return server
+    redis_server: RedisServer = request.getfixturevalue(name)
+    yield redis_server
 
 
 @pytest.fixture(params=CASES)
@@ -64,7 +78,7 @@ def backend_fault(request: pytest.FixtureRequest) -> tuple[str, str]:
 
 
 def test_safety_under_fault(
-    backend_fault: tuple[str, str], server: RedisServer | None, tmp_path: Path
+    backend_fault: tuple[str, str], server: ServerProcess | None, tmp_path: Path
 ) -> None:
     backend, fault = backend_fault
     config = RunConfig(

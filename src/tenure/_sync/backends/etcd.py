@@ -57,9 +57,16 @@ __all__ = ["EtcdDriver"]
 T = TypeVar("T")
 Metadata = tuple[tuple[str, str], ...] | None
 
+#: Retired channels kept open (their calls finish) before the oldest is closed.
+_KEEP_RETIRED = 4
 #: etcd refuses more operations than this in one Txn (its --max-txn-ops default).
 MAX_TXN_OPS = 128
-_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    # A channel of its own connection: after a reset, a new channel must not reuse the old,
+    # broken connection from gRPC's process-wide subchannel pool.
+    ("grpc.use_local_subchannel_pool", 1),
+]
 _CREATE = pb.RangeRequest.SortTarget.CREATE
 _ASCEND = pb.RangeRequest.SortOrder.ASCEND
 _DESCEND = pb.RangeRequest.SortOrder.DESCEND
@@ -125,6 +132,7 @@ class EtcdDriver:
         if (url.username is None) != (url.password is None):
             raise ConfigurationError("etcd authentication needs both a user and a password")
         self._endpoints: dict[str, _Endpoint] = {}
+        self._retired: list[Any] = []  # channels given up on, closed a little later
         self._current = 0
         self._token: str | None = None
         self._state = _compat.StateLock()
@@ -147,6 +155,22 @@ class EtcdDriver:
         if credentials is None:
             return grpc.insecure_channel(address, options=options)
         return grpc.secure_channel(address, credentials, options=options)
+
+    def _reset(self, endpoint: _Endpoint) -> None:
+        """Give up on ``endpoint``'s connection (broken or silent): the next call reconnects.
+
+        Its channel is closed only after a few more resets, so that calls still running on it
+        (a waiter's watch) end on their own deadline rather than being cut off at once.
+        """
+        with self._state:
+            if self._endpoints.get(endpoint.address) is not endpoint:
+                return
+            del self._endpoints[endpoint.address]
+            self._retired.append(endpoint.channel)
+            old = self._retired[:-_KEEP_RETIRED] if len(self._retired) > _KEEP_RETIRED else []
+            del self._retired[: len(old)]
+        for channel in old:
+            channel.close()
 
     def _fail_over(self, endpoint: _Endpoint) -> None:
         with self._state:
@@ -173,6 +197,12 @@ class EtcdDriver:
                 return call(endpoint, self._metadata(endpoint))
             except grpc.RpcError as exc:
                 code = exc.code()
+                broken = _connection_broken(exc)
+                if broken or _deadline_exceeded(exc):
+                    self._reset(endpoint)
+                if broken and tried + 1 < 2 * len(self._addresses):
+                    tried += 1  # once more on a new connection (all our calls are idempotent)
+                    continue
                 if code == grpc.StatusCode.UNAVAILABLE and tried + 1 < len(self._addresses):
                     tried += 1
                     self._fail_over(endpoint)
@@ -186,7 +216,7 @@ class EtcdDriver:
     def _error(self, exc: grpc.RpcError, address: str, what: str) -> Exception:
         code, details = exc.code(), exc.details() or ""
         where = f"etcd at {address}"
-        if code == grpc.StatusCode.UNAVAILABLE:
+        if code == grpc.StatusCode.UNAVAILABLE or _connection_broken(exc):
             if len(self._addresses) > 1:
                 where = f"etcd at {', '.join(self._addresses)} (last tried {address})"
             return BackendUnavailableError(f"{where} is unavailable ({what}): {details}")
@@ -240,13 +270,14 @@ class EtcdDriver:
 
     def close(self) -> None:
         with self._state:
-            endpoints, self._endpoints = list(self._endpoints.values()), {}
-        for endpoint in endpoints:
-            endpoint.channel.close()
+            channels = [e.channel for e in self._endpoints.values()] + self._retired
+            self._endpoints, self._retired = {}, []
+        for channel in channels:
+            channel.close()
 
     def forget_after_fork(self) -> None:
         # The parent's channels belong to the parent; the child opens its own.
-        self._endpoints = {}
+        self._endpoints, self._retired = {}, []
         self._state = _compat.StateLock()
 
     # Leases.
@@ -570,9 +601,13 @@ class EtcdDriver:
                     if reply.canceled:
                         break
             except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                if _connection_broken(exc):
+                    self._reset(endpoint)
+                elif exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    self._fail_over(endpoint)
+                else:
                     raise self._error(exc, endpoint.address, "observe") from exc
-                self._fail_over(endpoint)
+                _compat.sleep(0.05)  # back-off before watching again elsewhere
             finally:
                 stream.cancel()
 
@@ -639,6 +674,16 @@ def _deadline_exceeded(exc: grpc.RpcError) -> bool:
     # etcd may answer with its own status when it sees our deadline pass first.
     code, details = exc.code(), exc.details() or ""
     return code == grpc.StatusCode.DEADLINE_EXCEEDED or "context deadline exceeded" in details
+
+
+def _connection_broken(exc: grpc.RpcError) -> bool:
+    """The connection is unusable though still open (e.g. frames lost: etcd resets streams)."""
+    code, details = exc.code(), exc.details() or ""
+    if code == grpc.StatusCode.CANCELLED:
+        return "Channel closed" in details  # a call on a channel we retired
+    return code == grpc.StatusCode.INTERNAL and (
+        "RST_STREAM" in details or "Stream removed" in details
+    )
 
 
 def _token_expired(exc: grpc.RpcError) -> bool:
