@@ -82,6 +82,21 @@ class _Entry:
         self.release_sent = False
 
 
+class _Older:
+    """My predecessor in the queue: its key and create revision, and the revision read at."""
+
+    __slots__ = ("key", "read_at", "revision")
+
+    def __init__(self, key: bytes, revision: int, read_at: int) -> None:
+        self.key = key
+        self.revision = revision
+        self.read_at = read_at
+
+
+_UNKNOWN = object()  # the predecessor is to be looked up
+_GONE = object()  # my own key is gone
+
+
 class _Endpoint:
     """One member's channel and stubs."""
 
@@ -361,11 +376,11 @@ class EtcdDriver:
         value = _value(owner, acquired_at, owner.value)
         try_once = deadline is not None and deadline <= _compat.monotonic()
         try:
-            mine, first = await self._enqueue(prefix, me, lease, owner, value)
+            mine, older = await self._enqueue(prefix, me, lease, owner, value)
         except LeaseExpired as exc:
             raise self._lost_while_waiting(lease, key) from exc
         entry = _Entry(me)
-        if first:
+        if older is None:
             return Grant(key, owner, mine, lease, acquired_at, entry)
         if try_once:
             await self._leave_quietly(me, mine)
@@ -376,25 +391,25 @@ class EtcdDriver:
                 remaining = math.inf if deadline is None else deadline - _compat.monotonic()
                 if remaining <= 0:
                     return None
-                older, revision = await self._predecessor(prefix, me, mine)
-                if older is None and revision == 0:
+                if older is _UNKNOWN:
+                    older = await self._predecessor(prefix, me, mine)
+                if older is _GONE:
                     # My key is gone: my lease expired (fail), or someone deleted it (queue again).
                     if not await self._lease_alive(lease):
                         raise self._lost_while_waiting(lease, key)
                     try:
-                        mine, first = await self._enqueue(prefix, me, lease, owner, value)
+                        mine, older = await self._enqueue(prefix, me, lease, owner, value)
                     except LeaseExpired as exc:
                         raise self._lost_while_waiting(lease, key) from exc
-                    if first:
-                        done = True
-                        return Grant(key, owner, mine, lease, acquired_at, entry)
                     continue
                 if older is None:
                     done = True
                     return Grant(key, owner, mine, lease, acquired_at, entry)
                 # Woken by the predecessor's (or my own key's) delete; at least every TTL, to
                 # notice an expired lease of mine even if no event reaches us.
-                await self._wait_for_delete([older, me], revision + 1, min(remaining, lease.ttl))
+                assert isinstance(older, _Older)
+                await self._wait_for_delete(older, me, mine, min(remaining, lease.ttl))
+                older = _UNKNOWN
         finally:
             if not done:
                 await asyncio.shield(self._leave_quietly(me, mine))  # tenure: async-only
@@ -407,44 +422,50 @@ class EtcdDriver:
 
     async def _enqueue(
         self, prefix: bytes, me: bytes, lease: Lease, owner: OwnerInfo, value: bytes
-    ) -> tuple[int, bool]:
-        """One Txn: create my key unless it exists, and read the oldest. -> (my revision, first)."""
+    ) -> tuple[int, _Older | object | None]:
+        """One Txn: create my key unless it exists, and read the oldest and my predecessor.
+
+        Returns my create revision and my predecessor: None if I am first, ``_UNKNOWN`` if my
+        key already existed (a retry; the caller looks it up).
+        """
+        end = _prefix_end(prefix)
         oldest = pb.RequestOp(
-            request_range=pb.RangeRequest(
-                key=prefix,
-                range_end=_prefix_end(prefix),
-                sort_order=_ASCEND,
-                sort_target=_CREATE,
-                limit=1,
-                keys_only=True,
-            )
-        )
+            request_range=pb.RangeRequest(key=prefix, range_end=end, sort_order=_ASCEND,
+                                          sort_target=_CREATE, limit=1, keys_only=True)
+        )  # fmt: skip
+        # A key just created is the newest: the one before it in create order is my predecessor.
+        newest_two = pb.RequestOp(
+            request_range=pb.RangeRequest(key=prefix, range_end=end, sort_order=_DESCEND,
+                                          sort_target=_CREATE, limit=2, keys_only=True)
+        )  # fmt: skip
+        put = pb.RequestOp(request_put=pb.PutRequest(key=me, value=value, lease=lease.data))
         for _ in range(3):
             reply = await self._txn(
                 "acquire",
                 [_created_at(me, 0)],
-                [
-                    pb.RequestOp(request_put=pb.PutRequest(key=me, value=value, lease=lease.data)),
-                    oldest,
-                ],
+                [put, oldest, newest_two],
                 [pb.RequestOp(request_range=pb.RangeRequest(key=me)), oldest],
             )
             if reply.succeeded:
                 mine = reply.header.revision
-            else:
-                kv = reply.responses[0].response_range.kvs[0]
-                mine = kv.create_revision
-                if _owner_of(kv.value) != owner.owner:
-                    # A stale entry of this session (an earlier contender whose clean-up
-                    # failed): replace it, so nothing that still knows its revision touches ours.
-                    await self._delete_if(me, mine)
-                    continue
+                first = reply.responses[1].response_range.kvs[0].create_revision == mine
+                if first:
+                    return mine, None
+                kvs = reply.responses[2].response_range.kvs
+                return mine, _Older(kvs[1].key, kvs[1].create_revision, mine)
+            kv = reply.responses[0].response_range.kvs[0]
+            mine = kv.create_revision
+            if _owner_of(kv.value) != owner.owner:
+                # A stale entry of this session (an earlier contender whose clean-up failed):
+                # replace it, so nothing that still knows its revision touches ours.
+                await self._delete_if(me, mine)
+                continue
             kvs = reply.responses[1].response_range.kvs
-            return mine, not kvs or kvs[0].create_revision == mine
+            return mine, (None if not kvs or kvs[0].create_revision == mine else _UNKNOWN)
         raise BackendError(f"etcd: could not replace a stale entry {me!r}")
 
-    async def _predecessor(self, prefix: bytes, me: bytes, mine: int) -> tuple[bytes | None, int]:
-        """The newest key older than mine and the revision read at; (None, 0) if mine is gone."""
+    async def _predecessor(self, prefix: bytes, me: bytes, mine: int) -> _Older | object | None:
+        """The newest key older than mine (None: I am first; ``_GONE``: my key is gone)."""
         reply = await self._txn(
             "wait",
             [_created_at(me, mine)],
@@ -463,27 +484,44 @@ class EtcdDriver:
             ],
         )
         if not reply.succeeded:
-            return None, 0
+            return _GONE
         kvs = reply.responses[0].response_range.kvs
-        return (kvs[0].key if kvs else None), reply.header.revision
+        if not kvs:
+            return None
+        return _Older(kvs[0].key, kvs[0].create_revision, reply.header.revision)
 
-    async def _wait_for_delete(self, keys: list[bytes], start: int, timeout: float) -> None:
-        """Return when one of ``keys`` is deleted at or after revision ``start``, or at timeout."""
+    async def _wait_for_delete(self, older: _Older, me: bytes, mine: int, timeout: float) -> None:
+        """Return once ``older`` or my own key may be gone, or at ``timeout``.
+
+        The watches start at the server's current revision (a watch from an older revision is
+        served by etcd's catch-up loop, up to 100 ms late). If anything was written since
+        ``older`` was read, one Txn checks that both keys are still there before waiting.
+        """
         requests = [
             pb.WatchRequest(
-                create_request=pb.WatchCreateRequest(
-                    key=key, start_revision=start, filters=[pb.WatchCreateRequest.NOPUT]
-                )
+                create_request=pb.WatchCreateRequest(key=key, filters=[pb.WatchCreateRequest.NOPUT])
             )
-            for key in keys
+            for key in (older.key, me)
         ]
+        both_there = pb.TxnRequest(
+            compare=[_created_at(older.key, older.revision), _created_at(me, mine)]
+        )
 
         async def call(endpoint: _Endpoint, metadata: Metadata) -> None:
             stream = endpoint.watch.Watch(iter(requests), timeout=timeout, metadata=metadata)
+            created = 0
             try:
                 async for reply in stream:
                     if reply.events or reply.canceled:
                         return
+                    if reply.created:
+                        created += 1
+                        if created == len(requests) and reply.header.revision > older.read_at:
+                            check = await endpoint.kv.Txn(
+                                both_there, timeout=self._request_timeout, metadata=metadata
+                            )
+                            if not check.succeeded:
+                                return
             except grpc.RpcError as exc:
                 if not _deadline_exceeded(exc):
                     raise
