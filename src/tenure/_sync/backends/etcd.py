@@ -57,6 +57,8 @@ __all__ = ["EtcdDriver"]
 T = TypeVar("T")
 Metadata = tuple[tuple[str, str], ...] | None
 
+#: Keys whose constant acquire-Txn parts are kept built.
+_OPS_CACHE = 1024
 #: Retired channels kept open (their calls finish) before the oldest is closed.
 _KEEP_RETIRED = 4
 #: etcd refuses more operations than this in one Txn (its --max-txn-ops default).
@@ -148,6 +150,7 @@ class EtcdDriver:
             raise ConfigurationError("etcd authentication needs both a user and a password")
         self._endpoints: dict[str, _Endpoint] = {}
         self._retired: list[Any] = []  # channels given up on, closed a little later
+        self._ops_cache: dict[bytes, tuple[Any, Any, Any, Any]] = {}
         self._current = 0
         self._token: str | None = None
         self._state = _compat.StateLock()
@@ -158,6 +161,9 @@ class EtcdDriver:
     # The one boundary where gRPC's errors become tenure's.
 
     def _endpoint(self) -> _Endpoint:
+        endpoint = self._endpoints.get(self._addresses[self._current % len(self._addresses)])
+        if endpoint is not None:
+            return endpoint  # the common case, without the lock (a dict read is atomic)
         with self._state:
             address = self._addresses[self._current % len(self._addresses)]
             endpoint = self._endpoints.get(address)
@@ -421,24 +427,10 @@ class EtcdDriver:
         Returns my create revision and my predecessor: None if I am first, ``_UNKNOWN`` if my
         key already existed (a retry; the caller looks it up).
         """
-        end = _prefix_end(prefix)
-        oldest = pb.RequestOp(
-            request_range=pb.RangeRequest(key=prefix, range_end=end, sort_order=_ASCEND,
-                                          sort_target=_CREATE, limit=1, keys_only=True)
-        )  # fmt: skip
-        # A key just created is the newest: the one before it in create order is my predecessor.
-        newest_two = pb.RequestOp(
-            request_range=pb.RangeRequest(key=prefix, range_end=end, sort_order=_DESCEND,
-                                          sort_target=_CREATE, limit=2, keys_only=True)
-        )  # fmt: skip
+        absent, oldest, newest_two, read_me = self._enqueue_ops(prefix, me)
         put = pb.RequestOp(request_put=pb.PutRequest(key=me, value=value, lease=lease.data))
         for _ in range(3):
-            reply = self._txn(
-                "acquire",
-                [_created_at(me, 0)],
-                [put, oldest, newest_two],
-                [pb.RequestOp(request_range=pb.RangeRequest(key=me)), oldest],
-            )
+            reply = self._txn("acquire", absent, [put, oldest, newest_two], read_me)
             if reply.succeeded:
                 mine = reply.header.revision
                 first = reply.responses[1].response_range.kvs[0].create_revision == mine
@@ -456,6 +448,28 @@ class EtcdDriver:
             kvs = reply.responses[1].response_range.kvs
             return mine, (None if not kvs or kvs[0].create_revision == mine else _UNKNOWN)
         raise BackendError(f"etcd: could not replace a stale entry {me!r}")
+
+    def _enqueue_ops(self, prefix: bytes, me: bytes) -> tuple[Any, Any, Any, Any]:
+        """The parts of the acquire Txn that never change for one key (built once, cached)."""
+        ops = self._ops_cache.get(me)
+        if ops is None:
+            end = _prefix_end(prefix)
+            oldest = pb.RequestOp(
+                request_range=pb.RangeRequest(key=prefix, range_end=end, sort_order=_ASCEND,
+                                              sort_target=_CREATE, limit=1, keys_only=True)
+            )  # fmt: skip
+            # A key just created is the newest: the one before it in create order is my
+            # predecessor.
+            newest_two = pb.RequestOp(
+                request_range=pb.RangeRequest(key=prefix, range_end=end, sort_order=_DESCEND,
+                                              sort_target=_CREATE, limit=2, keys_only=True)
+            )  # fmt: skip
+            read_me = [pb.RequestOp(request_range=pb.RangeRequest(key=me)), oldest]
+            ops = ([_created_at(me, 0)], oldest, newest_two, read_me)
+            if len(self._ops_cache) >= _OPS_CACHE:
+                self._ops_cache.clear()
+            self._ops_cache[me] = ops
+        return ops
 
     def _predecessor(self, prefix: bytes, me: bytes, mine: int) -> _Older | object | None:
         """The newest key older than mine (None: I am first; ``_GONE``: my key is gone)."""
