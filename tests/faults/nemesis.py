@@ -75,6 +75,8 @@ FAULTS: dict[str, tuple[str, ...]] = {
         "pause-server",
         "cut-off-holder",
         "cut-off-waiter",
+        "drop-acquire-reply",
+        "drop-release-reply",
     ),
 }
 PROXY_FAULTS = frozenset(
