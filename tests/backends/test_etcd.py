@@ -445,3 +445,78 @@ def test_stubs_keep_etcds_wire_names_under_renamed_packages() -> None:
     source = Path(pb_grpc.__file__).read_text()
     assert "'/etcdserverpb.KV/Txn'" in source
     assert "/tenure_etcdserverpb." not in source
+
+
+def make_certificates(directory: Path) -> dict[str, Path]:
+    """A CA, and a server and a client certificate it signed (for 127.0.0.1), with openssl."""
+    files = {name: directory / f"{name}.pem" for name in ("ca", "ca-key", "server", "server-key",
+                                                           "client", "client-key")}  # fmt: skip
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=tenure-ca",
+        "-keyout", str(files["ca-key"]), "-out", str(files["ca"]))  # fmt: skip
+    extensions = directory / "ext.cnf"
+    extensions.write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n")
+    for name in ("server", "client"):
+        csr = directory / f"{name}.csr"
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+            "-keyout", str(files[f"{name}-key"]), "-out", str(csr))  # fmt: skip
+        run("x509", "-req", "-in", str(csr), "-CA", str(files["ca"]), "-CAkey",
+            str(files["ca-key"]), "-CAcreateserial", "-days", "2", "-extfile", str(extensions),
+            "-out", str(files[name]))  # fmt: skip
+    return files
+
+
+class TlsNode(EtcdNode):
+    """An etcd member serving clients over TLS only, requiring client certificates."""
+
+    def __init__(self, tmp: Path, files: dict[str, Path]) -> None:
+        client_port, peer_port = free_port(), free_port()
+        super().__init__(
+            "etcd0", tmp, client_port, peer_port, f"etcd0=http://127.0.0.1:{peer_port}", "t"
+        )
+        self.client_url = f"https://127.0.0.1:{client_port}"
+        self.argv += [
+            f"--listen-client-urls={self.client_url}",
+            f"--advertise-client-urls={self.client_url}",
+            f"--cert-file={files['server']}",
+            f"--key-file={files['server-key']}",
+            f"--trusted-ca-file={files['ca']}",
+            "--client-cert-auth",
+        ]
+        self._files = files
+
+    def probe(self) -> bool:
+        import ssl
+
+        context = ssl.create_default_context(cafile=str(self._files["ca"]))
+        context.load_cert_chain(str(self._files["client"]), str(self._files["client-key"]))
+        with urllib.request.urlopen(f"{self.client_url}/health", timeout=0.5, context=context):
+            return True
+
+
+def test_etcds_with_ca_client_certificate_and_key(tmp_path: Path, ns: str) -> None:
+    files = make_certificates(tmp_path)
+    node = TlsNode(tmp_path, files)
+    cluster = EtcdCluster([node], tmp_path, owns_tmp=False)
+    try:
+        start_all([node], None)
+        query = (
+            f"?namespace={ns}&cacert={files['ca']}&cert={files['client']}&key={files['client-key']}"
+        )
+        with tenure.connect(f"etcds://{node.endpoint}{query}", ttl=2) as client:
+            lock = client.lock("secure")
+            assert lock.acquire()
+            assert client.holder("secure") is not None
+            lock.release()
+        # Plain text against a TLS port, or TLS without our certificate, does not connect.
+        with pytest.raises(BackendError, match=node.endpoint):
+            tenure.connect(f"etcd://{node.endpoint}?request_timeout=2")
+        with pytest.raises(BackendError, match=node.endpoint):
+            tenure.connect(f"etcds://{node.endpoint}?cacert={files['ca']}&request_timeout=2")
+        with pytest.raises(ConfigurationError, match="both cert and key"):
+            tenure.connect(f"etcds://{node.endpoint}?cert={files['client']}")
+    finally:
+        cluster.close()
