@@ -244,9 +244,7 @@ class EtcdDriver:
                 where = f"etcd at {', '.join(self._addresses)} (last tried {address})"
             return BackendUnavailableError(f"{where} is unavailable ({what}): {details}")
         if _deadline_exceeded(exc):
-            return BackendTimeoutError(
-                f"{where} did not answer within {self._request_timeout} s ({what})"
-            )
+            return BackendTimeoutError(f"{where} did not answer in time ({what})")
         if "authentication failed" in details or code == grpc.StatusCode.UNAUTHENTICATED:
             return ConfigurationError(
                 f"{where} rejected the credentials of user {self._url.username!r}: {details}"
@@ -580,19 +578,19 @@ class EtcdDriver:
 
     async def set_value(self, grant: Grant, value: str) -> bool:
         entry = _entry(grant)
-        reply = await self._txn(
-            "set value",
-            [_created_at(entry.key, grant.token)],
-            [
-                pb.RequestOp(
-                    request_put=pb.PutRequest(
-                        key=entry.key,
-                        value=_value(grant.owner, grant.acquired_at, value),
-                        lease=grant.lease.data,
-                    )
-                )
-            ],
+        put = pb.PutRequest(
+            key=entry.key,
+            value=_value(grant.owner, grant.acquired_at, value),
+            lease=grant.lease.data,
         )
+        try:
+            reply = await self._txn(
+                "set value",
+                [_created_at(entry.key, grant.token)],
+                [pb.RequestOp(request_put=put)],
+            )
+        except LeaseExpired:
+            return False  # the lease, and so the entry, is gone
         return bool(reply.succeeded)
 
     # Inspection.
@@ -666,9 +664,9 @@ class EtcdDriver:
                     self._fail_over(endpoint)
                 else:
                     raise self._error(exc, endpoint.address, "observe") from exc
-                await _compat.sleep(0.05)  # back-off before watching again elsewhere
             finally:
                 stream.cancel()
+            await _compat.sleep(0.05)  # the stream ended: back-off before watching again
 
 
 def _created_at(key: bytes, revision: int) -> Any:
