@@ -520,3 +520,32 @@ def test_etcds_with_ca_client_certificate_and_key(tmp_path: Path, ns: str) -> No
             tenure.connect(f"etcds://{node.endpoint}?cert={files['client']}")
     finally:
         cluster.close()
+
+
+async def test_asyncio_holder_cut_off_loses_then_recovers(
+    etcd_server: EtcdCluster, ns: str
+) -> None:
+    from tenure import aio
+
+    node = etcd_server.nodes[0]
+    proxy = TcpProxy(node.host, node.port)
+    try:
+        query = f"?namespace={ns}&request_timeout=0.5"
+        cut = await aio.connect(proxy.url_for("etcd") + query, ttl=1)
+        try:
+            lock = cut.lock("aio")
+            assert await lock.acquire()
+            proxy.blackhole()
+            assert await lock.lost.wait(10), "the asyncio holder did not notice the partition"
+            with tenure.connect(etcd_server.url + query) as other:
+                taker = other.lock("aio")
+                assert taker.acquire(timeout=10)  # after etcd expired the lease
+                taker.release()
+            proxy.heal()
+            # The client reconnects: a new session works again.
+            assert await lock.acquire(timeout=10)
+            await lock.release()
+        finally:
+            await cut.close()
+    finally:
+        proxy.close()
