@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import hashlib
 import importlib
+import math
 import os
 import struct
 import uuid
@@ -533,6 +534,55 @@ class ToozZooKeeperClient:
         self._coord.stop()
 
 
+# etcd: the floor (one Txn + one DeleteRange with tenure's own stubs over grpc, as the issue
+# defines it), tooz's etcd3+http driver (etcd's JSON gateway), and the server's own counters.
+
+
+def etcd_floor(target: Target) -> FloorOp:
+    """One Txn (create a key if absent) + one DeleteRange, with tenure's stubs over grpc."""
+    import grpc
+
+    from tenure._etcdpb import rpc_pb2 as pb
+    from tenure._etcdpb import rpc_pb2_grpc as pb_grpc
+
+    channel = grpc.insecure_channel(f"{target.host}:{target.port}")
+    kv = pb_grpc.KVStub(channel)
+    key = b"bench-floor/" + uuid.uuid4().hex.encode()
+    create = pb.TxnRequest(
+        compare=[
+            pb.Compare(
+                key=key, target=pb.Compare.CREATE, result=pb.Compare.EQUAL, create_revision=0
+            )
+        ],
+        success=[pb.RequestOp(request_put=pb.PutRequest(key=key, value=b"x"))],
+    )
+    delete = pb.DeleteRangeRequest(key=key)
+
+    def txn_and_delete() -> None:
+        kv.Txn(create, timeout=5)
+        kv.DeleteRange(delete, timeout=5)
+
+    return txn_and_delete, channel.close
+
+
+class ToozEtcdClient:
+    """tooz's ``etcd3+http`` driver (etcd3gw, the JSON gateway): lease + Txn, polls to wait."""
+
+    def __init__(self, target: Target) -> None:
+        from tooz import coordination
+
+        self._coord = coordination.get_coordinator(
+            f"etcd3+http://{target.host}:{target.port}", uuid.uuid4().hex.encode()
+        )
+        self._coord.start()
+
+    def lock(self, name: str) -> BenchLock:
+        return _ToozLock(self._coord.get_lock(name.encode()))
+
+    def close(self) -> None:
+        self._coord.stop()
+
+
 def zookeeper_floor(target: Target) -> FloorOp:
     """Create + delete of one ephemeral node with kazoo: two writes, what a lock cannot beat."""
     client = _kazoo(target)
@@ -546,3 +596,42 @@ def zookeeper_floor(target: Target) -> FloorOp:
         client.close()
 
     return create_delete, close
+
+
+class EtcdServerStats:
+    """Requests per gRPC method from etcd's ``/metrics`` (unary calls handled, stream messages
+    received), and the server's CPU time; same interface as :class:`RedisCommandStats`."""
+
+    def __init__(self, target: Target) -> None:
+        self._url = f"http://{target.host}:{target.port}/metrics"
+
+    def _text(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(self._url, timeout=5) as reply:
+            return str(reply.read().decode())
+
+    def __call__(self) -> dict[str, int]:
+        import re
+
+        stats: dict[str, int] = {}
+        text = self._text()
+        for name, kind in (
+            ("grpc_server_handled_total", "unary"),
+            ("grpc_server_msg_received_total", "bidi_stream"),
+        ):
+            pattern = (
+                rf'^{name}\{{[^}}]*grpc_method="(\w+)"[^}}]*grpc_type="{kind}"[^}}]*\}} (\S+)$'
+            )
+            for method, value in re.findall(pattern, text, re.M):
+                stats[method] = stats.get(method, 0) + int(float(value))
+        return stats
+
+    def cpu_seconds(self) -> float:
+        import re
+
+        found = re.search(r"^process_cpu_seconds_total (\S+)$", self._text(), re.M)
+        return float(found.group(1)) if found else math.nan
+
+    def close(self) -> None:
+        return None

@@ -16,6 +16,7 @@ from typing import Any
 
 from benchmarks._env import filesystem_of
 from benchmarks._impls import (
+    EtcdServerStats,
     FastenersClient,
     FloorOp,
     KazooLockClient,
@@ -28,8 +29,10 @@ from benchmarks._impls import (
     TenureClient,
     TenureScriptsClient,
     ToozClient,
+    ToozEtcdClient,
     ToozPostgresClient,
     ToozZooKeeperClient,
+    etcd_floor,
     file_floor,
     postgres_floor,
     redis_floor,
@@ -61,6 +64,8 @@ class Backend:
     commandstats: bool = False  # the server reports per-command call counts (Redis)
     renewal: bool = False  # measure a session renewing 1,000 locks
     wakeup: str = ""
+    #: the per-request counters when commandstats is set (default: Redis' INFO commandstats)
+    stats: Callable[[Target], Any] | None = None
 
 
 def _start_redis() -> Running:
@@ -114,6 +119,22 @@ def _start_zookeeper() -> Running:
         target=target,
         close=ensemble.close,
         info={"endpoint": node.endpoint, "mode": "standalone", "forceSync": "no"},
+        pids=[node.pid] if node.pid else [],
+    )
+
+
+def _start_etcd() -> Running:
+    from tests.servers import start_etcd_cluster
+
+    cluster = start_etcd_cluster(1)
+    node = cluster.nodes[0]
+    target = Target(
+        backend="etcd", url=f"{cluster.url}?namespace=bench", host=node.host, port=node.port
+    )
+    return Running(
+        target=target,
+        close=cluster.close,
+        info={"endpoint": node.endpoint, "nodes": 1, "fsync": "on (etcd always fsyncs)"},
         pids=[node.pid] if node.pid else [],
     )
 
@@ -277,5 +298,33 @@ BACKENDS: dict[str, Backend] = {
             ),
         ),
         wakeup="exists watch on the predecessor node (one per handoff)",
+    ),
+    "etcd": Backend(
+        name="etcd",
+        start=_start_etcd,
+        floor=etcd_floor,
+        floor_label="Txn + DeleteRange (grpc, tenure's stubs)",
+        libraries=(
+            Library(
+                "tenure",
+                "tenure",
+                TenureClient,
+                ("tenure", "grpc"),
+                is_tenure=True,
+                note="revision-ordered keys, watch on the predecessor's delete",
+            ),
+            Library(
+                "tooz-etcd3gw",
+                "tooz (etcd3+http gateway)",
+                ToozEtcdClient,
+                ("tooz", "etcd3gw"),
+                note="lease + Txn over the JSON gateway, polls to wait",
+            ),
+            # python-etcd3 (etcd3 0.12.0) does not import on protobuf >= 4 (its generated code
+            # predates the descriptor API), so it cannot run next to tenure: not listed.
+        ),
+        commandstats=True,
+        stats=EtcdServerStats,
+        wakeup="watch on the newest older key's delete (one waiter woken per release)",
     ),
 }

@@ -148,7 +148,7 @@ def contended(
     args = ContendedArgs(library, target, name, cfg.acquire_timeout, cfg.max_grants)
     pipes = []
     workers = []
-    stats = RedisCommandStats(target) if backend.commandstats else None
+    stats = (backend.stats or RedisCommandStats)(target) if backend.commandstats else None
     try:
         for index in range(procs):
             recv, send = CTX.Pipe(duplex=False)

@@ -22,6 +22,8 @@ have_cmd redis-server || [[ -x /usr/bin/redis-server ]] || missing+=(redis-serve
 # etcd (server) and etcdctl (client); Debian 12 splits them.
 have_cmd etcd || [[ -x /usr/bin/etcd ]] || missing+=(etcd-server)
 have_cmd etcdctl || [[ -x /usr/bin/etcdctl ]] || missing+=(etcd-client)
+# openssl makes the throw-away CA and certificates of the etcds:// (TLS) test.
+have_cmd openssl || missing+=(openssl)
 
 # ZooKeeper: Debian's package ships the jar in /usr/share/java and
 # /usr/share/zookeeper (no binary on PATH).

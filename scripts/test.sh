@@ -29,6 +29,11 @@ PYTHON=${PYTHON:-python3}
 step "generated sync code is current"
 .venv/bin/python scripts/async_to_sync.py --check
 
+if [ -d /usr/share/gocode/src/go.etcd.io/etcd/etcdserver/etcdserverpb ]; then
+    step "generated etcd stubs are current"  # needs golang-etcd-server-dev; optional
+    .venv/bin/python scripts/gen-etcd-protos.py --check
+fi
+
 step "ruff"
 .venv/bin/ruff format --check .
 .venv/bin/ruff check .

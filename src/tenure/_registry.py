@@ -24,6 +24,8 @@ _BUILTIN: dict[str, tuple[str, str, str | None]] = {
     "postgres": ("postgres", "PostgresDriver", "postgres"),
     "zookeeper": ("zookeeper", "ZooKeeperDriver", "zookeeper"),
     "zk": ("zookeeper", "ZooKeeperDriver", "zookeeper"),
+    "etcd": ("etcd", "EtcdDriver", "etcd"),
+    "etcds": ("etcd", "EtcdDriver", "etcd"),
 }
 
 

@@ -19,7 +19,7 @@ from tenure import Capabilities
 from tenure._async.backends.file import FileDriver, _stem
 
 #: Backends under contract; each server backend adds itself here as it lands.
-BACKENDS = ["file", "redis", "postgres", "zookeeper"]
+BACKENDS = ["file", "redis", "postgres", "zookeeper", "etcd", "etcd-cluster"]
 
 
 @dataclass
@@ -107,6 +107,17 @@ def make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> B
             ttl=1.0,
             steal=zookeeper_stealer(ensemble.hosts, f"/{namespace}"),
         )
+    if name in ("etcd", "etcd-cluster"):
+        from tenure._async.backends.etcd import EtcdDriver
+
+        cluster = request.getfixturevalue("etcd_server" if name == "etcd" else "etcd_cluster")
+
+        def steal(lock_name: str, kind: str = "lock") -> None:
+            etcd_steal(cluster.endpoints, f"{namespace}/{kind}/{lock_name}//")
+
+        return Backend(
+            name, f"{cluster.url}?namespace={namespace}", EtcdDriver.capabilities, 1.0, steal
+        )
     raise AssertionError(f"no contract set-up for backend {name!r}")
 
 
@@ -130,3 +141,35 @@ def zookeeper_stealer(hosts: str, root: str, auth: str | None = None) -> Callabl
             zk.close()
 
     return steal
+
+
+def etcd_steal(endpoints: list[str], prefix: str) -> None:
+    """Delete the holder's key (the oldest under ``prefix``) with our own stubs."""
+    import grpc
+
+    from tenure._etcdpb import rpc_pb2 as pb
+    from tenure._etcdpb import rpc_pb2_grpc as pb_grpc
+
+    key = prefix.encode()
+    end = key[:-1] + bytes([key[-1] + 1])
+    for endpoint in endpoints:  # the first member that answers
+        try:
+            with grpc.insecure_channel(endpoint) as channel:
+                kv = pb_grpc.KVStub(channel)
+                oldest = kv.Range(
+                    pb.RangeRequest(
+                        key=key,
+                        range_end=end,
+                        sort_target=pb.RangeRequest.SortTarget.CREATE,
+                        sort_order=pb.RangeRequest.SortOrder.ASCEND,
+                        limit=1,
+                    ),
+                    timeout=5,
+                )
+                assert oldest.kvs, f"nothing to steal under {prefix!r}"
+                kv.DeleteRange(pb.DeleteRangeRequest(key=oldest.kvs[0].key), timeout=5)
+                return
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+    raise AssertionError(f"no etcd member of {endpoints} answered")

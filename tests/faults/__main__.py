@@ -19,12 +19,14 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.faults.history import summarize
 from tests.faults.nemesis import FAULTS, RunConfig, RunResult, run
-from tests.servers import ServerProcess, start_postgres, start_redis
-from tests.servers.zookeeper import ZooKeeperEnsemble, start_zookeeper
+from tests.servers import start_etcd_cluster, start_postgres, start_redis
+from tests.servers.zookeeper import start_zookeeper
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "safety.md"
@@ -109,8 +111,13 @@ def main(argv: list[str] | None = None) -> int:
             prefix="tenure-faults-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None
         )
     )
-    starters = {"redis": start_redis, "postgres": start_postgres, "zookeeper": start_zookeeper}
-    servers: dict[str, ServerProcess | ZooKeeperEnsemble] = {}
+    starters: dict[str, Callable[[], Any]] = {
+        "redis": start_redis,
+        "postgres": start_postgres,
+        "zookeeper": start_zookeeper,
+        "etcd": lambda: start_etcd_cluster(1),
+    }
+    servers: dict[str, Any] = {}  # a ServerProcess, or an ensemble / cluster (closed at the end)
     try:
         for backend in backends:
             for fault in FAULTS[backend]:
@@ -127,14 +134,17 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 if backend in starters and backend not in servers:
                     servers[backend] = starters[backend]()
-                result = run(config, base / f"{backend}-{fault}", servers.get(backend))
+                server = servers.get(backend)
+                if backend == "etcd":
+                    server = server.nodes[0]  # the nemesis kills and pauses one node
+                result = run(config, base / f"{backend}-{fault}", server)
                 results.append(result)
                 print(row(result), flush=True)
                 for problem in [*result.errors, *result.report.examples.values()]:
                     print(f"    {problem}", flush=True)
     finally:
-        for server in servers.values():
-            server.close()
+        for started in servers.values():
+            started.close()
         if args.keep:
             print(f"histories kept in {base}")
         else:

@@ -16,7 +16,8 @@ shared memory and cross-checked with ``client.holder(name).pid``):
   (no lease) keep it stopped for 1.5 x TTL and check that nobody got the lock meanwhile.
 * ``kill-holder``: SIGKILL the holder, wait for the next grant, start a replacement client.
 * ``kill-server``: SIGKILL the Redis server while a client holds the lock and start it again at
-  once on the same port, empty (no persistence: the data-loss case).
+  once on the same port, empty (no persistence: the data-loss case). etcd: SIGKILL the single
+  node and restart it on its data dir (keys and leases survive; leases are extended).
 * ``pause-server``: SIGSTOP the Redis server until the holder's ``lost`` fires, then SIGCONT.
 * ``cut-off-holder``: blackhole the holder's own TCP proxy until its ``lost`` fired and a newer
   holder was granted, then heal.
@@ -89,6 +90,18 @@ FAULTS: dict[str, tuple[str, ...]] = {
         "pause-holder",
         "kill-holder",
         "cut-off-holder",
+        "drop-acquire-reply",
+        "drop-release-reply",
+    ),
+    # etcd: server faults on a single node (SIGKILL + restart keeps its data and leases).
+    "etcd": (
+        "none",
+        "pause-holder",
+        "kill-holder",
+        "kill-server",
+        "pause-server",
+        "cut-off-holder",
+        "cut-off-waiter",
         "drop-acquire-reply",
         "drop-release-reply",
     ),
@@ -186,6 +199,15 @@ class _Run:
                 node = server.nodes[0]
                 self.proxies = [TcpProxy("127.0.0.1", node.port) for _ in range(n)]
                 self.urls = [p.url_for("zookeeper") + query for p in self.proxies]
+            else:
+                self.urls = [self.direct] * n
+        elif config.backend == "etcd":
+            assert server is not None, "the etcd backend needs a server (one EtcdNode)"
+            query = f"?namespace={namespace}&request_timeout=1"
+            self.direct = f"etcd://{server.host}:{server.port}" + query
+            if config.fault in PROXY_FAULTS:
+                self.proxies = [TcpProxy(server.host, server.port) for _ in range(n)]
+                self.urls = [p.url_for("etcd") + query for p in self.proxies]
             else:
                 self.urls = [self.direct] * n
         else:

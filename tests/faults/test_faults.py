@@ -5,13 +5,14 @@ The long tier (thousands of acquisitions per fault class) is ``python -m tests.f
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.faults.history import summarize
 from tests.faults.nemesis import FAULTS, SERVER_FAULTS, RunConfig, RunResult, run
-from tests.servers import ServerProcess, record_timing
+from tests.servers import ServerProcess, record_timing, start_etcd_cluster
 from tests.servers.zookeeper import ZooKeeperEnsemble
 
 pytestmark = pytest.mark.faults
@@ -59,15 +60,26 @@ SERVER_FIXTURES = {
 @pytest.fixture
 def server(
     request: pytest.FixtureRequest, backend_fault: tuple[str, str]
-) -> ServerProcess | ZooKeeperEnsemble | None:
+) -> Iterator[ServerProcess | ZooKeeperEnsemble | None]:
     backend, fault = backend_fault
+    if backend == "etcd":
+        if fault not in SERVER_FAULTS:
+            yield request.getfixturevalue("etcd_server").nodes[0]
+            return
+        single = start_etcd_cluster(1)  # killed and paused: not the shared one
+        try:
+            yield single.nodes[0]
+        finally:
+            single.close()
+        return
     if backend not in SERVER_FIXTURES:
-        return None
+        yield None
+        return
     shared, fresh = SERVER_FIXTURES[backend]
     server: ServerProcess | ZooKeeperEnsemble = request.getfixturevalue(
         fresh if fault in SERVER_FAULTS else shared
     )
-    return server
+    yield server
 
 
 @pytest.fixture(params=CASES)

@@ -167,6 +167,10 @@ def _loop(config: WorkerConfig, slot: int, incarnation: int, slots: Slots, log: 
         n = session_no
         slots.set(slot, SESSION, n)
         session = client.session(ttl=config.ttl)
+        # Open the lease now (etcd grants it with a round trip), so that a client in ACQUIRING
+        # is queued in a live session; if this fails, acquire() opens it.
+        with contextlib.suppress(TenureError):
+            session._use()
 
         def session_lost(_s: object) -> None:
             slots.bump(slot, SESSION_LOST)

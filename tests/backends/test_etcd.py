@@ -1,0 +1,551 @@
+"""etcd-specific behaviour: leader loss under contention, partitions, revoked leases, queued
+waiters whose session expires, TTL minimums, credentials, fail-over, renewal cost, no polling."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing
+import re
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+import tenure
+from tenure._etcdpb import rpc_pb2 as pb
+from tenure._etcdpb import rpc_pb2_grpc as pb_grpc
+from tenure.errors import (
+    BackendError,
+    BackendUnavailableError,
+    ConfigurationError,
+    LockLostError,
+)
+from tests.backends import etcd_workers
+from tests.contract.runners import Runner
+from tests.servers import EtcdCluster, EtcdNode, TcpProxy, wait_until
+from tests.servers.process import free_port, start_all
+
+pytestmark = pytest.mark.server("etcd")
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def wait_for(condition: Any, timeout: float = 10.0) -> None:
+    Runner.wait_for(condition, timeout)
+
+
+@pytest.fixture
+def ns() -> str:
+    return "e" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def kv(etcd_server: EtcdCluster) -> Iterator[Any]:
+    with grpc.insecure_channel(etcd_server.endpoints[0]) as channel:
+        yield pb_grpc.KVStub(channel), pb_grpc.LeaseStub(channel)
+
+
+def keys_under(stub: Any, prefix: str) -> list[Any]:
+    key = prefix.encode()
+    reply = stub.Range(pb.RangeRequest(key=key, range_end=key[:-1] + bytes([key[-1] + 1])))
+    return list(reply.kvs)
+
+
+def metric(node: EtcdNode, name: str, method: str) -> int:
+    """Sum of etcd's gRPC counter ``name`` for ``method`` (from the member's /metrics)."""
+    with urllib.request.urlopen(f"{node.client_url}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    pattern = re.compile(rf'^{name}\{{[^}}]*grpc_method="{method}"[^}}]*\}} (\S+)$', re.M)
+    return int(sum(float(value) for value in pattern.findall(text)))
+
+
+def start_node(tmp: Path, *extra: str) -> EtcdCluster:
+    """One etcd member with extra flags (later flags win over the harness's defaults)."""
+    client_port, peer_port = free_port(), free_port()
+    node = EtcdNode(
+        "etcd0", tmp, client_port, peer_port, f"etcd0=http://127.0.0.1:{peer_port}", "t"
+    )
+    node.argv += list(extra)
+    cluster = EtcdCluster([node], tmp, owns_tmp=False)
+    try:
+        start_all([node], None)
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
+
+
+# -- faults ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_leader_killed_while_eight_processes_contend(
+    fresh_etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    cluster = fresh_etcd_cluster
+    url = cluster.url + "?namespace=leaderkill&request_timeout=1"
+    stop = tmp_path / "stop"
+    procs = [
+        SPAWN.Process(
+            target=etcd_workers.contend,
+            args=(url, "contended", str(tmp_path), 2.0, str(stop), 100_000),
+        )
+        for _ in range(8)
+    ]
+    for proc in procs:
+        proc.start()
+
+    def records() -> list[dict[str, Any]]:
+        found = []
+        for log in tmp_path.glob("*.log"):
+            found += [json.loads(line) for line in log.read_text().splitlines() if line]
+        return found
+
+    try:
+        wait_until(lambda: len(records()) >= 50, 60, "50 grants before the fault")
+        leader = cluster.wait_for_leader()
+        killed_at = time.monotonic_ns()
+        leader.kill()
+        before = len([r for r in records() if r["enter"] < killed_at])
+        wait_until(
+            lambda: len([r for r in records() if r["enter"] > killed_at]) >= 50,
+            60,
+            "50 grants after the leader was killed",
+        )
+    finally:
+        stop.touch()
+        for proc in procs:
+            proc.join(30)
+            if proc.exitcode is None:
+                proc.kill()
+                proc.join(10)
+    assert all(proc.exitcode == 0 for proc in procs), [proc.exitcode for proc in procs]
+    history = sorted(records(), key=lambda r: r["enter"])
+    overlaps = sum(1 for a, b in itertools.pairwise(history) if b["enter"] < a["exit"])
+    assert overlaps == 0, "two holders were inside the critical section at once"
+    tokens = [r["token"] for r in history]
+    assert tokens == sorted(tokens), "tokens not increasing"
+    assert len(set(tokens)) == len(tokens), "a token was handed out twice"
+    assert all(r["ok"] for r in history), "the fenced store refused a holder"
+    # The stall: the longest time nobody held the lock, from the kill on.
+    gaps = [
+        (b["enter"] - max(a["exit"], killed_at)) / 1e9
+        for a, b in itertools.pairwise(history)
+        if b["enter"] > killed_at
+    ]
+    print(
+        f"leader {leader.name} SIGKILLed after {before} grants; stall (longest time without a "
+        f"holder after the kill) {max(gaps) * 1000:.0f} ms; {len(history)} grants, 0 overlaps"
+    )
+
+
+def test_client_cut_off_from_every_member_loses_before_anyone_acquires(
+    etcd_cluster: EtcdCluster, ns: str
+) -> None:
+    proxies = [TcpProxy(node.host, node.port) for node in etcd_cluster.nodes]
+    try:
+        cut_url = "etcd://" + ",".join(p.endpoint for p in proxies)
+        query = f"?namespace={ns}&request_timeout=0.5"
+        ttl = 2.0
+        with (
+            tenure.connect(cut_url + query, ttl=ttl) as cut,
+            tenure.connect(etcd_cluster.url + query, ttl=ttl) as other,
+        ):
+            held = cut.lock("partitioned")
+            assert held.acquire()
+            lost_at: list[float] = []
+            held.on_lost(lambda _lock: lost_at.append(time.monotonic()))
+            waiter = other.lock("partitioned")
+            runner = Runner()
+            acquired_at: list[float] = []
+
+            def wait() -> bool:
+                got = waiter.acquire(timeout=30)
+                acquired_at.append(time.monotonic())
+                return got
+
+            runner.start(wait)
+            wait_for(lambda: len(other.contenders("partitioned")) == 2)
+            cut_at = time.monotonic()
+            for proxy in proxies:
+                proxy.blackhole()
+            assert runner.join(60) == [True]
+            assert held.lost.is_set()
+            assert lost_at, "on_lost did not run"
+            assert lost_at[0] < acquired_at[0], "lost fired after the takeover"
+            print(
+                f"cut off: lost after {lost_at[0] - cut_at:.3f} s, "
+                f"taken over after {acquired_at[0] - cut_at:.3f} s (ttl {ttl} s)"
+            )
+            waiter.release()
+    finally:
+        for proxy in proxies:
+            proxy.close()
+
+
+def test_lease_revoked_behind_the_holders_back(etcd_server: EtcdCluster, kv: Any, ns: str) -> None:
+    stub, leases = kv
+    with tenure.connect(f"{etcd_server.url}?namespace={ns}", ttl=2) as client:
+        lock = client.lock("revoked")
+        assert lock.acquire()
+        token = lock.token
+        (entry,) = keys_under(stub, f"{ns}/lock/revoked//")
+        assert entry.create_revision == token
+        leases.LeaseRevoke(pb.LeaseRevokeRequest(ID=entry.lease))
+        assert lock.lost.wait(10), "the holder did not notice its revoked lease"
+        with pytest.raises(LockLostError):
+            lock.ensure_held()
+        with pytest.raises(LockLostError):
+            lock.release()
+        # The client's next default session serves it again.
+        again = client.lock("revoked")
+        assert again.acquire(timeout=5)
+        assert again.token > token
+        again.release()
+
+
+def test_waiter_whose_session_expires_while_queued_fails(
+    etcd_server: EtcdCluster, kv: Any, ns: str
+) -> None:
+    stub, _ = kv
+    proxy = TcpProxy(etcd_server.nodes[0].host, etcd_server.nodes[0].port)
+    try:
+        query = f"?namespace={ns}&request_timeout=0.5"
+        with (
+            tenure.connect(etcd_server.url + query) as direct,
+            tenure.connect(proxy.url_for("etcd") + query) as queued,
+        ):
+            holder = direct.lock("q")
+            assert holder.acquire()
+            session = queued.session(ttl=1)
+            waiter = session.lock("q")
+            runner = Runner()
+            outcome: list[object] = []
+
+            def wait() -> None:
+                try:
+                    outcome.append(waiter.acquire(timeout=30))
+                except (LockLostError, BackendError) as exc:
+                    outcome.append(exc)
+
+            runner.start(wait)
+            wait_for(lambda: len(keys_under(stub, f"{ns}/lock/q//")) == 2)
+            proxy.blackhole()
+            assert session.lost.wait(10), "the waiter's session was not lost"
+            # etcd drops the waiter's key when its lease expires.
+            wait_for(lambda: len(keys_under(stub, f"{ns}/lock/q//")) == 1)
+            proxy.heal()
+            holder.release()
+            runner.join(60)
+            assert len(outcome) == 1
+            assert outcome[0] is not True, "a waiter with an expired session got the lock"
+            assert isinstance(outcome[0], LockLostError), outcome
+            assert not waiter.held
+            assert keys_under(stub, f"{ns}/lock/q//") == []
+    finally:
+        proxy.close()
+
+
+# -- configuration and errors ------------------------------------------------------------------
+
+
+def test_ttl_below_the_minimum_is_refused(etcd_server: EtcdCluster, ns: str) -> None:
+    with tenure.connect(f"{etcd_server.url}?namespace={ns}") as client:
+        with pytest.raises(ConfigurationError, match=r"minimum of 1\.0 s"):
+            client.lock("short", ttl=0.5).acquire()
+        with pytest.raises(ConfigurationError, match=r"minimum of 1\.0 s"):
+            client.session(ttl=0.2)
+
+
+def test_ttl_below_the_servers_own_minimum_is_refused(tmp_path: Path, ns: str) -> None:
+    # etcd's minimum lease TTL is 1.5 election timeouts: 3 s here. It would raise a shorter TTL
+    # silently; tenure refuses it and names the minimum.
+    cluster = start_node(tmp_path, "--election-timeout=2000", "--heartbeat-interval=100")
+    try:
+        with tenure.connect(f"{cluster.url}?namespace={ns}") as client:
+            with pytest.raises(ConfigurationError, match=r"minimum lease TTL .*: 3 s"):
+                client.lock("short", ttl=2).acquire()
+            lock = client.lock("long", ttl=3)
+            assert lock.acquire()
+            lock.release()
+    finally:
+        cluster.close()
+
+
+def test_bad_url_unreachable_server_and_wrong_password(tmp_path: Path, ns: str) -> None:
+    with pytest.raises(ConfigurationError, match="bad port"):
+        tenure.connect("etcd://127.0.0.1:notaport")
+    with pytest.raises(ConfigurationError, match="etcds://"):
+        tenure.connect("etcd://127.0.0.1:2379?cacert=/nonexistent")
+    with pytest.raises(ConfigurationError, match="cacert"):
+        tenure.connect("etcds://127.0.0.1:2379?cacert=/nonexistent/ca.pem")
+    port = free_port()
+    with pytest.raises(BackendUnavailableError, match=f"127.0.0.1:{port}") as info:
+        tenure.connect(f"etcd://root:s3cr3t-pw@127.0.0.1:{port}?request_timeout=1")
+    assert "s3cr3t-pw" not in str(info.value)
+
+    cluster = start_node(tmp_path)
+    try:
+        endpoint = cluster.endpoints[0]
+        ctl = ["etcdctl", f"--endpoints={endpoint}"]
+        env = {"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}
+        for args in (["user", "add", "root:right-pw", "--interactive=false"], ["auth", "enable"]):
+            subprocess.run(ctl + args, env=env, check=True, capture_output=True, timeout=30)
+        with pytest.raises(ConfigurationError, match=endpoint) as info:
+            tenure.connect(f"etcd://root:wrong-pw@{endpoint}?namespace={ns}")
+        assert "wrong-pw" not in str(info.value)
+        assert "credentials" in str(info.value)
+        with pytest.raises(ConfigurationError, match="user and a password"):
+            tenure.connect(f"etcd://root@{endpoint}")
+        with tenure.connect(f"etcd://root:right-pw@{endpoint}?namespace={ns}", ttl=2) as client:
+            lock = client.lock("authed")
+            assert lock.acquire()
+            assert client.holder("authed") is not None
+            # A stale token is replaced transparently.
+            client._driver._token = "not-a-valid-token"
+            lock.ensure_held()
+            lock.release()
+            assert "right-pw" not in repr(client)
+    finally:
+        cluster.close()
+
+
+def test_fail_over_to_the_next_endpoint(etcd_cluster: EtcdCluster, ns: str) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    url = "etcd://" + ",".join([dead, *etcd_cluster.endpoints]) + f"?namespace={ns}"
+    with tenure.connect(url, ttl=2) as client:
+        lock = client.lock("over")
+        assert lock.acquire(timeout=10)
+        lock.ensure_held()
+        lock.release()
+
+
+# -- the lock protocol -------------------------------------------------------------------------
+
+
+def test_one_keep_alive_renews_the_session_however_many_locks(
+    etcd_server: EtcdCluster, ns: str
+) -> None:
+    node = etcd_server.nodes[0]
+    with tenure.connect(f"{etcd_server.url}?namespace={ns}") as client:
+        session = client.session(ttl=30)
+        locks = [session.lock(f"many/{i}") for i in range(300)]
+        for lock in locks:
+            assert lock.acquire(blocking=False)
+        keep_alives = metric(node, "grpc_server_msg_received_total", "LeaseKeepAlive")
+        txns = metric(node, "grpc_server_handled_total", "Txn")
+        assert session._renew()
+        # One keep-alive for the lease; one Txn reads up to 128 of our keys (etcd's Txn limit).
+        assert metric(node, "grpc_server_msg_received_total", "LeaseKeepAlive") - keep_alives == 1
+        assert metric(node, "grpc_server_handled_total", "Txn") - txns == 3
+        assert all(lock.held for lock in locks)
+        session.close()
+
+
+def test_release_wakes_one_waiter_in_order_and_waiters_do_not_poll(
+    etcd_server: EtcdCluster, ns: str
+) -> None:
+    node = etcd_server.nodes[0]
+    url = f"{etcd_server.url}?namespace={ns}"
+    clients = [tenure.connect(url) for _ in range(6)]
+    try:
+        holder = clients[0].lock("herd")
+        assert holder.acquire()
+        runner = Runner()
+        order: list[int] = []
+        for i, client in enumerate(clients[1:]):
+            lock = client.lock("herd")
+
+            def wait(lock: tenure.Lock = lock, i: int = i) -> bool:
+                got = lock.acquire(timeout=60)
+                order.append(i)
+                lock.release()
+                return got
+
+            runner.start(wait)
+            wait_for(lambda n=i + 2: len(clients[0].contenders("herd")) == n)
+
+        def requests() -> int:
+            return sum(
+                metric(node, "grpc_server_started_total", method)
+                for method in ("Txn", "Range", "Watch")
+            )
+
+        quiet = requests()
+        time.sleep(1.0)  # a measurement window, not a wait for a condition
+        assert requests() == quiet, "queued waiters sent requests"
+        holder.release()
+        assert runner.join(60) == [True] * 5
+        assert order == [0, 1, 2, 3, 4], "grants were not FIFO"
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_retried_release_never_deletes_a_newer_entry(etcd_server: EtcdCluster, ns: str) -> None:
+    with tenure.connect(f"{etcd_server.url}?namespace={ns}") as client:
+        session = client.session(ttl=5)
+        lock = session.lock("again")
+        assert lock.acquire()
+        old = lock._grant
+        assert old is not None
+        lock.release()
+        assert lock.acquire()  # same session, same key name, a newer create revision
+        assert lock.token > old.token
+        # The first release's reply "was lost" and it is sent again: it must not delete this one.
+        assert client._driver.release(old) is True
+        lock.ensure_held()
+        lock.release()
+
+
+def test_keys_are_ordered_by_create_revision_with_owner_metadata(
+    etcd_server: EtcdCluster, kv: Any, ns: str
+) -> None:
+    stub, _ = kv
+    url = f"{etcd_server.url}?namespace={ns}"
+    with tenure.connect(url) as a, tenure.connect(url) as b:
+        first = a.lock("meta/data")
+        assert first.acquire()
+        nested = a.lock("meta")  # a prefix of the other name: separate key space
+        assert nested.acquire(blocking=False)
+        second = b.lock("meta/data")
+        assert not second.acquire(blocking=False)
+        assert len(keys_under(stub, f"{ns}/lock/meta/data//")) == 1, "try-once left its key"
+        runner = Runner()
+        runner.start(lambda: second.acquire(timeout=30))
+        wait_for(lambda: len(a.contenders("meta/data")) == 2)
+        entries = keys_under(stub, f"{ns}/lock/meta/data//")
+        values = [json.loads(e.value) for e in sorted(entries, key=lambda e: e.create_revision)]
+        queue = a.contenders("meta/data")
+        assert [h.owner for h in queue] == [v["owner"] for v in values]
+        assert queue[0].token == first.token
+        assert queue[1].token == 0
+        assert queue[0].expires_in is not None
+        assert 0 < queue[0].expires_in <= 30
+        meta = a.holder("meta")
+        assert meta is not None
+        assert meta.token == nested.token
+        first_token = first.token
+        first.release()
+        assert runner.join(30) == [True]
+        assert second.token > first_token
+        second.release()
+        nested.release()
+
+
+def test_stubs_keep_etcds_wire_names_under_renamed_packages() -> None:
+    assert pb.DESCRIPTOR.package == "tenure_etcdserverpb"
+    assert pb.DESCRIPTOR.services_by_name["KV"].full_name == "tenure_etcdserverpb.KV"
+    source = Path(pb_grpc.__file__).read_text()
+    assert "'/etcdserverpb.KV/Txn'" in source
+    assert "/tenure_etcdserverpb." not in source
+
+
+def make_certificates(directory: Path) -> dict[str, Path]:
+    """A CA, and a server and a client certificate it signed (for 127.0.0.1), with openssl."""
+    files = {name: directory / f"{name}.pem" for name in ("ca", "ca-key", "server", "server-key",
+                                                           "client", "client-key")}  # fmt: skip
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=tenure-ca",
+        "-keyout", str(files["ca-key"]), "-out", str(files["ca"]))  # fmt: skip
+    extensions = directory / "ext.cnf"
+    extensions.write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n")
+    for name in ("server", "client"):
+        csr = directory / f"{name}.csr"
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+            "-keyout", str(files[f"{name}-key"]), "-out", str(csr))  # fmt: skip
+        run("x509", "-req", "-in", str(csr), "-CA", str(files["ca"]), "-CAkey",
+            str(files["ca-key"]), "-CAcreateserial", "-days", "2", "-extfile", str(extensions),
+            "-out", str(files[name]))  # fmt: skip
+    return files
+
+
+class TlsNode(EtcdNode):
+    """An etcd member serving clients over TLS only, requiring client certificates."""
+
+    def __init__(self, tmp: Path, files: dict[str, Path]) -> None:
+        client_port, peer_port = free_port(), free_port()
+        super().__init__(
+            "etcd0", tmp, client_port, peer_port, f"etcd0=http://127.0.0.1:{peer_port}", "t"
+        )
+        self.client_url = f"https://127.0.0.1:{client_port}"
+        self.argv += [
+            f"--listen-client-urls={self.client_url}",
+            f"--advertise-client-urls={self.client_url}",
+            f"--cert-file={files['server']}",
+            f"--key-file={files['server-key']}",
+            f"--trusted-ca-file={files['ca']}",
+            "--client-cert-auth",
+        ]
+        self._files = files
+
+    def probe(self) -> bool:
+        import ssl
+
+        context = ssl.create_default_context(cafile=str(self._files["ca"]))
+        context.load_cert_chain(str(self._files["client"]), str(self._files["client-key"]))
+        with urllib.request.urlopen(f"{self.client_url}/health", timeout=0.5, context=context):
+            return True
+
+
+def test_etcds_with_ca_client_certificate_and_key(tmp_path: Path, ns: str) -> None:
+    files = make_certificates(tmp_path)
+    node = TlsNode(tmp_path, files)
+    cluster = EtcdCluster([node], tmp_path, owns_tmp=False)
+    try:
+        start_all([node], None)
+        query = (
+            f"?namespace={ns}&cacert={files['ca']}&cert={files['client']}&key={files['client-key']}"
+        )
+        with tenure.connect(f"etcds://{node.endpoint}{query}", ttl=2) as client:
+            lock = client.lock("secure")
+            assert lock.acquire()
+            assert client.holder("secure") is not None
+            lock.release()
+        # Plain text against a TLS port, or TLS without our certificate, does not connect.
+        with pytest.raises(BackendError, match=node.endpoint):
+            tenure.connect(f"etcd://{node.endpoint}?request_timeout=2")
+        with pytest.raises(BackendError, match=node.endpoint):
+            tenure.connect(f"etcds://{node.endpoint}?cacert={files['ca']}&request_timeout=2")
+        with pytest.raises(ConfigurationError, match="both cert and key"):
+            tenure.connect(f"etcds://{node.endpoint}?cert={files['client']}")
+    finally:
+        cluster.close()
+
+
+async def test_asyncio_holder_cut_off_loses_then_recovers(
+    etcd_server: EtcdCluster, ns: str
+) -> None:
+    from tenure import aio
+
+    node = etcd_server.nodes[0]
+    proxy = TcpProxy(node.host, node.port)
+    try:
+        query = f"?namespace={ns}&request_timeout=0.5"
+        cut = await aio.connect(proxy.url_for("etcd") + query, ttl=1)
+        try:
+            lock = cut.lock("aio")
+            assert await lock.acquire()
+            proxy.blackhole()
+            assert await lock.lost.wait(10), "the asyncio holder did not notice the partition"
+            with tenure.connect(etcd_server.url + query) as other:
+                taker = other.lock("aio")
+                assert taker.acquire(timeout=10)  # after etcd expired the lease
+                taker.release()
+            proxy.heal()
+            # The client reconnects: a new session works again.
+            assert await lock.acquire(timeout=10)
+            await lock.release()
+        finally:
+            await cut.close()
+    finally:
+        proxy.close()
