@@ -112,29 +112,22 @@ class TenureClient:
 
 class _ScriptsLock:
     def __init__(self, client: Any, scripts: tuple[Any, Any], namespace: str, name: str) -> None:
-        import datetime as dt
         import json
         import socket
 
         self._acquire_script, self._release_script = scripts
         p = f"{namespace}:{{lock/{name}}}:"
-        self._p = p
         self._keys = [p + "holder", p + "token", p + "queue", p + "seq"]
         self._owner = uuid.uuid4().hex
-        host, pid = socket.gethostname(), os.getpid()
-        waiter = json.dumps({"owner": self._owner, "host": host, "pid": pid, "value": None})
-        now = dt.datetime.now(dt.UTC).isoformat()
-        self._args = [self._owner, LOCK_TTL * 1000, host, pid, now, "null", 1, p, "", waiter]
+        meta = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "value": None})
+        self._args = [self._owner, LOCK_TTL * 1000, meta, "q"]
 
     def acquire(self, timeout: float) -> bool:
-        granted, _token, _pttl = self._acquire_script(keys=self._keys, args=self._args)
+        granted, _token, _at = self._acquire_script(keys=self._keys, args=self._args)
         return bool(granted)
 
     def release(self) -> None:
-        self._release_script(
-            keys=[self._p + "holder", self._p + "queue"],
-            args=[self._owner, self._p, LOCK_TTL * 1000, ""],
-        )
+        self._release_script(keys=self._keys[:3], args=[self._owner, ""])
 
 
 class TenureScriptsClient:

@@ -5,14 +5,18 @@ Every operation is one script and one round trip (``_redis_lua`` has the scripts
 layout). Scripts are called by SHA and reloaded transparently after a restart or SCRIPT FLUSH.
 
 - **Acquire**: one script grants if the lock is free and nobody live is queued before us, bumping
-  the fencing counter in the same script; otherwise it queues us (FIFO) with a liveness record.
-  A waiter then blocks in BLPOP on its own signal list, which the releasing script pushes to: a
-  release wakes exactly the next live waiter. The BLPOP also ends when the holder's TTL runs out
-  (the script tells us its PTTL), so a dead holder is replaced after its TTL, and at least every
-  TTL/3 to refresh our liveness record: a waiter that dies is dropped after its TTL.
-- **Release** (``release`` below): deletes the holder only if it is still ours, then signals the
-  next waiter. A retried release whose first reply was lost reports success, never deletes a
-  newer holder's entry.
+  the fencing counter in the same script; otherwise it queues us (FIFO) with a record that
+  carries our TTL and metadata. A waiter then blocks in BLPOP on its own signal list. A release
+  **grants directly** to the next live waiter (it becomes the holder, with its own TTL and a new
+  token) and pushes that grant onto the waiter's list, so the woken waiter returns without
+  another round trip. The BLPOP also ends when the holder's TTL runs out (the script tells us
+  its PTTL), so a dead holder is replaced after its TTL, and at least every TTL/3 to refresh our
+  record: a waiter that dies is skipped after its TTL. A waiter that gives up (deadline,
+  cancellation, error) runs the leave script, which also gives back a grant pushed to it
+  meanwhile and passes the lock on.
+- **Release** (``release`` below): deletes the holder only if it is still ours, then grants to
+  the next live waiter. A retried release whose first reply was lost reports success, never
+  deletes a newer holder's entry.
 - **Renew**: one script over all the session's holder keys, ``PEXPIRE`` where still ours; it
   returns the keys that are not (deleted or taken), which the session reports as lost.
 
@@ -37,7 +41,7 @@ from redis.retry import Retry
 
 from ... import _redis_lua as lua
 from ..._names import OwnerInfo, new_owner_id
-from ..._types import Capabilities, Holder, utcnow
+from ..._types import Capabilities, Holder
 from ..._url import ParsedURL
 from ...errors import (
     BackendError,
@@ -149,9 +153,10 @@ class RedisDriver:
     def _prefix(self, key: str) -> str:
         return f"{self._namespace}:{{{key}}}:"
 
-    def _channel(self, key: str) -> str:
+    @staticmethod
+    def _flags(key: str) -> str:
         # Only elections publish changes (for observe()); locks pay nothing for it.
-        return self._prefix(key) + "changes" if key.startswith("election/") else ""
+        return "e" if key.startswith("election/") else ""
 
     def connect(self) -> None:
         try:
@@ -190,21 +195,21 @@ class RedisDriver:
     ) -> Grant | None:
         p = self._prefix(key)
         keys = [p + "holder", p + "token", p + "queue", p + "seq"]
-        acquired_at = utcnow()
-        waiter = json.dumps({"owner": owner.owner, "host": owner.host, "pid": owner.pid,
-                             "value": owner.value})  # fmt: skip
-        args: list[Any] = [owner.owner, _ms(lease.ttl), owner.host, owner.pid,
-                           acquired_at.isoformat(), json.dumps(owner.value), 1, p,
-                           self._channel(key), waiter]  # fmt: skip
+        flags = self._flags(key)
         try_once = deadline is not None and deadline <= _compat.monotonic()
-        if try_once:
-            args[6] = 0
+        args: list[Any] = [
+            owner.owner,
+            _ms(lease.ttl),
+            owner.meta,
+            flags if try_once else flags + "q",
+        ]
         with self._errors("acquire"):
-            granted, token, pttl = self._acquire(keys=keys, args=args)
+            granted, token, extra = self._acquire(keys=keys, args=args)
         if granted:
-            return Grant(key, owner, int(token), lease, acquired_at)
+            return Grant(key, owner, int(token), lease, _from_us(extra))
         if try_once:
             return None
+        pttl = int(extra)
         done = False
         try:
             signal = p + "s:" + owner.owner
@@ -212,27 +217,33 @@ class RedisDriver:
                 remaining = math.inf if deadline is None else deadline - _compat.monotonic()
                 if remaining <= 0:
                     return None
-                # Wake for the signal, when the holder's TTL runs out, or to refresh our record.
+                # Wake for the grant pushed by a release, when the holder's TTL runs out, or to
+                # refresh our record.
                 wait = min(remaining, lease.ttl / 3, self._max_block)
                 if pttl > 0:
                     wait = min(wait, pttl / 1000 + 0.001)
                 with self._errors("wait"):
-                    self._client.blpop([signal], timeout=max(wait, 0.001))
-                    granted, token, pttl = self._acquire(keys=keys, args=args)
+                    pushed = self._client.blpop([signal], timeout=max(wait, 0.001))
+                if pushed is not None:
+                    token_text, _, at_text = cast(str, pushed[1]).partition(" ")
+                    done = True
+                    return Grant(key, owner, int(token_text), lease, _from_us(at_text))
+                with self._errors("acquire"):
+                    granted, token, extra = self._acquire(keys=keys, args=args)
                 if granted:
                     done = True
-                    return Grant(key, owner, int(token), lease, acquired_at)
+                    return Grant(key, owner, int(token), lease, _from_us(extra))
+                pttl = int(extra)
         finally:
             if not done:
-                self._leave_quietly(key, owner.owner, lease)
+                self._leave_quietly(key, owner.owner)
 
-    def _leave_quietly(self, key: str, owner: str, lease: Lease) -> None:
+    def _leave_quietly(self, key: str, owner: str) -> None:
         p = self._prefix(key)
         try:
             with self._errors("leave"):
                 self._leave(
-                    keys=[p + "holder", p + "queue"],
-                    args=[owner, p, _ms(lease.ttl), self._channel(key)],
+                    keys=[p + "holder", p + "token", p + "queue"], args=[owner, self._flags(key)]
                 )
         except BackendError:
             pass  # our records expire after the TTL
@@ -243,8 +254,8 @@ class RedisDriver:
         grant.data = "release sent"
         with self._errors("release"):
             released = self._release(
-                keys=[p + "holder", p + "queue"],
-                args=[grant.owner.owner, p, _ms(grant.lease.ttl), self._channel(grant.key)],
+                keys=[p + "holder", p + "token", p + "queue"],
+                args=[grant.owner.owner, self._flags(grant.key)],
             )
         # A retry after a lost reply finds nothing: the first attempt released it.
         return bool(released) or retried
@@ -258,7 +269,7 @@ class RedisDriver:
         with self._errors("set value"):
             found = self._set_value(
                 keys=[self._prefix(grant.key) + "holder"],
-                args=[grant.owner.owner, json.dumps(value), self._channel(grant.key)],
+                args=[grant.owner.owner, json.dumps(value), self._flags(grant.key)],
             )
         return bool(found)
 
@@ -285,20 +296,20 @@ class RedisDriver:
         current = _holder(key, record, pttl)
         if current is not None:
             found.append(current)
-        for text in waiters:
-            if text is None:
+        for owner, record in zip(queue, waiters, strict=True):
+            if record is None:
                 continue  # dead waiter, dropped at the next grant
-            data = json.loads(text)
+            meta = json.loads(cast(str, record).partition(" ")[2])
             found.append(
                 Holder(
                     name=key.partition("/")[2],
-                    owner=data["owner"],
-                    host=data["host"],
-                    pid=int(data["pid"]),
+                    owner=owner,
+                    host=meta["host"],
+                    pid=int(meta["pid"]),
                     token=0,
                     acquired_at=None,
                     expires_in=None,
-                    value=data.get("value"),
+                    value=meta.get("value"),
                 )
             )
         return found
@@ -326,16 +337,26 @@ class RedisDriver:
 def _holder(key: str, record: dict[str, str], pttl: int) -> Holder | None:
     if not record:
         return None
+    meta = json.loads(record.get("meta", "{}"))
+    value = json.loads(record["value"]) if "value" in record else meta.get("value")
     return Holder(
         name=key.partition("/")[2],
         owner=record["owner"],
-        host=record.get("host", ""),
-        pid=int(record.get("pid", 0)),
+        host=meta.get("host", ""),
+        pid=int(meta.get("pid", 0)),
         token=int(record["token"]),
-        acquired_at=dt.datetime.fromisoformat(record["acquired_at"]),
+        acquired_at=_from_us(record["at"]),
         expires_in=max(0.0, pttl / 1000) if pttl >= 0 else None,
-        value=json.loads(record.get("value", "null")),
+        value=value,
     )
+
+
+def _from_us(micros: int | str) -> dt.datetime:
+    """A server time in microseconds since the epoch (the scripts' ``at``) as an aware datetime."""
+    return _EPOCH + dt.timedelta(microseconds=int(micros))
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def _ms(seconds: float) -> int:
