@@ -80,17 +80,9 @@ class Gate:
             self._locked = False
 
 
-class StateLock:
-    """Guards a few lines of state shared by user threads and the keep-alive thread."""
-
-    def __init__(self) -> None:
-        self._lock = threading.RLock()
-
-    def __enter__(self) -> None:
-        self._lock.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()
+#: Guards a few lines of state shared by user threads and the keep-alive thread (an ``RLock``
+#: itself, not a wrapper: it is entered several times per acquire and release).
+StateLock = threading.RLock
 
 
 class Worker:

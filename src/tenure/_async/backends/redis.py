@@ -29,8 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, ClassVar, cast
 
 import redis.asyncio as redis_client  # tenure: async-only
@@ -131,25 +130,24 @@ class RedisDriver:
     def __repr__(self) -> str:
         return f"RedisDriver({self._url.redacted()!r})"
 
-    @contextmanager
-    def _errors(self, what: str) -> Iterator[None]:
-        """Translate redis-py's exceptions at this one boundary."""
-        try:
-            yield
-        except redis_errors.AuthenticationError as exc:
-            raise ConfigurationError(
+    def _errors(self, what: str) -> _Boundary:
+        """Translate redis-py's exceptions at this one boundary (``with self._errors(...):``)."""
+        return _Boundary(self, what)
+
+    def _translate(self, exc: redis_errors.RedisError, what: str) -> Exception:
+        if isinstance(exc, redis_errors.AuthenticationError):
+            return ConfigurationError(
                 f"redis at {self._address} rejected the credentials"
                 + (f" of user {self._url.username!r}" if self._url.username else "")
                 + f": {exc}"
-            ) from exc
-        except redis_errors.TimeoutError as exc:
-            raise BackendTimeoutError(f"redis at {self._address} timed out ({what})") from exc
-        except redis_errors.ConnectionError as exc:
-            raise BackendUnavailableError(
+            )
+        if isinstance(exc, redis_errors.TimeoutError):
+            return BackendTimeoutError(f"redis at {self._address} timed out ({what})")
+        if isinstance(exc, redis_errors.ConnectionError):
+            return BackendUnavailableError(
                 f"redis at {self._address} is unreachable ({what}): {exc}"
-            ) from exc
-        except redis_errors.RedisError as exc:
-            raise BackendError(f"redis at {self._address} failed ({what}): {exc}") from exc
+            )
+        return BackendError(f"redis at {self._address} failed ({what}): {exc}")
 
     def _prefix(self, key: str) -> str:
         return f"{self._namespace}:{{{key}}}:"
@@ -338,6 +336,24 @@ class RedisDriver:
 
     def forget_after_fork(self) -> None:
         return None  # redis-py's pool notices the new pid and opens fresh connections
+
+
+class _Boundary:
+    """``with driver._errors(what):`` -- a plain class, cheaper than a generator context manager
+    on the per-acquire path."""
+
+    __slots__ = ("_driver", "_what")
+
+    def __init__(self, driver: RedisDriver, what: str) -> None:
+        self._driver = driver
+        self._what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, redis_errors.RedisError):
+            raise self._driver._translate(exc, self._what) from exc
 
 
 def _holder(key: str, record: dict[str, str], pttl: int) -> Holder | None:
