@@ -34,10 +34,13 @@ from typing import Any, ClassVar, cast
 
 import redis.asyncio as redis_client  # tenure: async-only
 from redis import exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster  # tenure: async-only
 from redis.asyncio.retry import Retry  # tenure: async-only
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 
 # tenure: sync import redis as redis_client
+# tenure: sync from redis.cluster import RedisCluster
 # tenure: sync from redis.retry import Retry
 from ... import _redis_lua as lua
 from ..._names import OwnerInfo, new_owner_id
@@ -77,6 +80,7 @@ class RedisDriver:
             "ssl_keyfile",
             "ssl_cert_reqs",
             "max_connections",
+            "cluster",
         }
     )
 
@@ -107,19 +111,33 @@ class RedisDriver:
         elif any(name.startswith("ssl_") for name in options):
             raise ConfigurationError("ssl_* options need a rediss:// URL")
         max_connections = options.get("max_connections")
-        self._client = redis_client.Redis(
+        self._cluster = _flag(options, "cluster")
+        common: dict[str, Any] = dict(
             host=self._host,
             port=self._port,
-            db=int(db_text),
             username=url.username,
             password=url.password,
             socket_timeout=self._socket_timeout,
             socket_connect_timeout=timeouts["connect_timeout"],
-            retry=Retry(NoBackoff(), 0),  # we retry ourselves, knowing what is idempotent
             decode_responses=True,
-            max_connections=None if max_connections is None else int(max_connections),
             **ssl,
         )
+        # Either client: the commands we use are the same; the cluster client routes each one
+        # (and each script call) to the node of its keys' slot.
+        self._client: Any
+        if self._cluster:
+            if db_text != "0":
+                raise ConfigurationError("Redis Cluster has only database 0")
+            if max_connections is not None:
+                common["max_connections"] = int(max_connections)
+            self._client = RedisCluster(**common)
+        else:
+            self._client = redis_client.Redis(
+                db=int(db_text),
+                retry=Retry(NoBackoff(), 0),  # we retry ourselves, knowing what is idempotent
+                max_connections=None if max_connections is None else int(max_connections),
+                **common,
+            )
         self._acquire = self._client.register_script(lua.ACQUIRE)
         self._release = self._client.register_script(lua.RELEASE)
         self._leave = self._client.register_script(lua.LEAVE)
@@ -134,7 +152,7 @@ class RedisDriver:
         """Translate redis-py's exceptions at this one boundary (``with self._errors(...):``)."""
         return _Boundary(self, what)
 
-    def _translate(self, exc: redis_errors.RedisError, what: str) -> Exception:
+    def _translate(self, exc: Exception, what: str) -> Exception:
         if isinstance(exc, redis_errors.AuthenticationError):
             return ConfigurationError(
                 f"redis at {self._address} rejected the credentials"
@@ -143,7 +161,7 @@ class RedisDriver:
             )
         if isinstance(exc, redis_errors.TimeoutError):
             return BackendTimeoutError(f"redis at {self._address} timed out ({what})")
-        if isinstance(exc, redis_errors.ConnectionError):
+        if isinstance(exc, redis_errors.ConnectionError | redis_errors.RedisClusterException):
             return BackendUnavailableError(
                 f"redis at {self._address} is unreachable ({what}): {exc}"
             )
@@ -180,11 +198,42 @@ class RedisDriver:
     async def renew_lease(
         self, lease: Lease, grants: Sequence[Grant], timeout: float
     ) -> Sequence[Grant]:
-        keys = [self._prefix(grant.key) + "holder" for grant in grants]
-        args: list[Any] = [_ms(lease.ttl), *(grant.owner.owner for grant in grants)]
-        with self._errors("renew"):
-            lost = await self._renew(keys=keys, args=args)
-        return [grants[int(i) - 1] for i in lost]
+        if not self._cluster:
+            # One script over every holder key: one round trip, however many locks.
+            keys = [self._prefix(grant.key) + "holder" for grant in grants]
+            args: list[Any] = [_ms(lease.ttl), *(grant.owner.owner for grant in grants)]
+            with self._errors("renew"):
+                lost = await self._renew(keys=keys, args=args)
+            return [grants[int(i) - 1] for i in lost]
+        return await self._renew_per_slot(lease, grants)
+
+    async def _renew_per_slot(self, lease: Lease, grants: Sequence[Grant]) -> Sequence[Grant]:
+        """On Cluster a script may only touch keys of one slot: one script call per slot, all in
+        one pipeline (one round trip per node that serves any of them)."""
+        by_slot: dict[int, list[Grant]] = {}
+        for grant in grants:
+            by_slot.setdefault(key_slot(self._prefix(grant.key).encode()), []).append(grant)
+        groups = list(by_slot.values())
+        for attempt in (1, 2):
+            try:
+                with self._errors("renew"):
+                    pipe = self._client.pipeline()
+                    for group in groups:
+                        keys = [self._prefix(grant.key) + "holder" for grant in group]
+                        # (execute_command: redis-py blocks its pipelined evalsha() on Cluster,
+                        # but routes the raw command by its keys' slot.)
+                        pipe.execute_command("EVALSHA", self._renew.sha, len(keys), *keys,
+                                             _ms(lease.ttl),
+                                             *(grant.owner.owner for grant in group))  # fmt: skip
+                    replies = await pipe.execute()
+                break
+            except BackendError as exc:
+                if attempt == 2 or not isinstance(exc.__cause__, redis_errors.NoScriptError):
+                    raise
+                with self._errors("load script"):
+                    await self._client.script_load(lua.RENEW)
+        return [group[int(i) - 1] for group, lost in zip(groups, replies, strict=True)
+                for i in lost]  # fmt: skip
 
     async def revoke_lease(self, lease: Lease) -> None:
         return None  # the session released its entries one by one before this
@@ -352,7 +401,7 @@ class _Boundary:
         return None
 
     def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
-        if isinstance(exc, redis_errors.RedisError):
+        if isinstance(exc, redis_errors.RedisError | redis_errors.RedisClusterException):
             raise self._driver._translate(exc, self._what) from exc
 
 
@@ -383,6 +432,15 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
+
+
+def _flag(options: dict[str, str], name: str) -> bool:
+    text = options.get(name, "false").lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{name} must be true or false, got {text!r}")
 
 
 def _seconds(options: dict[str, str], name: str, default: float) -> float:
