@@ -22,7 +22,7 @@ way. The prefix ``<p>`` is the holder key less its ``holder`` suffix.
 
 from __future__ import annotations
 
-__all__ = ["ACQUIRE", "CHECK", "LEAVE", "RELEASE", "RENEW", "SET_VALUE"]
+__all__ = ["ACQUIRE", "CHECK", "LEAVE", "RAISE", "RELEASE", "RENEW", "SET_VALUE"]
 
 _COMMON = """
 local function prefix_of(holder_key) return string.sub(holder_key, 1, -7) end
@@ -78,15 +78,26 @@ local function hand_over(holder, tokens, queue, p, head, record, channel)
   redis.call('PEXPIRE', signal, ttl)
 end
 
--- The lock is free: grant it to the oldest live waiter, if any.
-local function grant_next(holder, tokens, queue, p, channel)
+-- The lock is free: grant it to the oldest live waiter, if any (Redis). Redlock (flags "w")
+-- only wakes that waiter with a "w" on its list, for it must win a quorum itself; with flags
+-- "n" (a Redlock contender giving back a partial grant) nobody is woken.
+local function grant_next(holder, tokens, queue, p, channel, flags)
+  if string.find(flags, 'n', 1, true) then return end
   local head, record = live_head(queue, p)
-  if head then hand_over(holder, tokens, queue, p, head, record, channel) end
+  if not head then return end
+  if string.find(flags, 'w', 1, true) then
+    local signal = p .. 's:' .. head
+    redis.call('RPUSH', signal, 'w')
+    redis.call('PEXPIRE', signal, string.sub(record, 1, string.find(record, ' ', 1, true) - 1))
+  else
+    hand_over(holder, tokens, queue, p, head, record, channel)
+  end
 end
 """
 
 #: KEYS: holder, token, queue, seq.
-#: ARGV: owner, ttl_ms, meta, flags ("q": queue if not granted; "e": publish changes).
+#: ARGV: owner, ttl_ms, meta, flags ("q": queue if not granted; "e": publish changes; "n":
+#: Redlock, the queue only orders wake-ups, so a free lock goes to whoever asks).
 #: Returns {1, token, at_us} when granted, else {0, 0, holder_pttl_ms}.
 ACQUIRE = (
     _COMMON
@@ -101,6 +112,12 @@ if current == owner then
   return {1, tonumber(record[1]), tonumber(record[2])}
 end
 local channel = channel_of(p, flags)
+if not current and string.find(flags, 'n', 1, true) then
+  redis.call('ZREM', KEYS[3], owner)
+  redis.call('DEL', p .. 'w:' .. owner, p .. 's:' .. owner)
+  local now = now_us()
+  return {1, grant(KEYS[1], KEYS[2], owner, ttl, ARGV[3], now, channel), now}
+end
 if not current then
   local head, record = live_head(KEYS[3], p)
   if not head or head == owner then
@@ -124,8 +141,9 @@ return {0, 0, redis.call('PTTL', KEYS[1])}
 """
 )
 
-#: KEYS: holder, token, queue. ARGV: owner, flags ("e": publish changes).
-#: Returns 1 if released (and granted to the next live waiter, if any), 0 if it was not ours.
+#: KEYS: holder, token, queue. ARGV: owner, flags ("e": publish changes; "w"/"n": Redlock, see
+#: grant_next). Returns 1 if released (and granted to the next live waiter, if any), 0 if it was
+#: not ours.
 RELEASE = (
     _COMMON
     + """
@@ -134,7 +152,7 @@ redis.call('DEL', KEYS[1])
 local p = prefix_of(KEYS[1])
 local channel = channel_of(p, ARGV[2])
 if channel then redis.call('PUBLISH', channel, 0) end
-grant_next(KEYS[1], KEYS[2], KEYS[3], p, channel)
+grant_next(KEYS[1], KEYS[2], KEYS[3], p, channel, ARGV[2])
 return 1
 """
 )
@@ -156,10 +174,22 @@ if current == owner then
   if channel then redis.call('PUBLISH', channel, 0) end
   current = false
 end
-if not current then grant_next(KEYS[1], KEYS[2], KEYS[3], p, channel) end
+if not current then grant_next(KEYS[1], KEYS[2], KEYS[3], p, channel, ARGV[2]) end
 return 1
 """
 )
+
+#: Redlock's fencing step: raise this master's counter (and our holder record's token) to the
+#: token chosen from a quorum's counters, if we still hold the entry here.
+#: KEYS: holder, token. ARGV: owner, token. Returns 1 if done, 0 if the entry is not ours.
+RAISE = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+if tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[2], ARGV[2])
+end
+redis.call('HSET', KEYS[1], 'token', ARGV[2])
+return 1
+"""
 
 #: KEYS: the session's holder keys. ARGV: ttl_ms, then each key's owner.
 #: Returns the 1-based indexes of the keys that are no longer ours.

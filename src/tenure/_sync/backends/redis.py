@@ -53,7 +53,7 @@ from ...errors import (
 from .. import _compat
 from .base import Grant, Lease
 
-__all__ = ["RedisDriver"]
+__all__ = ["ErrorBoundary", "RedisDriver", "from_us", "holder_from_record", "ms"]
 
 _FLOAT_OPTIONS = ("socket_timeout", "connect_timeout")
 
@@ -146,24 +146,9 @@ class RedisDriver:
     def __repr__(self) -> str:
         return f"RedisDriver({self._url.redacted()!r})"
 
-    def _errors(self, what: str) -> _Boundary:
+    def _errors(self, what: str) -> ErrorBoundary:
         """Translate redis-py's exceptions at this one boundary (``with self._errors(...):``)."""
-        return _Boundary(self, what)
-
-    def _translate(self, exc: Exception, what: str) -> Exception:
-        if isinstance(exc, redis_errors.AuthenticationError):
-            return ConfigurationError(
-                f"redis at {self._address} rejected the credentials"
-                + (f" of user {self._url.username!r}" if self._url.username else "")
-                + f": {exc}"
-            )
-        if isinstance(exc, redis_errors.TimeoutError):
-            return BackendTimeoutError(f"redis at {self._address} timed out ({what})")
-        if isinstance(exc, redis_errors.ConnectionError | redis_errors.RedisClusterException):
-            return BackendUnavailableError(
-                f"redis at {self._address} is unreachable ({what}): {exc}"
-            )
-        return BackendError(f"redis at {self._address} failed ({what}): {exc}")
+        return ErrorBoundary(self._address, self._url.username, what)
 
     def _prefix(self, key: str) -> str:
         return f"{self._namespace}:{{{key}}}:"
@@ -197,7 +182,7 @@ class RedisDriver:
         if not self._cluster:
             # One script over every holder key: one round trip, however many locks.
             keys = [self._prefix(grant.key) + "holder" for grant in grants]
-            args: list[Any] = [_ms(lease.ttl), *(grant.owner.owner for grant in grants)]
+            args: list[Any] = [ms(lease.ttl), *(grant.owner.owner for grant in grants)]
             with self._errors("renew"):
                 lost = self._renew(keys=keys, args=args)
             return [grants[int(i) - 1] for i in lost]
@@ -219,7 +204,7 @@ class RedisDriver:
                         # (execute_command: redis-py blocks its pipelined evalsha() on Cluster,
                         # but routes the raw command by its keys' slot.)
                         pipe.execute_command("EVALSHA", self._renew.sha, len(keys), *keys,
-                                             _ms(lease.ttl),
+                                             ms(lease.ttl),
                                              *(grant.owner.owner for grant in group))  # fmt: skip
                     replies = pipe.execute()
                 break
@@ -245,14 +230,14 @@ class RedisDriver:
         try_once = deadline is not None and deadline <= _compat.monotonic()
         args: list[Any] = [
             owner.owner,
-            _ms(lease.ttl),
+            ms(lease.ttl),
             owner.meta,
             flags if try_once else flags + "q",
         ]
         with self._errors("acquire"):
             granted, token, extra = self._acquire(keys=keys, args=args)
         if granted:
-            return Grant(key, owner, int(token), lease, _from_us(extra))
+            return Grant(key, owner, int(token), lease, from_us(extra))
         if try_once:
             return None
         pttl = int(extra)
@@ -273,12 +258,12 @@ class RedisDriver:
                 if pushed is not None:
                     token_text, _, at_text = cast(str, pushed[1]).partition(" ")
                     done = True
-                    return Grant(key, owner, int(token_text), lease, _from_us(at_text))
+                    return Grant(key, owner, int(token_text), lease, from_us(at_text))
                 with self._errors("acquire"):
                     granted, token, extra = self._acquire(keys=keys, args=args)
                 if granted:
                     done = True
-                    return Grant(key, owner, int(token), lease, _from_us(extra))
+                    return Grant(key, owner, int(token), lease, from_us(extra))
                 pttl = int(extra)
         finally:
             if not done:
@@ -327,7 +312,7 @@ class RedisDriver:
             pipe.hgetall(p + "holder")
             pipe.pttl(p + "holder")
             record, pttl = pipe.execute()
-        return _holder(key, record, pttl)
+        return holder_from_record(key, record, pttl)
 
     def contenders(self, key: str) -> list[Holder]:
         p = self._prefix(key)
@@ -339,7 +324,7 @@ class RedisDriver:
                 record, pttl, queue = pipe.execute()
             waiters = self._client.mget([p + "w:" + o for o in queue]) if queue else []
         found: list[Holder] = []
-        current = _holder(key, record, pttl)
+        current = holder_from_record(key, record, pttl)
         if current is not None:
             found.append(current)
         for owner, record in zip(queue, waiters, strict=True):
@@ -380,14 +365,17 @@ class RedisDriver:
         return None  # redis-py's pool notices the new pid and opens fresh connections
 
 
-class _Boundary:
-    """``with driver._errors(what):`` -- a plain class, cheaper than a generator context manager
-    on the per-acquire path."""
+class ErrorBoundary:
+    """``with ErrorBoundary(address, user, what):`` translates redis-py's exceptions to
+    :mod:`tenure.errors`, naming the server and never the password. A plain class: cheaper
+    than a generator context manager on the per-acquire path. (Also used by Redlock per node.)
+    """
 
-    __slots__ = ("_driver", "_what")
+    __slots__ = ("_address", "_user", "_what")
 
-    def __init__(self, driver: RedisDriver, what: str) -> None:
-        self._driver = driver
+    def __init__(self, address: str, user: str | None, what: str) -> None:
+        self._address = address
+        self._user = user
         self._what = what
 
     def __enter__(self) -> None:
@@ -395,10 +383,24 @@ class _Boundary:
 
     def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
         if isinstance(exc, redis_errors.RedisError | redis_errors.RedisClusterException):
-            raise self._driver._translate(exc, self._what) from exc
+            raise self.translate(exc) from exc
+
+    def translate(self, exc: Exception) -> Exception:
+        where, what = self._address, self._what
+        if isinstance(exc, redis_errors.AuthenticationError):
+            return ConfigurationError(
+                f"redis at {where} rejected the credentials"
+                + (f" of user {self._user!r}" if self._user else "")
+                + f": {exc}"
+            )
+        if isinstance(exc, redis_errors.TimeoutError):
+            return BackendTimeoutError(f"redis at {where} timed out ({what})")
+        if isinstance(exc, redis_errors.ConnectionError | redis_errors.RedisClusterException):
+            return BackendUnavailableError(f"redis at {where} is unreachable ({what}): {exc}")
+        return BackendError(f"redis at {where} failed ({what}): {exc}")
 
 
-def _holder(key: str, record: dict[str, str], pttl: int) -> Holder | None:
+def holder_from_record(key: str, record: dict[str, str], pttl: int) -> Holder | None:
     if not record:
         return None
     meta = json.loads(record.get("meta", "{}"))
@@ -409,13 +411,13 @@ def _holder(key: str, record: dict[str, str], pttl: int) -> Holder | None:
         host=meta.get("host", ""),
         pid=int(meta.get("pid", 0)),
         token=int(record["token"]),
-        acquired_at=_from_us(record["at"]),
+        acquired_at=from_us(record["at"]),
         expires_in=max(0.0, pttl / 1000) if pttl >= 0 else None,
         value=value,
     )
 
 
-def _from_us(micros: int | str) -> dt.datetime:
+def from_us(micros: int | str) -> dt.datetime:
     """A server time in microseconds since the epoch (the scripts' ``at``) as an aware datetime."""
     return _EPOCH + dt.timedelta(microseconds=int(micros))
 
@@ -423,7 +425,7 @@ def _from_us(micros: int | str) -> dt.datetime:
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-def _ms(seconds: float) -> int:
+def ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
