@@ -20,6 +20,8 @@ _BUILTIN: dict[str, tuple[str, str, str | None]] = {
     "file": ("file", "FileDriver", None),
     "redis": ("redis", "RedisDriver", "redis"),
     "rediss": ("redis", "RedisDriver", "redis"),
+    "redlock": ("redlock", "RedlockDriver", "redis"),
+    "redlock+rediss": ("redlock", "RedlockDriver", "redis"),
 }
 
 
