@@ -21,6 +21,7 @@ __all__ = [
     "Worker",
     "current_owner",
     "monotonic",
+    "raise_if_cancelled",
     "run_until_lost",
     "sleep",
     "spawn",
@@ -184,3 +185,7 @@ def run_until_lost(
 
 def monotonic_ns() -> int:
     return time.monotonic_ns()
+
+
+def raise_if_cancelled() -> None:
+    """Nothing to do in threads (the asyncio twin re-raises a lost cancellation)."""

@@ -44,10 +44,12 @@ from __future__ import annotations
 import asyncio  # tenure: async-only
 import json
 import random
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, ClassVar, TypeVar, cast
 
 import redis.asyncio as redis_client  # tenure: async-only
+from redis import exceptions as redis_errors
 from redis.asyncio.retry import Retry  # tenure: async-only
 from redis.backoff import NoBackoff
 
@@ -133,6 +135,7 @@ class RedlockDriver:
             "connect_timeout",
             "drift_factor",
             "retry_delay",
+            "fanout",
             "ssl_ca_certs",
             "ssl_certfile",
             "ssl_keyfile",
@@ -155,6 +158,9 @@ class RedlockDriver:
         self._node_timeout = _seconds(options, "node_timeout", 0.1)
         self._drift_factor = _seconds(options, "drift_factor", 0.01)
         self._retry_delay = _seconds(options, "retry_delay", 0.2)
+        self._fanout = options.get("fanout", "pipelined")
+        if self._fanout not in ("pipelined", "pool"):
+            raise ConfigurationError(f"fanout must be 'pipelined' or 'pool', got {self._fanout!r}")
         ssl: dict[str, Any] = {}
         if url.scheme == "redlock+rediss":
             ssl["ssl"] = True
@@ -190,7 +196,15 @@ class RedlockDriver:
 
     @staticmethod
     def _flags(key: str) -> str:
-        return "e" if key.startswith("election/") else ""
+        # The masters' scripts never publish (flag "e"): one master's grant is not yet the
+        # quorum's. Elections publish once the quorum agrees (``_publish``).
+        return ""
+
+    async def _publish(self, key: str, message: int) -> None:
+        """Tell ``changes`` watchers (elections only) after a change the quorum agrees on."""
+        if key.startswith("election/"):
+            channel = self._prefix(key) + "changes"
+            await self._each(lambda m: m.client.publish(channel, message), "publish")
 
     # Fan-out: one call per master, all at once; a master's failure is its answer.
 
@@ -236,6 +250,70 @@ class RedlockDriver:
     #     return self._pool
     # tenure: end sync-only
 
+    async def _scripts(
+        self,
+        name: str,
+        keys: list[str],
+        args: list[Any],
+        what: str,
+        masters: Sequence[_Master] | None = None,
+    ) -> list[Any]:
+        """One script on every master (or ``masters``), all at once; a failure is an answer.
+
+        Default (``fanout=pipelined``): the call is written to every master's connection
+        first and the replies are read after, so the masters work in parallel and the whole
+        fan-out waits about one round trip, at most ``node_timeout`` for the slowest master
+        (one deadline for all). ``fanout=pool``: the generic fan-out (asyncio tasks / a
+        bounded thread pool).
+        """
+        targets = self._masters if masters is None else masters
+        if self._fanout == "pool":
+            return await self._each(lambda m: getattr(m, name)(keys=keys, args=args), what, targets)
+        sent: list[Any] = []
+        packed: Any = None  # the same bytes for every master (same script, same SHA)
+        for master in targets:
+            pool = master.client.connection_pool
+            try:
+                with master.errors(what):
+                    conn = await pool.get_connection()
+                    try:
+                        if packed is None:
+                            sha = getattr(master, name).sha
+                            packed = conn.pack_command("EVALSHA", sha, len(keys), *keys, *args)
+                        await conn.send_packed_command(packed)
+                    except BaseException:
+                        await conn.disconnect()
+                        await pool.release(conn)
+                        raise
+                sent.append(conn)
+            except BackendError as exc:
+                sent.append(exc)
+        deadline = _compat.monotonic() + self._node_timeout
+        results: list[Any] = []
+        for master, conn in zip(targets, sent, strict=True):
+            if isinstance(conn, BackendError):
+                results.append(conn)
+                continue
+            pool = master.client.connection_pool
+            try:
+                with master.errors(what):
+                    results.append(await _read_by(conn, deadline))
+            except BackendError as exc:
+                if not isinstance(exc.__cause__, redis_errors.ResponseError):
+                    await conn.disconnect()  # a reply may still be on its way
+                results.append(exc)
+            finally:
+                await pool.release(conn)
+        # A master that lost its scripts (restart, SCRIPT FLUSH): the script object reloads it.
+        for i, result in enumerate(results):
+            if isinstance(result, BackendError) and isinstance(
+                result.__cause__, redis_errors.NoScriptError
+            ):
+                results[i] = await self._one(
+                    targets[i], lambda m: getattr(m, name)(keys=keys, args=args), what
+                )
+        return results
+
     def _unavailable(self, results: Sequence[object], what: str) -> BackendUnavailableError:
         failed = [str(r) for r in results if isinstance(r, BackendError)]
         return BackendUnavailableError(
@@ -278,7 +356,7 @@ class RedlockDriver:
     ) -> Sequence[Grant]:
         keys = [self._prefix(grant.key) + "holder" for grant in grants]
         args: list[Any] = [ms(lease.ttl), *(grant.owner.owner for grant in grants)]
-        results = await self._each(lambda m: m.renew(keys=keys, args=args), "renew")
+        results = await self._scripts("renew", keys, args, "renew")
         answers = [r for r in results if not isinstance(r, BackendError)]
         if len(answers) < self._quorum:
             raise self._unavailable(results, "renew")
@@ -301,17 +379,17 @@ class RedlockDriver:
         keys = [p + "holder", p + "token", p + "queue", p + "seq"]
         try_once = deadline is not None and deadline <= _compat.monotonic()
         flags = self._flags(key) + ("n" if try_once else "nq")
-        queued = False
+        queued = not try_once  # (an interrupted first attempt may have queued us somewhere)
         done = False
         try:
             while True:
                 grant, home, pttl, split = await self._attempt(lease, key, keys, owner, flags)
                 if grant is not None:
                     done = True
+                    await self._publish(key, grant.token)
                     return grant
                 if try_once:
                     return None
-                queued = True
                 remaining = float("inf") if deadline is None else deadline - _compat.monotonic()
                 if remaining <= 0:
                     return None
@@ -334,12 +412,11 @@ class RedlockDriver:
                         await home.blocking().blpop([signal], timeout=max(wait, 0.001))
                 except BackendError:
                     pass  # the home master is gone: the next attempt picks another
+                _compat.raise_if_cancelled()
         finally:
             if queued and not done:
-                await self._each(
-                    lambda m: m.leave(keys=keys[:3], args=[owner.owner, self._flags(key) + "w"]),
-                    "leave",
-                )
+                leave = [owner.owner, self._flags(key) + "w"]
+                await self._scripts("leave", keys[:3], leave, "leave")
 
     async def _attempt(
         self, lease: Lease, key: str, keys: list[str], owner: OwnerInfo, flags: str
@@ -350,7 +427,7 @@ class RedlockDriver:
         validity ran out), and gave them back."""
         started = _compat.monotonic()
         args: list[Any] = [owner.owner, ms(lease.ttl), owner.meta, flags]
-        results = await self._each(lambda m: m.acquire(keys=keys, args=args), "acquire")
+        results = await self._scripts("acquire", keys, args, "acquire")
         granted = [
             (m, int(r[1]), int(r[2]))
             for m, r in zip(self._masters, results, strict=True)
@@ -361,11 +438,8 @@ class RedlockDriver:
             behind = [m for m, t, _ in granted if t < token]
             at_token = len(granted) - len(behind)
             if behind:
-                raised = await self._each(
-                    lambda m: m.raise_token(keys=keys[:2], args=[owner.owner, token]),
-                    "fence",
-                    behind,
-                )
+                fence = [owner.owner, token]
+                raised = await self._scripts("raise_token", keys[:2], fence, "fence", behind)
                 at_token += sum(1 for r in raised if not isinstance(r, BackendError) and r == 1)
             elapsed = _compat.monotonic() - started
             if at_token >= self._quorum and validity(lease.ttl, elapsed, self._drift_factor) > 0:
@@ -377,7 +451,7 @@ class RedlockDriver:
                  if isinstance(r, BackendError) or int(r[0]) == 1]  # fmt: skip
         if maybe:
             give_back = [owner.owner, self._flags(key) + "w"]
-            await self._each(lambda m: m.release(keys=keys[:3], args=give_back), "give back", maybe)
+            await self._scripts("release", keys[:3], give_back, "give back", maybe)
         answered = [
             (m, r) for m, r in zip(self._masters, results, strict=True)
             if not isinstance(r, BackendError)
@@ -385,7 +459,7 @@ class RedlockDriver:
         if len(answered) < self._quorum:
             if "q" in flags:  # leave the queues we joined
                 leave = [owner.owner, self._flags(key) + "w"]
-                await self._each(lambda m: m.leave(keys=keys[:3], args=leave), "leave")
+                await self._scripts("leave", keys[:3], leave, "leave")
             raise self._unavailable(results, "acquire")
         home, reply = answered[0]
         pttl = int(reply[2]) if int(reply[0]) == 0 else 0
@@ -397,17 +471,18 @@ class RedlockDriver:
         retried = bool(grant.data == "release sent")
         grant.data = "release sent"
         args = [grant.owner.owner, self._flags(grant.key) + "w"]
-        results = await self._each(lambda m: m.release(keys=keys, args=args), "release")
+        results = await self._scripts("release", keys, args, "release")
         released = sum(1 for r in results if not isinstance(r, BackendError) and r == 1)
         if released >= self._quorum:
+            await self._publish(grant.key, 0)
             return True
         failed = sum(1 for r in results if isinstance(r, BackendError))
         if failed and released + failed >= self._quorum:
             raise self._unavailable(results, "release")  # retried; the retry counts as done
         return retried
 
-    async def _count(self, call: Callable[[_Master], Awaitable[Any]], what: str) -> bool:
-        results = await self._each(call, what)
+    async def _count(self, script: str, keys: list[str], args: list[Any], what: str) -> bool:
+        results = await self._scripts(script, keys, args, what)
         yes = sum(1 for r in results if not isinstance(r, BackendError) and r == 1)
         if yes >= self._quorum:
             return True
@@ -417,12 +492,15 @@ class RedlockDriver:
 
     async def check(self, grant: Grant) -> bool:
         key = self._prefix(grant.key) + "holder"
-        return await self._count(lambda m: m.check(keys=[key], args=[grant.owner.owner]), "check")
+        return await self._count("check", [key], [grant.owner.owner], "check")
 
     async def set_value(self, grant: Grant, value: str) -> bool:
         key = self._prefix(grant.key) + "holder"
         args = [grant.owner.owner, json.dumps(value), self._flags(grant.key)]
-        return await self._count(lambda m: m.set_value(keys=[key], args=args), "set value")
+        if not await self._count("set_value", [key], args, "set value"):
+            return False
+        await self._publish(grant.key, grant.token)
+        return True
 
     # Inspection: the owner that a quorum of masters names.
 
@@ -453,7 +531,12 @@ class RedlockDriver:
                 by_owner.setdefault(record["owner"], []).append((record, pttl))
         for entries in by_owner.values():
             if len(entries) >= self._quorum:
-                record = max(entries, key=lambda e: int(e[0]["token"]))[0]
+                # The newest token; among its records, the value most masters have (a
+                # proclaim may not have reached a minority yet).
+                token = max(int(e[0]["token"]) for e in entries)
+                newest = [e[0] for e in entries if int(e[0]["token"]) == token]
+                values = Counter(r.get("value") for r in newest)
+                record = next(r for r in newest if r.get("value") == values.most_common(1)[0][0])
                 # Held until fewer than a quorum of masters still have it.
                 pttls = sorted((pttl for _, pttl in entries), reverse=True)
                 return holder_from_record(key, record, pttls[self._quorum - 1])
@@ -533,6 +616,22 @@ class RedlockDriver:
 
     def forget_after_fork(self) -> None:
         self._pool = None  # threads do not survive fork; redis-py reopens connections
+
+
+async def _read_by(conn: Any, deadline: float) -> Any:
+    """Read one reply from ``conn``, waiting no later than ``deadline`` (``monotonic()``)."""
+    remaining = max(0.0, deadline - _compat.monotonic())
+    # tenure: begin async-only
+    reply = await conn.read_response(timeout=max(remaining, 0.0005))
+    if reply is None:  # redis-py returns None when a read with an explicit timeout times out
+        raise redis_errors.TimeoutError("Timeout reading from socket")
+    return reply
+    # tenure: end async-only
+    # tenure: begin sync-only
+    # if not conn.can_read(timeout=remaining):
+    #     raise redis_errors.TimeoutError("Timeout reading from socket")
+    # return conn.read_response()
+    # tenure: end sync-only
 
 
 def _seconds(options: dict[str, str], name: str, default: float) -> float:

@@ -255,6 +255,7 @@ class RedisDriver:
                     wait = min(wait, pttl / 1000 + 0.001)
                 with self._errors("wait"):
                     pushed = self._client.blpop([signal], timeout=max(wait, 0.001))
+                _compat.raise_if_cancelled()
                 if pushed is not None:
                     token_text, _, at_text = cast(str, pushed[1]).partition(" ")
                     done = True
