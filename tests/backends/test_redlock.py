@@ -244,3 +244,24 @@ def test_lost_replies_from_one_master(masters: list[RedisServer], ns: str) -> No
 
 def lock_token_of(holder: tenure.Holder) -> int:
     return holder.token
+
+
+def test_a_grant_leaves_the_queues_of_masters_that_did_not_grant(
+    masters: list[RedisServer], ns: str
+) -> None:
+    """Else its stale entry heads that master's queue and swallows every wake-up there."""
+    p = f"{ns}:{{lock/queued}}:"
+    with raw(masters[4]) as r:  # master 4 is held by someone else (a minority)
+        r.hset(p + "holder", mapping={"owner": "x" * 32, "token": 1, "meta": "{}", "at": 0})
+        r.pexpire(p + "holder", 60_000)
+    url = f"{redlock_url(masters)}?namespace={ns}"
+    with tenure.connect(url) as client:
+        lock = client.lock("queued")
+        assert lock.acquire(timeout=10)  # blocking: its attempt queues where not granted
+        with raw(masters[4]) as r:
+            assert r.zcard(p + "queue") == 0
+            assert r.keys(p + "w:*") == []
+        lock.release()
+    with raw(masters[4]) as r:
+        r.delete(p + "holder")
+    assert leftovers(masters, ns) == {}

@@ -420,6 +420,13 @@ class RedlockDriver:
                 at_token += sum(1 for r in raised if not isinstance(r, BackendError) and r == 1)
             elapsed = _compat.monotonic() - started
             if at_token >= self._quorum and validity(lease.ttl, elapsed, self._drift_factor) > 0:
+                if "q" in flags and len(granted) < len(self._masters):
+                    # The masters that did not grant queued us: leave, or our stale entry
+                    # would be first in line there and swallow every wake-up.
+                    mine = {id(m) for m, _, _ in granted}
+                    others = [m for m in self._masters if id(m) not in mine]
+                    leave = [owner.owner, self._flags(key) + "w"]
+                    self._scripts("leave", keys[:3], leave, "leave", others)
                 acquired_at = from_us(max(at for _, _, at in granted))
                 return Grant(key, owner, token, lease, acquired_at), self._masters[0], 0, False
         # Give back whatever we may hold (also where the reply was lost), waking the next
