@@ -23,12 +23,15 @@ __all__ = [
     "BenchLock",
     "FloorOp",
     "Library",
+    "PotteryMastersClient",
     "RedisCommandStats",
     "Target",
+    "TenureFanoutPoolClient",
     "count_redis_requests",
     "delta",
     "file_floor",
     "redis_floor",
+    "redlock_floor",
 ]
 
 LOCK_TTL = 30  # seconds, for every library that takes an expiry
@@ -43,6 +46,7 @@ class Target:
     host: str = ""
     port: int = 0
     directory: str = ""
+    masters: tuple[tuple[str, int], ...] = ()  # Redlock: every master (host, port)
 
 
 class BenchLock(Protocol):
@@ -301,6 +305,52 @@ class FastenersClient:
 # acquire + release in the same process (both then see the same CPU placement).
 
 FloorOp = tuple[Callable[[], object], Callable[[], None]]
+
+
+# pottery's Redlock on every master of a Redlock target.
+
+
+class PotteryMastersClient:
+    def __init__(self, target: Target) -> None:
+        import redis
+
+        self._masters = {redis.Redis(host=h, port=p) for h, p in target.masters}
+
+    def lock(self, name: str) -> BenchLock:
+        from pottery import Redlock
+
+        return _PotteryLock(
+            Redlock(key=name, masters=self._masters, auto_release_time=float(LOCK_TTL))
+        )
+
+    def close(self) -> None:
+        for master in self._masters:
+            master.close()
+
+
+class TenureFanoutPoolClient(TenureClient):
+    """Diagnostic: tenure's Redlock with ``fanout=pool`` (a bounded thread pool per call)."""
+
+    def __init__(self, target: Target) -> None:
+        import tenure
+
+        self._client = tenure.connect(target.url + "&fanout=pool", ttl=LOCK_TTL)
+
+
+def redlock_floor(target: Target) -> FloorOp:
+    """tenure's acquire + release on ONE of the masters (redis://): the single-instance lock
+    that Redlock's 5-master acquire + release is compared with (issue #7: within 1.5x)."""
+    import tenure
+
+    host, port = target.masters[0]
+    client = tenure.connect(f"redis://{host}:{port}/0?namespace=bench-single", ttl=LOCK_TTL)
+    lock = client.lock("floor")
+
+    def acquire_release() -> None:
+        lock.acquire()
+        lock.release()
+
+    return acquire_release, client.close
 
 
 def redis_floor(target: Target) -> FloorOp:

@@ -20,14 +20,17 @@ from benchmarks._impls import (
     FloorOp,
     Library,
     PotteryClient,
+    PotteryMastersClient,
     PythonRedisLockClient,
     RedisPyClient,
     Target,
     TenureClient,
+    TenureFanoutPoolClient,
     TenureScriptsClient,
     ToozClient,
     file_floor,
     redis_floor,
+    redlock_floor,
 )
 
 __all__ = ["BACKENDS", "Backend", "Running"]
@@ -72,6 +75,30 @@ def _start_redis() -> Running:
         close=server.close,
         info={"endpoint": f"{server.host}:{server.port}", "persistence": "off"},
         pids=[server.pid] if server.pid else [],
+    )
+
+
+def _start_redlock() -> Running:
+    from tests.servers import redlock_url, start_redis_masters
+
+    masters = start_redis_masters(5)
+    target = Target(
+        backend="redlock",
+        url=f"{redlock_url(masters)}?namespace=bench",
+        host=masters[0].host,
+        port=masters[0].port,
+        masters=tuple((m.host, m.port) for m in masters),
+    )
+
+    def close() -> None:
+        for master in masters:
+            master.close()
+
+    return Running(
+        target=target,
+        close=close,
+        info={"masters": ", ".join(m.endpoint for m in masters), "persistence": "off"},
+        pids=[m.pid for m in masters if m.pid],
     )
 
 
@@ -148,6 +175,38 @@ BACKENDS: dict[str, Backend] = {
         commandstats=True,
         renewal=True,
         wakeup="release pushes to the next waiter's own list (BLPOP)",
+    ),
+    "redlock": Backend(
+        name="redlock",
+        start=_start_redlock,
+        floor=redlock_floor,
+        floor_label="tenure redis:// on one of the masters (acquire + release)",
+        libraries=(
+            Library(
+                "tenure",
+                "tenure (5 masters)",
+                TenureClient,
+                ("tenure", "redis"),
+                is_tenure=True,
+                note="quorum 3, pipelined fan-out, wake-up via BLPOP on the first master",
+            ),
+            Library(
+                "tenure-pool",
+                "diagnostic: tenure (5 masters), fanout=pool",
+                TenureFanoutPoolClient,
+                ("tenure", "redis"),
+                note="the same with a bounded thread pool per fan-out",
+                uncontended_only=True,
+            ),
+            Library(
+                "pottery",
+                "pottery Redlock (5 masters)",
+                PotteryMastersClient,
+                ("pottery",),
+                note="retries after a random sleep of 0-200 ms",
+            ),
+        ),
+        wakeup="release pushes a wake-up to each master's oldest waiter (BLPOP on the first)",
     ),
     "file": Backend(
         name="file",
