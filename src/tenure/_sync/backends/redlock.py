@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -99,6 +100,9 @@ class _Master:
         self.check = self.client.register_script(lua.CHECK)
         self._host, self._port = host, port
         self._blocking: Any = None
+        self._own: Any = None
+        self._own_busy = threading.Lock()
+        self._own_pid = 0
 
     def blocking(self) -> Any:
         """A client for BLPOP, whose socket timeout outlasts the longest block."""
@@ -110,7 +114,28 @@ class _Master:
     def errors(self, what: str) -> ErrorBoundary:
         return ErrorBoundary(self.address, self.user, what)
 
+    def connection(self) -> Any:
+        """A connection for one fan-out call: this master's own one if it is free (no pool
+        bookkeeping on the hot path), else one from the pool. Give it back with ``done_with``."""
+        if self._own_pid != os.getpid():  # new process: never reuse the parent's socket
+            self._own = self.client.connection_pool.make_connection()
+            self._own_busy = threading.Lock()
+            self._own_pid = os.getpid()
+        if self._own_busy.acquire(blocking=False):
+            return self._own
+        return self.client.connection_pool.get_connection()
+
+    def done_with(self, conn: Any, *, broken: bool) -> None:
+        if broken:
+            conn.disconnect()
+        if conn is self._own:
+            self._own_busy.release()
+        else:
+            self.client.connection_pool.release(conn)
+
     def close(self) -> None:
+        if self._own is not None and self._own_pid == os.getpid():
+            self._own.disconnect()
         self.client.close()
         if self._blocking is not None:
             self._blocking.close()
@@ -252,41 +277,40 @@ class RedlockDriver:
         targets = self._masters if masters is None else masters
         if self._fanout == "pool":
             return self._each(lambda m: getattr(m, name)(keys=keys, args=args), what, targets)
-        sent: list[Any] = []
+        results: list[Any] = [None] * len(targets)
+        pending: list[tuple[int, _Master, Any]] = []  # sent, reply not read yet
         packed: Any = None  # the same bytes for every master (same script, same SHA)
-        for master in targets:
-            pool = master.client.connection_pool
-            try:
-                with master.errors(what):
-                    conn = pool.get_connection()
-                    try:
+        try:
+            for i, master in enumerate(targets):
+                try:
+                    with master.errors(what):
+                        conn = master.connection()
+                        pending.append((i, master, conn))
                         if packed is None:
                             sha = getattr(master, name).sha
                             packed = conn.pack_command("EVALSHA", sha, len(keys), *keys, *args)
                         conn.send_packed_command(packed)
-                    except BaseException:
-                        conn.disconnect()
-                        pool.release(conn)
-                        raise
-                sent.append(conn)
-            except BackendError as exc:
-                sent.append(exc)
-        deadline = _compat.monotonic() + self._node_timeout
-        results: list[Any] = []
-        for master, conn in zip(targets, sent, strict=True):
-            if isinstance(conn, BackendError):
-                results.append(conn)
-                continue
-            pool = master.client.connection_pool
-            try:
-                with master.errors(what):
-                    results.append(_read_by(conn, deadline))
-            except BackendError as exc:
-                if not isinstance(exc.__cause__, redis_errors.ResponseError):
-                    conn.disconnect()  # a reply may still be on its way
-                results.append(exc)
-            finally:
-                pool.release(conn)
+                except BackendError as exc:
+                    results[i] = exc
+                    if pending and pending[-1][0] == i:
+                        pending.pop()
+                        master.done_with(conn, broken=True)
+            deadline = _compat.monotonic() + self._node_timeout
+            while pending:
+                i, master, conn = pending[0]
+                broken = False
+                try:
+                    with master.errors(what):
+                        results[i] = _read_by(conn, deadline)
+                except BackendError as exc:
+                    results[i] = exc
+                    # After an error reply the connection is fine; else a reply may be due.
+                    broken = not isinstance(exc.__cause__, redis_errors.ResponseError)
+                pending.pop(0)
+                master.done_with(conn, broken=broken)
+        finally:
+            for _, master, conn in pending:  # interrupted (cancelled): their replies are due
+                master.done_with(conn, broken=True)
         # A master that lost its scripts (restart, SCRIPT FLUSH): the script object reloads it.
         for i, result in enumerate(results):
             if isinstance(result, BackendError) and isinstance(
