@@ -29,6 +29,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
+import threading
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, ClassVar, cast
 
@@ -55,7 +57,7 @@ from ...errors import (
 from .. import _compat
 from .base import Grant, Lease
 
-__all__ = ["ErrorBoundary", "RedisDriver", "from_us", "holder_from_record", "ms"]
+__all__ = ["ErrorBoundary", "OwnConnection", "RedisDriver", "from_us", "holder_from_record", "ms"]
 
 _FLOAT_OPTIONS = ("socket_timeout", "connect_timeout")
 
@@ -138,6 +140,7 @@ class RedisDriver:
                 max_connections=None if max_connections is None else int(max_connections),
                 **common,
             )
+        self._own = None if self._cluster else OwnConnection(self._client.connection_pool)
         self._acquire = self._client.register_script(lua.ACQUIRE)
         self._release = self._client.register_script(lua.RELEASE)
         self._leave = self._client.register_script(lua.LEAVE)
@@ -154,6 +157,27 @@ class RedisDriver:
 
     def _prefix(self, key: str) -> str:
         return f"{self._namespace}:{{{key}}}:"
+
+    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """``script(keys, args)`` on our own connection (the hot path: acquire and release)."""
+        if self._own is None:
+            return await script(keys=keys, args=args)
+        conn = await self._own.take()
+        broken = True
+        try:
+            await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            reply = await conn.read_response()
+            broken = False
+        except redis_errors.ResponseError as exc:
+            broken = False
+            if not isinstance(exc, redis_errors.NoScriptError):
+                raise
+            reply = None
+        finally:
+            await self._own.give_back(conn, broken=broken)
+        if reply is None:  # the server lost its scripts: the script object loads it again
+            return await script(keys=keys, args=args)
+        return reply
 
     @staticmethod
     def _flags(key: str) -> str:
@@ -173,6 +197,8 @@ class RedisDriver:
 
     async def close(self) -> None:
         with self._errors("close"):
+            if self._own is not None:
+                await self._own.close()
             await self._client.aclose()
 
     # Leases: a Redis session has no server-side object; its entries carry the TTL themselves.
@@ -239,7 +265,7 @@ class RedisDriver:
             flags if try_once else flags + "q",
         ]
         with self._errors("acquire"):
-            granted, token, extra = await self._acquire(keys=keys, args=args)
+            granted, token, extra = await self._run(self._acquire, keys, args)
         if granted:
             return Grant(key, owner, int(token), lease, from_us(extra))
         if try_once:
@@ -265,7 +291,7 @@ class RedisDriver:
                     done = True
                     return Grant(key, owner, int(token_text), lease, from_us(at_text))
                 with self._errors("acquire"):
-                    granted, token, extra = await self._acquire(keys=keys, args=args)
+                    granted, token, extra = await self._run(self._acquire, keys, args)
                 if granted:
                     done = True
                     return Grant(key, owner, int(token), lease, from_us(extra))
@@ -289,9 +315,10 @@ class RedisDriver:
         retried = grant.data == "release sent"
         grant.data = "release sent"
         with self._errors("release"):
-            released = await self._release(
-                keys=[p + "holder", p + "token", p + "queue"],
-                args=[grant.owner.owner, self._flags(grant.key)],
+            released = await self._run(
+                self._release,
+                [p + "holder", p + "token", p + "queue"],
+                [grant.owner.owner, self._flags(grant.key)],
             )
         # A retry after a lost reply finds nothing: the first attempt released it.
         return bool(released) or retried
@@ -371,6 +398,42 @@ class RedisDriver:
 
     def forget_after_fork(self) -> None:
         return None  # redis-py's pool notices the new pid and opens fresh connections
+
+
+class OwnConnection:
+    """A connection a driver keeps for its hot path, so a call skips the pool's bookkeeping;
+    while it is busy (another thread or task), pool connections are used. Made again in a
+    forked child (never the parent's socket). Give every connection back with ``give_back``,
+    ``broken=True`` when a reply may still be on its way."""
+
+    __slots__ = ("_busy", "_conn", "_pid", "_pool")
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self._conn: Any = None
+        self._busy = threading.Lock()
+        self._pid = 0
+
+    async def take(self) -> Any:
+        if self._pid != os.getpid():
+            self._conn = self._pool.make_connection()
+            self._busy = threading.Lock()
+            self._pid = os.getpid()
+        if self._busy.acquire(blocking=False):
+            return self._conn
+        return await self._pool.get_connection()
+
+    async def give_back(self, conn: Any, *, broken: bool) -> None:
+        if broken:
+            await conn.disconnect()
+        if conn is self._conn:
+            self._busy.release()
+        else:
+            await self._pool.release(conn)
+
+    async def close(self) -> None:
+        if self._conn is not None and self._pid == os.getpid():
+            await self._conn.disconnect()
 
 
 class ErrorBoundary:

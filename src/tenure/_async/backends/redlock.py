@@ -43,9 +43,7 @@ from __future__ import annotations
 
 import asyncio  # tenure: async-only
 import json
-import os
 import random
-import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, ClassVar, TypeVar, cast
@@ -55,6 +53,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio.retry import Retry  # tenure: async-only
 from redis.backoff import NoBackoff
 
+# tenure: sync import os
 # tenure: sync from concurrent.futures import ThreadPoolExecutor
 # tenure: sync import redis as redis_client
 # tenure: sync from redis.retry import Retry
@@ -65,7 +64,7 @@ from ..._url import ParsedURL
 from ...errors import BackendError, BackendUnavailableError, ConfigurationError
 from .. import _compat
 from .base import Grant, Lease
-from .redis import ErrorBoundary, from_us, holder_from_record, ms
+from .redis import ErrorBoundary, OwnConnection, from_us, holder_from_record, ms
 
 __all__ = ["RedlockDriver", "quorum", "validity"]
 
@@ -102,9 +101,7 @@ class _Master:
         self.check = self.client.register_script(lua.CHECK)
         self._host, self._port = host, port
         self._blocking: Any = None
-        self._own: Any = None
-        self._own_busy = threading.Lock()
-        self._own_pid = 0
+        self._own = OwnConnection(self.client.connection_pool)
 
     def blocking(self) -> Any:
         """A client for BLPOP, whose socket timeout outlasts the longest block."""
@@ -117,27 +114,14 @@ class _Master:
         return ErrorBoundary(self.address, self.user, what)
 
     async def connection(self) -> Any:
-        """A connection for one fan-out call: this master's own one if it is free (no pool
-        bookkeeping on the hot path), else one from the pool. Give it back with ``done_with``."""
-        if self._own_pid != os.getpid():  # new process: never reuse the parent's socket
-            self._own = self.client.connection_pool.make_connection()
-            self._own_busy = threading.Lock()
-            self._own_pid = os.getpid()
-        if self._own_busy.acquire(blocking=False):
-            return self._own
-        return await self.client.connection_pool.get_connection()
+        """A connection for one fan-out call (see ``OwnConnection``)."""
+        return await self._own.take()
 
     async def done_with(self, conn: Any, *, broken: bool) -> None:
-        if broken:
-            await conn.disconnect()
-        if conn is self._own:
-            self._own_busy.release()
-        else:
-            await self.client.connection_pool.release(conn)
+        await self._own.give_back(conn, broken=broken)
 
     async def close(self) -> None:
-        if self._own is not None and self._own_pid == os.getpid():
-            await self._own.disconnect()
+        await self._own.close()
         await self.client.aclose()
         if self._blocking is not None:
             await self._blocking.aclose()

@@ -45,7 +45,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -63,7 +62,7 @@ from ..._url import ParsedURL
 from ...errors import BackendError, BackendUnavailableError, ConfigurationError
 from .. import _compat
 from .base import Grant, Lease
-from .redis import ErrorBoundary, from_us, holder_from_record, ms
+from .redis import ErrorBoundary, OwnConnection, from_us, holder_from_record, ms
 
 __all__ = ["RedlockDriver", "quorum", "validity"]
 
@@ -100,9 +99,7 @@ class _Master:
         self.check = self.client.register_script(lua.CHECK)
         self._host, self._port = host, port
         self._blocking: Any = None
-        self._own: Any = None
-        self._own_busy = threading.Lock()
-        self._own_pid = 0
+        self._own = OwnConnection(self.client.connection_pool)
 
     def blocking(self) -> Any:
         """A client for BLPOP, whose socket timeout outlasts the longest block."""
@@ -115,27 +112,14 @@ class _Master:
         return ErrorBoundary(self.address, self.user, what)
 
     def connection(self) -> Any:
-        """A connection for one fan-out call: this master's own one if it is free (no pool
-        bookkeeping on the hot path), else one from the pool. Give it back with ``done_with``."""
-        if self._own_pid != os.getpid():  # new process: never reuse the parent's socket
-            self._own = self.client.connection_pool.make_connection()
-            self._own_busy = threading.Lock()
-            self._own_pid = os.getpid()
-        if self._own_busy.acquire(blocking=False):
-            return self._own
-        return self.client.connection_pool.get_connection()
+        """A connection for one fan-out call (see ``OwnConnection``)."""
+        return self._own.take()
 
     def done_with(self, conn: Any, *, broken: bool) -> None:
-        if broken:
-            conn.disconnect()
-        if conn is self._own:
-            self._own_busy.release()
-        else:
-            self.client.connection_pool.release(conn)
+        self._own.give_back(conn, broken=broken)
 
     def close(self) -> None:
-        if self._own is not None and self._own_pid == os.getpid():
-            self._own.disconnect()
+        self._own.close()
         self.client.close()
         if self._blocking is not None:
             self._blocking.close()
