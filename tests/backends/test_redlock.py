@@ -265,3 +265,15 @@ def test_a_grant_leaves_the_queues_of_masters_that_did_not_grant(
     with raw(masters[4]) as r:
         r.delete(p + "holder")
     assert leftovers(masters, ns) == {}
+
+
+def test_bad_credentials_and_options(masters: list[RedisServer]) -> None:
+    hosts = ",".join(m.endpoint for m in masters)
+    with pytest.raises(ConfigurationError) as info:
+        tenure.connect(f"redlock://nobody:wrong-pw@{hosts}/0")
+    assert "wrong-pw" not in str(info.value)
+    assert "rejected the credentials" in str(info.value)
+    with pytest.raises(ConfigurationError, match="fanout"):
+        tenure.connect(f"redlock://{hosts}?fanout=threads")
+    with pytest.raises(ConfigurationError, match="rediss"):
+        tenure.connect(f"redlock://{hosts}?ssl_ca_certs=/x")
