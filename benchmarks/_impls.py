@@ -25,13 +25,16 @@ __all__ = [
     "BenchLock",
     "FloorOp",
     "Library",
+    "PotteryMastersClient",
     "RedisCommandStats",
     "Target",
+    "TenureFanoutPoolClient",
     "count_redis_requests",
     "delta",
     "file_floor",
     "postgres_floor",
     "redis_floor",
+    "redlock_floor",
     "zookeeper_floor",
 ]
 
@@ -47,6 +50,7 @@ class Target:
     host: str = ""
     port: int = 0
     directory: str = ""
+    masters: tuple[tuple[str, int], ...] = ()  # Redlock: every master (host, port)
 
 
 class BenchLock(Protocol):
@@ -116,29 +120,22 @@ class TenureClient:
 
 class _ScriptsLock:
     def __init__(self, client: Any, scripts: tuple[Any, Any], namespace: str, name: str) -> None:
-        import datetime as dt
         import json
         import socket
 
         self._acquire_script, self._release_script = scripts
         p = f"{namespace}:{{lock/{name}}}:"
-        self._p = p
         self._keys = [p + "holder", p + "token", p + "queue", p + "seq"]
         self._owner = uuid.uuid4().hex
-        host, pid = socket.gethostname(), os.getpid()
-        waiter = json.dumps({"owner": self._owner, "host": host, "pid": pid, "value": None})
-        now = dt.datetime.now(dt.UTC).isoformat()
-        self._args = [self._owner, LOCK_TTL * 1000, host, pid, now, "null", 1, p, "", waiter]
+        meta = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "value": None})
+        self._args = [self._owner, LOCK_TTL * 1000, meta, "q"]
 
     def acquire(self, timeout: float) -> bool:
-        granted, _token, _pttl = self._acquire_script(keys=self._keys, args=self._args)
+        granted, _token, _at = self._acquire_script(keys=self._keys, args=self._args)
         return bool(granted)
 
     def release(self) -> None:
-        self._release_script(
-            keys=[self._p + "holder", self._p + "queue"],
-            args=[self._owner, self._p, LOCK_TTL * 1000, ""],
-        )
+        self._release_script(keys=self._keys[:3], args=[self._owner, ""])
 
 
 class TenureScriptsClient:
@@ -368,6 +365,52 @@ class FastenersClient:
 # acquire + release in the same process (both then see the same CPU placement).
 
 FloorOp = tuple[Callable[[], object], Callable[[], None]]
+
+
+# pottery's Redlock on every master of a Redlock target.
+
+
+class PotteryMastersClient:
+    def __init__(self, target: Target) -> None:
+        import redis
+
+        self._masters = {redis.Redis(host=h, port=p) for h, p in target.masters}
+
+    def lock(self, name: str) -> BenchLock:
+        from pottery import Redlock
+
+        return _PotteryLock(
+            Redlock(key=name, masters=self._masters, auto_release_time=float(LOCK_TTL))
+        )
+
+    def close(self) -> None:
+        for master in self._masters:
+            master.close()
+
+
+class TenureFanoutPoolClient(TenureClient):
+    """Diagnostic: tenure's Redlock with ``fanout=pool`` (a bounded thread pool per call)."""
+
+    def __init__(self, target: Target) -> None:
+        import tenure
+
+        self._client = tenure.connect(target.url + "&fanout=pool", ttl=LOCK_TTL)
+
+
+def redlock_floor(target: Target) -> FloorOp:
+    """tenure's acquire + release on ONE of the masters (redis://): the single-instance lock
+    that Redlock's 5-master acquire + release is compared with (issue #7: within 1.5x)."""
+    import tenure
+
+    host, port = target.masters[0]
+    client = tenure.connect(f"redis://{host}:{port}/0?namespace=bench-single", ttl=LOCK_TTL)
+    lock = client.lock("floor")
+
+    def acquire_release() -> None:
+        lock.acquire()
+        lock.release()
+
+    return acquire_release, client.close
 
 
 def redis_floor(target: Target) -> FloorOp:

@@ -23,10 +23,12 @@ from benchmarks._impls import (
     Library,
     PgAdvisoryClient,
     PotteryClient,
+    PotteryMastersClient,
     PythonRedisLockClient,
     RedisPyClient,
     Target,
     TenureClient,
+    TenureFanoutPoolClient,
     TenureScriptsClient,
     ToozClient,
     ToozEtcdClient,
@@ -36,6 +38,7 @@ from benchmarks._impls import (
     file_floor,
     postgres_floor,
     redis_floor,
+    redlock_floor,
     zookeeper_floor,
 )
 
@@ -136,6 +139,30 @@ def _start_etcd() -> Running:
         close=cluster.close,
         info={"endpoint": node.endpoint, "nodes": 1, "fsync": "on (etcd always fsyncs)"},
         pids=[node.pid] if node.pid else [],
+    )
+
+
+def _start_redlock() -> Running:
+    from tests.servers import redlock_url, start_redis_masters
+
+    masters = start_redis_masters(5)
+    target = Target(
+        backend="redlock",
+        url=f"{redlock_url(masters)}?namespace=bench",
+        host=masters[0].host,
+        port=masters[0].port,
+        masters=tuple((m.host, m.port) for m in masters),
+    )
+
+    def close() -> None:
+        for master in masters:
+            master.close()
+
+    return Running(
+        target=target,
+        close=close,
+        info={"masters": ", ".join(m.endpoint for m in masters), "persistence": "off"},
+        pids=[m.pid for m in masters if m.pid],
     )
 
 
@@ -243,6 +270,38 @@ BACKENDS: dict[str, Backend] = {
             ),
         ),
         wakeup="PostgreSQL's lock queue (the backend wakes the next waiter)",
+    ),
+    "redlock": Backend(
+        name="redlock",
+        start=_start_redlock,
+        floor=redlock_floor,
+        floor_label="tenure redis:// on one of the masters (acquire + release)",
+        libraries=(
+            Library(
+                "tenure",
+                "tenure (5 masters)",
+                TenureClient,
+                ("tenure", "redis"),
+                is_tenure=True,
+                note="quorum 3, pipelined fan-out, wake-up via BLPOP on the first master",
+            ),
+            Library(
+                "tenure-pool",
+                "diagnostic: tenure (5 masters), fanout=pool",
+                TenureFanoutPoolClient,
+                ("tenure", "redis"),
+                note="the same with a bounded thread pool per fan-out",
+                uncontended_only=True,
+            ),
+            Library(
+                "pottery",
+                "pottery Redlock (5 masters)",
+                PotteryMastersClient,
+                ("pottery",),
+                note="retries after a random sleep of 0-200 ms",
+            ),
+        ),
+        wakeup="release pushes a wake-up to each master's oldest waiter (BLPOP on the first)",
     ),
     "file": Backend(
         name="file",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -56,15 +57,38 @@ def new_owner_id() -> str:
 
 
 class OwnerInfo:
-    """What a contender tells the backend about itself (owner id, host, pid, value)."""
+    """What a contender tells the backend about itself (owner id, host, pid, value).
 
-    __slots__ = ("host", "owner", "pid", "value")
+    ``meta`` is the same as one JSON string ``{"host", "pid", "value"}`` (for backends that store
+    it as is); it is built once per process for the common ``value=None``.
+    """
+
+    __slots__ = ("_meta", "host", "owner", "pid", "value")
 
     def __init__(self, owner: str, value: str | None = None) -> None:
         self.owner = owner
-        self.host = socket.gethostname()
-        self.pid = os.getpid()
+        self.host, self.pid, plain_meta = _local()
         self.value = value
+        self._meta = plain_meta if value is None else None
+
+    @property
+    def meta(self) -> str:
+        if self._meta is None:
+            self._meta = json.dumps({"host": self.host, "pid": self.pid, "value": self.value})
+        return self._meta
 
     def __repr__(self) -> str:
         return f"OwnerInfo(owner={self.owner!r}, host={self.host!r}, pid={self.pid})"
+
+
+_local_cache: tuple[str, int, str] | None = None
+
+
+def _local() -> tuple[str, int, str]:
+    """(host name, pid, meta without a value) of this process; recomputed after a fork."""
+    global _local_cache
+    pid = os.getpid()
+    if _local_cache is None or _local_cache[1] != pid:
+        host = socket.gethostname()
+        _local_cache = (host, pid, json.dumps({"host": host, "pid": pid, "value": None}))
+    return _local_cache

@@ -26,6 +26,8 @@ _BUILTIN: dict[str, tuple[str, str, str | None]] = {
     "zk": ("zookeeper", "ZooKeeperDriver", "zookeeper"),
     "etcd": ("etcd", "EtcdDriver", "etcd"),
     "etcds": ("etcd", "EtcdDriver", "etcd"),
+    "redlock": ("redlock", "RedlockDriver", "redis"),
+    "redlock+rediss": ("redlock", "RedlockDriver", "redis"),
 }
 
 

@@ -286,3 +286,115 @@ def test_ttl_below_the_minimum_is_refused(redis_server: RedisServer, ns: str) ->
             client.session(ttl=0.05)
         with pytest.raises(ConfigurationError, match=r"minimum of 0\.1 s"):
             client.lock("short", ttl=0.05).acquire()
+
+
+def test_release_grants_directly_so_the_woken_waiter_sends_nothing_more(
+    redis_server: RedisServer, raw: redis.Redis, ns: str
+) -> None:
+    url = f"{redis_server.url}?namespace={ns}"
+    with tenure.connect(url) as a, tenure.connect(url) as b:
+        first = a.lock("direct")
+        assert first.acquire()
+        first.release()  # the scripts are loaded now: no NOSCRIPT retry in the count below
+        assert first.acquire()
+        second = b.lock("direct")
+        runner = Runner()
+        runner.start(lambda: second.acquire(timeout=30))
+        wait_for(lambda: len(a.contenders("direct")) == 2)
+        before, old_token = calls(raw, "evalsha"), first.token
+        first.release()
+        assert runner.join(30) == [True]
+        # The release script granted and pushed the token: the waiter ran no script of its own.
+        assert calls(raw, "evalsha") - before == 1
+        holder = a.holder("direct")
+        assert holder is not None
+        assert holder.token == second.token == old_token + 1
+        assert holder.acquired_at is not None
+        second.release()
+        assert a.holder("direct") is None
+
+
+def test_a_waiter_that_leaves_after_being_granted_passes_the_grant_on(
+    redis_server: RedisServer, raw: redis.Redis, ns: str
+) -> None:
+    from tenure import _redis_lua as lua
+
+    p = f"{ns}:{{lock/given}}:"
+    keys = [p + "holder", p + "token", p + "queue", p + "seq"]
+    acquire, release = raw.register_script(lua.ACQUIRE), raw.register_script(lua.RELEASE)
+    leave = raw.register_script(lua.LEAVE)
+    meta = '{"host": "h", "pid": 1, "value": null}'
+    assert acquire(keys=keys, args=["A", 10000, meta, "q"])[0] == 1
+    assert acquire(keys=keys, args=["B", 10000, meta, "q"])[0] == 0
+    assert acquire(keys=keys, args=["C", 10000, meta, "q"])[0] == 0
+    assert release(keys=keys[:3], args=["A", ""]) == 1
+    # B is now the holder and its grant waits in its list; B gives up without reading it.
+    assert raw.hget(p + "holder", "owner") == "B"
+    token_b = int(raw.lrange(p + "s:B", 0, -1)[0].split()[0])
+    assert leave(keys=keys[:3], args=["B", ""]) == 1
+    assert raw.hget(p + "holder", "owner") == "C"
+    pushed = raw.lrange(p + "s:C", 0, -1)
+    assert len(pushed) == 1
+    assert int(pushed[0].split()[0]) == token_b + 1
+    # Nothing of B is left; C takes its grant (acquire finds it) and releases: only counters stay.
+    assert acquire(keys=keys, args=["C", 10000, meta, "q"])[:2] == [1, token_b + 1]
+    assert release(keys=keys[:3], args=["C", ""]) == 1
+    assert sorted(raw.keys(p + "*")) == sorted([p + "token", p + "seq"])
+
+
+@pytest.fixture
+def one_node_cluster(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis Cluster of one master that serves all 16384 slots: cross-slot scripts fail on it
+    exactly as on a real cluster (CROSSSLOT), which is what the per-slot renewal is about."""
+    server = RedisServer(tmp_path)
+    server.argv += [
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        str(tmp_path / "nodes.conf"),
+    ]
+    server.start()
+    try:
+        with redis.Redis(host=server.host, port=server.port, decode_responses=True) as r:
+            r.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+            wait_for(lambda: r.cluster("info")["cluster_state"] == "ok", 30)
+        yield server
+    finally:
+        server.close()
+
+
+def test_cluster_session_renews_locks_of_many_slots_one_script_per_slot(
+    one_node_cluster: RedisServer,
+) -> None:
+    url = f"{one_node_cluster.url}?namespace=c&cluster=true"
+    with (
+        redis.Redis(host=one_node_cluster.host, port=one_node_cluster.port) as raw,
+        tenure.connect(url) as client,
+        tenure.connect(url) as other,
+    ):
+        session = client.session(ttl=30)
+        locks = [session.lock(f"slot/{i}") for i in range(20)]  # 20 names, many slots
+        for lock in locks:
+            assert lock.acquire(blocking=False)
+        slots = {raw.cluster("keyslot", f"c:{{lock/slot/{i}}}:holder") for i in range(20)}
+        assert len(slots) > 1
+        assert session._renew()  # the first one also loads the script (NOSCRIPT, reload)
+        before = calls(raw, "evalsha")
+        assert session._renew()
+        assert calls(raw, "evalsha") - before == len(slots)
+        assert all(lock.held for lock in locks)
+        # A handoff on the cluster: granted directly to the waiter.
+        waiter = other.lock("slot/0")
+        runner = Runner()
+        runner.start(lambda: waiter.acquire(timeout=30))
+        wait_for(lambda: len(other.contenders("slot/0")) == 2)
+        token = locks[0].token
+        locks[0].release()
+        assert runner.join(30) == [True]
+        assert waiter.token == token + 1
+        holder = other.holder("slot/0")
+        assert holder is not None
+        assert holder.token == waiter.token
+        waiter.release()
+        session.close()
+        assert client.holder("slot/1") is None

@@ -19,7 +19,7 @@ from tenure import Capabilities
 from tenure._async.backends.file import FileDriver, _stem
 
 #: Backends under contract; each server backend adds itself here as it lands.
-BACKENDS = ["file", "redis", "postgres", "zookeeper", "etcd", "etcd-cluster"]
+BACKENDS = ["file", "redis", "redlock", "postgres", "zookeeper", "etcd", "etcd-cluster"]
 
 
 @dataclass
@@ -117,6 +117,29 @@ def make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> B
 
         return Backend(
             name, f"{cluster.url}?namespace={namespace}", EtcdDriver.capabilities, 1.0, steal
+        )
+    if name == "redlock":
+        import redis
+
+        from tenure._async.backends.redlock import RedlockDriver
+        from tests.servers import redlock_url
+
+        masters = request.getfixturevalue("redis_masters")
+
+        def steal(lock_name: str, kind: str = "lock") -> None:
+            key = f"{namespace}:{{{kind}/{lock_name}}}:holder"
+            deleted = 0
+            for master in masters:
+                with redis.Redis(host=master.host, port=master.port) as r:
+                    deleted += r.delete(key)
+            assert deleted >= len(masters) // 2 + 1
+
+        return Backend(
+            name,
+            f"{redlock_url(masters)}?namespace={namespace}",
+            RedlockDriver.capabilities,
+            ttl=1.0,
+            steal=steal,
         )
     raise AssertionError(f"no contract set-up for backend {name!r}")
 

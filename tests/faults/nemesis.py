@@ -105,6 +105,9 @@ FAULTS: dict[str, tuple[str, ...]] = {
         "drop-acquire-reply",
         "drop-release-reply",
     ),
+    # Redlock on 5 masters started by the run itself (client-side faults; master faults are in
+    # tests/backends/test_redlock.py).
+    "redlock": ("none", "pause-holder", "kill-holder"),
 }
 #: Backends whose protocol cannot lose one reply and go on: there a lost reply is a reply
 #: dropped together with its connection.
@@ -167,6 +170,7 @@ class _Run:
         self.errors: list[str] = []
         self.skipped = 0
         self.proxies: list[TcpProxy] = []
+        self.masters: list[RedisServer] = []
         namespace = "f" + uuid.uuid4().hex[:10]
         if config.backend == "file":
             self.direct = f"file://{directory / 'locks'}?namespace={namespace}"
@@ -210,6 +214,12 @@ class _Run:
                 self.urls = [p.url_for("etcd") + query for p in self.proxies]
             else:
                 self.urls = [self.direct] * n
+        elif config.backend == "redlock":
+            from tests.servers import redlock_url, start_redis_masters
+
+            self.masters = start_redis_masters(5)
+            self.direct = redlock_url(self.masters) + f"?namespace={namespace}"
+            self.urls = [self.direct] * n
         else:
             raise ValueError(f"no fault set-up for backend {config.backend!r}")
         self.leases = config.backend != "file"
@@ -560,6 +570,8 @@ class _Run:
             self.inspect.close()
         for proxy in self.proxies:
             proxy.close()
+        for master in self.masters:
+            master.close()
 
     def result(self, elapsed: float) -> RunResult:
         events = load_events(self.dir)

@@ -18,11 +18,12 @@ from tests.servers.zookeeper import ZooKeeperEnsemble
 pytestmark = pytest.mark.faults
 
 TTL = 1.0
+_SERVER = {"redlock": "redis"}  # the server a backend runs on
 CASES = [
     pytest.param(
         (backend, fault),
         id=f"{backend}-{fault}",
-        marks=[pytest.mark.server(backend)] if backend != "file" else [],
+        marks=[pytest.mark.server(_SERVER.get(backend, backend))] if backend != "file" else [],
     )
     for backend, faults in FAULTS.items()
     for fault in faults

@@ -21,6 +21,7 @@ __all__ = [
     "Worker",
     "current_owner",
     "monotonic",
+    "raise_if_cancelled",
     "run_until_lost",
     "sleep",
     "spawn",
@@ -214,3 +215,15 @@ async def run_until_lost(
 
 def monotonic_ns() -> int:
     return time.monotonic_ns()
+
+
+def raise_if_cancelled() -> None:
+    """Raise ``CancelledError`` if this task was asked to cancel and the request got lost.
+
+    Python 3.11's ``asyncio.wait_for`` (which redis-py uses for socket writes) can swallow a
+    cancellation that arrives as the inner call completes (fixed in 3.12); a waiter that then
+    blocks again would never end. Drivers call this after each blocking wait.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

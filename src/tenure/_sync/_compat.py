@@ -21,6 +21,7 @@ __all__ = [
     "Worker",
     "current_owner",
     "monotonic",
+    "raise_if_cancelled",
     "run_until_lost",
     "sleep",
     "spawn",
@@ -80,17 +81,9 @@ class Gate:
             self._locked = False
 
 
-class StateLock:
-    """Guards a few lines of state shared by user threads and the keep-alive thread."""
-
-    def __init__(self) -> None:
-        self._lock = threading.RLock()
-
-    def __enter__(self) -> None:
-        self._lock.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()
+#: Guards a few lines of state shared by user threads and the keep-alive thread (an ``RLock``
+#: itself, not a wrapper: it is entered several times per acquire and release).
+StateLock = threading.RLock
 
 
 class Worker:
@@ -192,3 +185,7 @@ def run_until_lost(
 
 def monotonic_ns() -> int:
     return time.monotonic_ns()
+
+
+def raise_if_cancelled() -> None:
+    """Nothing to do in threads (the asyncio twin re-raises a lost cancellation)."""

@@ -5,14 +5,18 @@ Every operation is one script and one round trip (``_redis_lua`` has the scripts
 layout). Scripts are called by SHA and reloaded transparently after a restart or SCRIPT FLUSH.
 
 - **Acquire**: one script grants if the lock is free and nobody live is queued before us, bumping
-  the fencing counter in the same script; otherwise it queues us (FIFO) with a liveness record.
-  A waiter then blocks in BLPOP on its own signal list, which the releasing script pushes to: a
-  release wakes exactly the next live waiter. The BLPOP also ends when the holder's TTL runs out
-  (the script tells us its PTTL), so a dead holder is replaced after its TTL, and at least every
-  TTL/3 to refresh our liveness record: a waiter that dies is dropped after its TTL.
-- **Release** (``release`` below): deletes the holder only if it is still ours, then signals the
-  next waiter. A retried release whose first reply was lost reports success, never deletes a
-  newer holder's entry.
+  the fencing counter in the same script; otherwise it queues us (FIFO) with a record that
+  carries our TTL and metadata. A waiter then blocks in BLPOP on its own signal list. A release
+  **grants directly** to the next live waiter (it becomes the holder, with its own TTL and a new
+  token) and pushes that grant onto the waiter's list, so the woken waiter returns without
+  another round trip. The BLPOP also ends when the holder's TTL runs out (the script tells us
+  its PTTL), so a dead holder is replaced after its TTL, and at least every TTL/3 to refresh our
+  record: a waiter that dies is skipped after its TTL. A waiter that gives up (deadline,
+  cancellation, error) runs the leave script, which also gives back a grant pushed to it
+  meanwhile and passes the lock on.
+- **Release** (``release`` below): deletes the holder only if it is still ours, then grants to
+  the next live waiter. A retried release whose first reply was lost reports success, never
+  deletes a newer holder's entry.
 - **Renew**: one script over all the session's holder keys, ``PEXPIRE`` where still ours; it
   returns the keys that are not (deleted or taken), which the session reports as lost.
 
@@ -26,18 +30,21 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
+import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any, ClassVar, cast
 
 import redis as redis_client
 from redis import exceptions as redis_errors
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
 from redis.retry import Retry
 
 from ... import _redis_lua as lua
 from ..._names import OwnerInfo, new_owner_id
-from ..._types import Capabilities, Holder, utcnow
+from ..._types import Capabilities, Holder
 from ..._url import ParsedURL
 from ...errors import (
     BackendError,
@@ -48,7 +55,7 @@ from ...errors import (
 from .. import _compat
 from .base import Grant, Lease
 
-__all__ = ["RedisDriver"]
+__all__ = ["ErrorBoundary", "OwnConnection", "RedisDriver", "from_us", "holder_from_record", "ms"]
 
 _FLOAT_OPTIONS = ("socket_timeout", "connect_timeout")
 
@@ -73,6 +80,7 @@ class RedisDriver:
             "ssl_keyfile",
             "ssl_cert_reqs",
             "max_connections",
+            "cluster",
         }
     )
 
@@ -103,19 +111,34 @@ class RedisDriver:
         elif any(name.startswith("ssl_") for name in options):
             raise ConfigurationError("ssl_* options need a rediss:// URL")
         max_connections = options.get("max_connections")
-        self._client = redis_client.Redis(
+        self._cluster = _flag(options, "cluster")
+        common: dict[str, Any] = dict(
             host=self._host,
             port=self._port,
-            db=int(db_text),
             username=url.username,
             password=url.password,
             socket_timeout=self._socket_timeout,
             socket_connect_timeout=timeouts["connect_timeout"],
-            retry=Retry(NoBackoff(), 0),  # we retry ourselves, knowing what is idempotent
             decode_responses=True,
-            max_connections=None if max_connections is None else int(max_connections),
             **ssl,
         )
+        # Either client: the commands we use are the same; the cluster client routes each one
+        # (and each script call) to the node of its keys' slot.
+        self._client: Any
+        if self._cluster:
+            if db_text != "0":
+                raise ConfigurationError("Redis Cluster has only database 0")
+            if max_connections is not None:
+                common["max_connections"] = int(max_connections)
+            self._client = RedisCluster(**common)
+        else:
+            self._client = redis_client.Redis(
+                db=int(db_text),
+                retry=Retry(NoBackoff(), 0),  # we retry ourselves, knowing what is idempotent
+                max_connections=None if max_connections is None else int(max_connections),
+                **common,
+            )
+        self._own = None if self._cluster else OwnConnection(self._client.connection_pool)
         self._acquire = self._client.register_script(lua.ACQUIRE)
         self._release = self._client.register_script(lua.RELEASE)
         self._leave = self._client.register_script(lua.LEAVE)
@@ -126,32 +149,38 @@ class RedisDriver:
     def __repr__(self) -> str:
         return f"RedisDriver({self._url.redacted()!r})"
 
-    @contextmanager
-    def _errors(self, what: str) -> Iterator[None]:
-        """Translate redis-py's exceptions at this one boundary."""
-        try:
-            yield
-        except redis_errors.AuthenticationError as exc:
-            raise ConfigurationError(
-                f"redis at {self._address} rejected the credentials"
-                + (f" of user {self._url.username!r}" if self._url.username else "")
-                + f": {exc}"
-            ) from exc
-        except redis_errors.TimeoutError as exc:
-            raise BackendTimeoutError(f"redis at {self._address} timed out ({what})") from exc
-        except redis_errors.ConnectionError as exc:
-            raise BackendUnavailableError(
-                f"redis at {self._address} is unreachable ({what}): {exc}"
-            ) from exc
-        except redis_errors.RedisError as exc:
-            raise BackendError(f"redis at {self._address} failed ({what}): {exc}") from exc
+    def _errors(self, what: str) -> ErrorBoundary:
+        """Translate redis-py's exceptions at this one boundary (``with self._errors(...):``)."""
+        return ErrorBoundary(self._address, self._url.username, what)
 
     def _prefix(self, key: str) -> str:
         return f"{self._namespace}:{{{key}}}:"
 
-    def _channel(self, key: str) -> str:
+    def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """``script(keys, args)`` on our own connection (the hot path: acquire and release)."""
+        if self._own is None:
+            return script(keys=keys, args=args)
+        conn = self._own.take()
+        broken = True
+        try:
+            conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            reply = conn.read_response()
+            broken = False
+        except redis_errors.ResponseError as exc:
+            broken = False
+            if not isinstance(exc, redis_errors.NoScriptError):
+                raise
+            reply = None
+        finally:
+            self._own.give_back(conn, broken=broken)
+        if reply is None:  # the server lost its scripts: the script object loads it again
+            return script(keys=keys, args=args)
+        return reply
+
+    @staticmethod
+    def _flags(key: str) -> str:
         # Only elections publish changes (for observe()); locks pay nothing for it.
-        return self._prefix(key) + "changes" if key.startswith("election/") else ""
+        return "e" if key.startswith("election/") else ""
 
     def connect(self) -> None:
         try:
@@ -166,6 +195,8 @@ class RedisDriver:
 
     def close(self) -> None:
         with self._errors("close"):
+            if self._own is not None:
+                self._own.close()
             self._client.close()
 
     # Leases: a Redis session has no server-side object; its entries carry the TTL themselves.
@@ -174,11 +205,42 @@ class RedisDriver:
         return Lease(id=new_owner_id()[:16], ttl=ttl)
 
     def renew_lease(self, lease: Lease, grants: Sequence[Grant], timeout: float) -> Sequence[Grant]:
-        keys = [self._prefix(grant.key) + "holder" for grant in grants]
-        args: list[Any] = [_ms(lease.ttl), *(grant.owner.owner for grant in grants)]
-        with self._errors("renew"):
-            lost = self._renew(keys=keys, args=args)
-        return [grants[int(i) - 1] for i in lost]
+        if not self._cluster:
+            # One script over every holder key: one round trip, however many locks.
+            keys = [self._prefix(grant.key) + "holder" for grant in grants]
+            args: list[Any] = [ms(lease.ttl), *(grant.owner.owner for grant in grants)]
+            with self._errors("renew"):
+                lost = self._renew(keys=keys, args=args)
+            return [grants[int(i) - 1] for i in lost]
+        return self._renew_per_slot(lease, grants)
+
+    def _renew_per_slot(self, lease: Lease, grants: Sequence[Grant]) -> Sequence[Grant]:
+        """On Cluster a script may only touch keys of one slot: one script call per slot, all in
+        one pipeline (one round trip per node that serves any of them)."""
+        by_slot: dict[int, list[Grant]] = {}
+        for grant in grants:
+            by_slot.setdefault(key_slot(self._prefix(grant.key).encode()), []).append(grant)
+        groups = list(by_slot.values())
+        for attempt in (1, 2):
+            try:
+                with self._errors("renew"):
+                    pipe = self._client.pipeline()
+                    for group in groups:
+                        keys = [self._prefix(grant.key) + "holder" for grant in group]
+                        # (execute_command: redis-py blocks its pipelined evalsha() on Cluster,
+                        # but routes the raw command by its keys' slot.)
+                        pipe.execute_command("EVALSHA", self._renew.sha, len(keys), *keys,
+                                             ms(lease.ttl),
+                                             *(grant.owner.owner for grant in group))  # fmt: skip
+                    replies = pipe.execute()
+                break
+            except BackendError as exc:
+                if attempt == 2 or not isinstance(exc.__cause__, redis_errors.NoScriptError):
+                    raise
+                with self._errors("load script"):
+                    self._client.script_load(lua.RENEW)
+        return [group[int(i) - 1] for group, lost in zip(groups, replies, strict=True)
+                for i in lost]  # fmt: skip
 
     def revoke_lease(self, lease: Lease) -> None:
         return None  # the session released its entries one by one before this
@@ -190,21 +252,21 @@ class RedisDriver:
     ) -> Grant | None:
         p = self._prefix(key)
         keys = [p + "holder", p + "token", p + "queue", p + "seq"]
-        acquired_at = utcnow()
-        waiter = json.dumps({"owner": owner.owner, "host": owner.host, "pid": owner.pid,
-                             "value": owner.value})  # fmt: skip
-        args: list[Any] = [owner.owner, _ms(lease.ttl), owner.host, owner.pid,
-                           acquired_at.isoformat(), json.dumps(owner.value), 1, p,
-                           self._channel(key), waiter]  # fmt: skip
+        flags = self._flags(key)
         try_once = deadline is not None and deadline <= _compat.monotonic()
-        if try_once:
-            args[6] = 0
+        args: list[Any] = [
+            owner.owner,
+            ms(lease.ttl),
+            owner.meta,
+            flags if try_once else flags + "q",
+        ]
         with self._errors("acquire"):
-            granted, token, pttl = self._acquire(keys=keys, args=args)
+            granted, token, extra = self._run(self._acquire, keys, args)
         if granted:
-            return Grant(key, owner, int(token), lease, acquired_at)
+            return Grant(key, owner, int(token), lease, from_us(extra))
         if try_once:
             return None
+        pttl = int(extra)
         done = False
         try:
             signal = p + "s:" + owner.owner
@@ -212,27 +274,34 @@ class RedisDriver:
                 remaining = math.inf if deadline is None else deadline - _compat.monotonic()
                 if remaining <= 0:
                     return None
-                # Wake for the signal, when the holder's TTL runs out, or to refresh our record.
+                # Wake for the grant pushed by a release, when the holder's TTL runs out, or to
+                # refresh our record.
                 wait = min(remaining, lease.ttl / 3, self._max_block)
                 if pttl > 0:
                     wait = min(wait, pttl / 1000 + 0.001)
                 with self._errors("wait"):
-                    self._client.blpop([signal], timeout=max(wait, 0.001))
-                    granted, token, pttl = self._acquire(keys=keys, args=args)
+                    pushed = self._client.blpop([signal], timeout=max(wait, 0.001))
+                _compat.raise_if_cancelled()
+                if pushed is not None:
+                    token_text, _, at_text = cast(str, pushed[1]).partition(" ")
+                    done = True
+                    return Grant(key, owner, int(token_text), lease, from_us(at_text))
+                with self._errors("acquire"):
+                    granted, token, extra = self._run(self._acquire, keys, args)
                 if granted:
                     done = True
-                    return Grant(key, owner, int(token), lease, acquired_at)
+                    return Grant(key, owner, int(token), lease, from_us(extra))
+                pttl = int(extra)
         finally:
             if not done:
-                self._leave_quietly(key, owner.owner, lease)
+                self._leave_quietly(key, owner.owner)
 
-    def _leave_quietly(self, key: str, owner: str, lease: Lease) -> None:
+    def _leave_quietly(self, key: str, owner: str) -> None:
         p = self._prefix(key)
         try:
             with self._errors("leave"):
                 self._leave(
-                    keys=[p + "holder", p + "queue"],
-                    args=[owner, p, _ms(lease.ttl), self._channel(key)],
+                    keys=[p + "holder", p + "token", p + "queue"], args=[owner, self._flags(key)]
                 )
         except BackendError:
             pass  # our records expire after the TTL
@@ -242,9 +311,10 @@ class RedisDriver:
         retried = grant.data == "release sent"
         grant.data = "release sent"
         with self._errors("release"):
-            released = self._release(
-                keys=[p + "holder", p + "queue"],
-                args=[grant.owner.owner, p, _ms(grant.lease.ttl), self._channel(grant.key)],
+            released = self._run(
+                self._release,
+                [p + "holder", p + "token", p + "queue"],
+                [grant.owner.owner, self._flags(grant.key)],
             )
         # A retry after a lost reply finds nothing: the first attempt released it.
         return bool(released) or retried
@@ -258,7 +328,7 @@ class RedisDriver:
         with self._errors("set value"):
             found = self._set_value(
                 keys=[self._prefix(grant.key) + "holder"],
-                args=[grant.owner.owner, json.dumps(value), self._channel(grant.key)],
+                args=[grant.owner.owner, json.dumps(value), self._flags(grant.key)],
             )
         return bool(found)
 
@@ -270,7 +340,7 @@ class RedisDriver:
             pipe.hgetall(p + "holder")
             pipe.pttl(p + "holder")
             record, pttl = pipe.execute()
-        return _holder(key, record, pttl)
+        return holder_from_record(key, record, pttl)
 
     def contenders(self, key: str) -> list[Holder]:
         p = self._prefix(key)
@@ -282,23 +352,23 @@ class RedisDriver:
                 record, pttl, queue = pipe.execute()
             waiters = self._client.mget([p + "w:" + o for o in queue]) if queue else []
         found: list[Holder] = []
-        current = _holder(key, record, pttl)
+        current = holder_from_record(key, record, pttl)
         if current is not None:
             found.append(current)
-        for text in waiters:
-            if text is None:
+        for owner, record in zip(queue, waiters, strict=True):
+            if record is None:
                 continue  # dead waiter, dropped at the next grant
-            data = json.loads(text)
+            meta = json.loads(cast(str, record).partition(" ")[2])
             found.append(
                 Holder(
                     name=key.partition("/")[2],
-                    owner=data["owner"],
-                    host=data["host"],
-                    pid=int(data["pid"]),
+                    owner=owner,
+                    host=meta["host"],
+                    pid=int(meta["pid"]),
                     token=0,
                     acquired_at=None,
                     expires_in=None,
-                    value=data.get("value"),
+                    value=meta.get("value"),
                 )
             )
         return found
@@ -323,23 +393,113 @@ class RedisDriver:
         return None  # redis-py's pool notices the new pid and opens fresh connections
 
 
-def _holder(key: str, record: dict[str, str], pttl: int) -> Holder | None:
+class OwnConnection:
+    """A connection a driver keeps for its hot path, so a call skips the pool's bookkeeping;
+    while it is busy (another thread or task), pool connections are used. Made again in a
+    forked child (never the parent's socket). Give every connection back with ``give_back``,
+    ``broken=True`` when a reply may still be on its way."""
+
+    __slots__ = ("_busy", "_conn", "_pid", "_pool")
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self._conn: Any = None
+        self._busy = threading.Lock()
+        self._pid = 0
+
+    def take(self) -> Any:
+        if self._pid != os.getpid():
+            self._conn = self._pool.make_connection()
+            self._busy = threading.Lock()
+            self._pid = os.getpid()
+        if self._busy.acquire(blocking=False):
+            return self._conn
+        return self._pool.get_connection()
+
+    def give_back(self, conn: Any, *, broken: bool) -> None:
+        if broken:
+            conn.disconnect()
+        if conn is self._conn:
+            self._busy.release()
+        else:
+            self._pool.release(conn)
+
+    def close(self) -> None:
+        if self._conn is not None and self._pid == os.getpid():
+            self._conn.disconnect()
+
+
+class ErrorBoundary:
+    """``with ErrorBoundary(address, user, what):`` translates redis-py's exceptions to
+    :mod:`tenure.errors`, naming the server and never the password. A plain class: cheaper
+    than a generator context manager on the per-acquire path. (Also used by Redlock per node.)
+    """
+
+    __slots__ = ("_address", "_user", "_what")
+
+    def __init__(self, address: str, user: str | None, what: str) -> None:
+        self._address = address
+        self._user = user
+        self._what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, redis_errors.RedisError | redis_errors.RedisClusterException):
+            raise self.translate(exc) from exc
+
+    def translate(self, exc: Exception) -> Exception:
+        where, what = self._address, self._what
+        if isinstance(exc, redis_errors.AuthenticationError):
+            return ConfigurationError(
+                f"redis at {where} rejected the credentials"
+                + (f" of user {self._user!r}" if self._user else "")
+                + f": {exc}"
+            )
+        if isinstance(exc, redis_errors.TimeoutError):
+            return BackendTimeoutError(f"redis at {where} timed out ({what})")
+        if isinstance(exc, redis_errors.ConnectionError | redis_errors.RedisClusterException):
+            return BackendUnavailableError(f"redis at {where} is unreachable ({what}): {exc}")
+        return BackendError(f"redis at {where} failed ({what}): {exc}")
+
+
+def holder_from_record(key: str, record: dict[str, str], pttl: int) -> Holder | None:
     if not record:
         return None
+    meta = json.loads(record.get("meta", "{}"))
+    value = json.loads(record["value"]) if "value" in record else meta.get("value")
     return Holder(
         name=key.partition("/")[2],
         owner=record["owner"],
-        host=record.get("host", ""),
-        pid=int(record.get("pid", 0)),
+        host=meta.get("host", ""),
+        pid=int(meta.get("pid", 0)),
         token=int(record["token"]),
-        acquired_at=dt.datetime.fromisoformat(record["acquired_at"]),
+        acquired_at=from_us(record["at"]),
         expires_in=max(0.0, pttl / 1000) if pttl >= 0 else None,
-        value=json.loads(record.get("value", "null")),
+        value=value,
     )
 
 
-def _ms(seconds: float) -> int:
+def from_us(micros: int | str) -> dt.datetime:
+    """A server time in microseconds since the epoch (the scripts' ``at``) as an aware datetime."""
+    return _EPOCH + dt.timedelta(microseconds=int(micros))
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
+
+
+def _flag(options: dict[str, str], name: str) -> bool:
+    text = options.get(name, "false").lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{name} must be true or false, got {text!r}")
 
 
 def _seconds(options: dict[str, str], name: str, default: float) -> float:

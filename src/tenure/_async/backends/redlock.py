@@ -1,0 +1,664 @@
+"""The ``redlock://h1:p1,h2:p2,h3:p3`` backend: one lock over N independent Redis masters.
+
+Every master runs the Redis driver's scripts (``_redis_lua``) on the same key layout; this module
+adds the quorum around them. ``N`` masters, quorum ``Q = N // 2 + 1``.
+
+- **Acquire** (one attempt): the acquire script on every master **at once**: written to every
+  master's connection first, then the replies read, so the masters work in parallel and the
+  attempt waits about one round trip, at most ``node_timeout`` (default 0.1 s, much smaller
+  than any TTL we accept) for all of them together (``_scripts``; ``fanout=pool`` uses asyncio
+  tasks / a bounded thread pool instead, measured 2-3x slower per call on 2 vCPUs). The
+  attempt succeeds if ``Q`` masters granted and the validity ``ttl - elapsed - drift``
+  (``drift = ttl * drift_factor + 2 ms``) is still positive; otherwise the partial grants are
+  given back on every master (owner-checked) and the caller waits (below) and tries again.
+- **Fencing token**: each granting master bumps its own counter (time-seeded, see
+  ``_redis_lua``) and returns it; the token is the **maximum over the quorum**. Masters that
+  returned less are raised to it (the ``RAISE`` script, owner-checked) before the grant counts,
+  so a quorum holds counter >= token when the lock is handed out. Any later holder needs a
+  quorum too, which shares a master with ours; it is granted there only after our entry there
+  ended, so its counter bump on that master starts above our token: tokens strictly increase.
+  Assumptions: (1) per-master mutual exclusion, i.e. no master loses a key while it is held
+  (no restart without persistence within a TTL; a master that restarts empty seeds its counter
+  from its clock in microseconds, which keeps tokens increasing as long as its clock does not
+  step back); (2) clock *rates* differ by less than ``drift_factor`` (the Redlock assumption).
+  The common case (all masters in step) costs nothing extra: every bump already equals the max.
+- **Waiting**: FIFO across N independent masters is impossible (no master sees the others'
+  queues). A waiter queues on every master (the queue orders only wake-ups) and blocks in BLPOP
+  on its signal list on the **first master that answered** (the same "home" master for every
+  client while it is up). A release (on every master) pushes a wake-up to the oldest live waiter
+  of each master, so the home master wakes its oldest waiter: roughly arrival order, one waiter
+  per release, no polling. The woken waiter still has to win a quorum. The BLPOP also ends when
+  the holder's TTL on the home master does, or after a random delay (up to ``retry_delay``)
+  when no contender holds a quorum (a split), which is Redlock's "retry after a random delay".
+- **Release**: on every master at once; counts as released if a quorum still had it.
+- **Renew**: the renew script on every master at once; a lock confirmed by fewer than ``Q``
+  masters is lost; fewer than ``Q`` answers is a failed renewal (retried until the session's
+  deadline, then ``lost``).
+- **Unavailable**: when fewer than ``Q`` masters answer, acquire gives back what it got and
+  raises ``BackendUnavailableError`` naming the masters that did not answer.
+
+``redlock+rediss://`` uses TLS to every master (options ``ssl_ca_certs``, ``ssl_certfile``,
+``ssl_keyfile``, ``ssl_cert_reqs``); the URL's user/password and db apply to every master.
+"""
+
+from __future__ import annotations
+
+import asyncio  # tenure: async-only
+import json
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, ClassVar, TypeVar, cast
+
+import redis.asyncio as redis_client  # tenure: async-only
+from redis import exceptions as redis_errors
+from redis.asyncio.retry import Retry  # tenure: async-only
+from redis.backoff import NoBackoff
+
+# tenure: sync import os
+# tenure: sync from concurrent.futures import ThreadPoolExecutor
+# tenure: sync import redis as redis_client
+# tenure: sync from redis.retry import Retry
+from ... import _redis_lua as lua
+from ..._names import OwnerInfo, new_owner_id
+from ..._types import Capabilities, Holder
+from ..._url import ParsedURL
+from ...errors import BackendError, BackendUnavailableError, ConfigurationError
+from .. import _compat
+from .base import Grant, Lease
+from .redis import ErrorBoundary, OwnConnection, from_us, holder_from_record, ms
+
+__all__ = ["RedlockDriver", "quorum", "validity"]
+
+T = TypeVar("T")
+
+#: Longest single BLPOP on the home master (its client's socket timeout is 1 s longer).
+MAX_BLOCK = 4.0
+
+
+def quorum(n: int) -> int:
+    """Masters that must agree: a strict majority."""
+    return n // 2 + 1
+
+
+def validity(ttl: float, elapsed: float, drift_factor: float) -> float:
+    """Seconds a fresh grant can be trusted: ``ttl - elapsed - (ttl * drift_factor + 2 ms)``."""
+    return ttl - elapsed - (ttl * drift_factor + 0.002)
+
+
+class _Master:
+    """One Redis master: its client, the scripts registered on it, its blocking client."""
+
+    def __init__(self, host: str, port: int, settings: dict[str, Any], user: str | None) -> None:
+        self.address = f"{host}:{port}"
+        self.user = user
+        self.settings = settings
+        self.client: Any = redis_client.Redis(host=host, port=port, **settings)
+        self.acquire = self.client.register_script(lua.ACQUIRE)
+        self.release = self.client.register_script(lua.RELEASE)
+        self.leave = self.client.register_script(lua.LEAVE)
+        self.raise_token = self.client.register_script(lua.RAISE)
+        self.renew = self.client.register_script(lua.RENEW)
+        self.set_value = self.client.register_script(lua.SET_VALUE)
+        self.check = self.client.register_script(lua.CHECK)
+        self._host, self._port = host, port
+        self._blocking: Any = None
+        self._own = OwnConnection(self.client.connection_pool)
+
+    def blocking(self) -> Any:
+        """A client for BLPOP, whose socket timeout outlasts the longest block."""
+        if self._blocking is None:
+            settings = dict(self.settings, socket_timeout=MAX_BLOCK + 1.0)
+            self._blocking = redis_client.Redis(host=self._host, port=self._port, **settings)
+        return self._blocking
+
+    def errors(self, what: str) -> ErrorBoundary:
+        return ErrorBoundary(self.address, self.user, what)
+
+    async def connection(self) -> Any:
+        """A connection for one fan-out call (see ``OwnConnection``)."""
+        return await self._own.take()
+
+    async def done_with(self, conn: Any, *, broken: bool) -> None:
+        await self._own.give_back(conn, broken=broken)
+
+    async def close(self) -> None:
+        await self._own.close()
+        await self.client.aclose()
+        if self._blocking is not None:
+            await self._blocking.aclose()
+
+
+class RedlockDriver:
+    """Driver for ``redlock://[user:password@]h1:p1,h2:p2,h3:p3[/db]`` and ``redlock+rediss://``."""
+
+    scheme: ClassVar[str] = "redlock"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        leases=True,
+        fifo=False,
+        min_ttl=0.5,
+        expiry_slack=0.0,
+        wakeup="release pushes a wake-up to the oldest waiter of each master (BLPOP on one)",
+    )
+    options: ClassVar[frozenset[str]] = frozenset(
+        {
+            "node_timeout",
+            "connect_timeout",
+            "drift_factor",
+            "retry_delay",
+            "fanout",
+            "ssl_ca_certs",
+            "ssl_certfile",
+            "ssl_keyfile",
+            "ssl_cert_reqs",
+        }
+    )
+
+    def __init__(self, url: ParsedURL, *, namespace: str, options: dict[str, str]) -> None:
+        hosts = url.hosts_with_default(6379)
+        if len(hosts) < 3:
+            raise ConfigurationError(
+                f"redlock:// needs at least 3 independent masters, got {len(hosts)}; "
+                "use redis:// for one server"
+            )
+        db_text = url.path.strip("/") or "0"
+        if not db_text.isdigit():
+            raise ConfigurationError(f"redis database must be a number, got {db_text!r}")
+        self._url = url
+        self._namespace = namespace
+        self._node_timeout = _seconds(options, "node_timeout", 0.1)
+        self._drift_factor = _seconds(options, "drift_factor", 0.01)
+        self._retry_delay = _seconds(options, "retry_delay", 0.2)
+        self._fanout = options.get("fanout", "pipelined")
+        if self._fanout not in ("pipelined", "pool"):
+            raise ConfigurationError(f"fanout must be 'pipelined' or 'pool', got {self._fanout!r}")
+        ssl: dict[str, Any] = {}
+        if url.scheme == "redlock+rediss":
+            ssl["ssl"] = True
+            for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs"):
+                if name in options:
+                    ssl[name] = options[name]
+        elif any(name.startswith("ssl_") for name in options):
+            raise ConfigurationError("ssl_* options need a redlock+rediss:// URL")
+        settings: dict[str, Any] = dict(
+            db=int(db_text),
+            username=url.username,
+            password=url.password,
+            socket_timeout=self._node_timeout,
+            socket_connect_timeout=_seconds(options, "connect_timeout", self._node_timeout),
+            retry=Retry(NoBackoff(), 0),  # a master that does not answer in time is a "no"
+            decode_responses=True,
+            **ssl,
+        )
+        self._masters = [_Master(h, p, settings, url.username) for h, p in hosts]
+        self._quorum = quorum(len(self._masters))
+        self._pool: Any = None
+        self._pool_pid = 0
+
+    def __repr__(self) -> str:
+        return f"RedlockDriver({self._url.redacted()!r})"
+
+    @property
+    def masters(self) -> int:
+        return len(self._masters)
+
+    def _prefix(self, key: str) -> str:
+        return f"{self._namespace}:{{{key}}}:"
+
+    @staticmethod
+    def _flags(key: str) -> str:
+        # The masters' scripts never publish (flag "e"): one master's grant is not yet the
+        # quorum's. Elections publish once the quorum agrees (``_publish``).
+        return ""
+
+    async def _publish(self, key: str, message: int) -> None:
+        """Tell ``changes`` watchers (elections only) after a change the quorum agrees on."""
+        if key.startswith("election/"):
+            channel = self._prefix(key) + "changes"
+            await self._each(lambda m: m.client.publish(channel, message), "publish")
+
+    # Fan-out: one call per master, all at once; a master's failure is its answer.
+
+    async def _one(
+        self, master: _Master, call: Callable[[_Master], Awaitable[T]], what: str
+    ) -> T | BackendError:
+        try:
+            with master.errors(what):
+                return await call(master)
+        except BackendError as exc:
+            return exc
+
+    async def _each(
+        self,
+        call: Callable[[_Master], Awaitable[T]],
+        what: str,
+        masters: Sequence[_Master] | None = None,
+    ) -> list[T | BackendError]:
+        targets = self._masters if masters is None else masters
+        # tenure: begin async-only
+        results = await asyncio.gather(
+            *(self._one(m, call, what) for m in targets), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, BackendError):
+                raise result  # a ConfigurationError (credentials), a cancellation
+        return cast(list[T | BackendError], results)
+        # tenure: end async-only
+        # tenure: begin sync-only
+        # pool = self._executor()
+        # futures = [pool.submit(self._one, m, call, what) for m in targets]
+        # return [future.result() for future in futures]
+        # tenure: end sync-only
+
+    # tenure: begin sync-only
+    # def _executor(self) -> Any:
+    #     """A bounded pool (two threads per master), made again in a forked child."""
+    #     if self._pool is None or self._pool_pid != os.getpid():
+    #         self._pool = ThreadPoolExecutor(
+    #             max_workers=2 * len(self._masters), thread_name_prefix="tenure-redlock"
+    #         )
+    #         self._pool_pid = os.getpid()
+    #     return self._pool
+    # tenure: end sync-only
+
+    async def _scripts(
+        self,
+        name: str,
+        keys: list[str],
+        args: list[Any],
+        what: str,
+        masters: Sequence[_Master] | None = None,
+    ) -> list[Any]:
+        """One script on every master (or ``masters``), all at once; a failure is an answer.
+
+        Default (``fanout=pipelined``): the call is written to every master's connection
+        first and the replies are read after, so the masters work in parallel and the whole
+        fan-out waits about one round trip, at most ``node_timeout`` for the slowest master
+        (one deadline for all). ``fanout=pool``: the generic fan-out (asyncio tasks / a
+        bounded thread pool).
+        """
+        targets = self._masters if masters is None else masters
+        if self._fanout == "pool":
+            return await self._each(lambda m: getattr(m, name)(keys=keys, args=args), what, targets)
+        results: list[Any] = [None] * len(targets)
+        pending: list[tuple[int, _Master, Any]] = []  # sent, reply not read yet
+        packed: Any = None  # the same bytes for every master (same script, same SHA)
+        try:
+            for i, master in enumerate(targets):
+                try:
+                    with master.errors(what):
+                        conn = await master.connection()
+                        pending.append((i, master, conn))
+                        if packed is None:
+                            sha = getattr(master, name).sha
+                            packed = conn.pack_command("EVALSHA", sha, len(keys), *keys, *args)
+                        await conn.send_packed_command(packed)
+                except BackendError as exc:
+                    results[i] = exc
+                    if pending and pending[-1][0] == i:
+                        pending.pop()
+                        await master.done_with(conn, broken=True)
+            deadline = _compat.monotonic() + self._node_timeout
+            while pending:
+                i, master, conn = pending[0]
+                broken = False
+                try:
+                    with master.errors(what):
+                        results[i] = await _read_by(conn, deadline)
+                except BackendError as exc:
+                    results[i] = exc
+                    # After an error reply the connection is fine; else a reply may be due.
+                    broken = not isinstance(exc.__cause__, redis_errors.ResponseError)
+                pending.pop(0)
+                await master.done_with(conn, broken=broken)
+        finally:
+            for _, master, conn in pending:  # interrupted (cancelled): their replies are due
+                await master.done_with(conn, broken=True)
+        # A master that lost its scripts (restart, SCRIPT FLUSH): the script object reloads it.
+        for i, result in enumerate(results):
+            if isinstance(result, BackendError) and isinstance(
+                result.__cause__, redis_errors.NoScriptError
+            ):
+                results[i] = await self._one(
+                    targets[i], lambda m: getattr(m, name)(keys=keys, args=args), what
+                )
+        return results
+
+    def _unavailable(self, results: Sequence[object], what: str) -> BackendUnavailableError:
+        failed = [str(r) for r in results if isinstance(r, BackendError)]
+        return BackendUnavailableError(
+            f"redlock: only {len(results) - len(failed)} of {len(self._masters)} redis masters "
+            f"answered ({what}; quorum {self._quorum}): " + "; ".join(failed)
+        )
+
+    async def connect(self) -> None:
+        results = await self._each(lambda m: m.client.ping(), "connect")
+        if sum(1 for r in results if not isinstance(r, BackendError)) < self._quorum:
+            for r in results:
+                if isinstance(r, BackendError) and "DB index" in str(r.__cause__):
+                    raise ConfigurationError(
+                        f"redis masters have no database {self._url.path.strip('/')}"
+                    ) from r.__cause__
+            raise self._unavailable(results, "connect")
+
+    async def close(self) -> None:
+        for master in self._masters:
+            with master.errors("close"):
+                await master.close()
+        # tenure: begin sync-only
+        # if self._pool is not None and self._pool_pid == os.getpid():
+        #     self._pool.shutdown(wait=False)
+        # self._pool = None
+        # tenure: end sync-only
+
+    # Leases: as on Redis, entries carry the TTL themselves.
+
+    async def grant_lease(self, ttl: float) -> Lease:
+        if ttl <= 2 * self._node_timeout + ttl * self._drift_factor + 0.002:
+            raise ConfigurationError(
+                f"ttl {ttl} s is too short for redlock with node_timeout {self._node_timeout} s: "
+                "a grant would expire before it is confirmed"
+            )
+        return Lease(id=new_owner_id()[:16], ttl=ttl)
+
+    async def renew_lease(
+        self, lease: Lease, grants: Sequence[Grant], timeout: float
+    ) -> Sequence[Grant]:
+        keys = [self._prefix(grant.key) + "holder" for grant in grants]
+        args: list[Any] = [ms(lease.ttl), *(grant.owner.owner for grant in grants)]
+        results = await self._scripts("renew", keys, args, "renew")
+        answers = [r for r in results if not isinstance(r, BackendError)]
+        if len(answers) < self._quorum:
+            raise self._unavailable(results, "renew")
+        kept = [0] * len(grants)
+        for lost in answers:
+            gone = {int(i) - 1 for i in lost}
+            for i in range(len(grants)):
+                kept[i] += i not in gone
+        return [grant for grant, n in zip(grants, kept, strict=True) if n < self._quorum]
+
+    async def revoke_lease(self, lease: Lease) -> None:
+        return None
+
+    # Contenders.
+
+    async def acquire(
+        self, lease: Lease, key: str, owner: OwnerInfo, deadline: float | None
+    ) -> Grant | None:
+        p = self._prefix(key)
+        keys = [p + "holder", p + "token", p + "queue", p + "seq"]
+        try_once = deadline is not None and deadline <= _compat.monotonic()
+        flags = self._flags(key) + ("n" if try_once else "nq")
+        queued = not try_once  # (an interrupted first attempt may have queued us somewhere)
+        done = False
+        try:
+            while True:
+                grant, home, pttl, split = await self._attempt(lease, key, keys, owner, flags)
+                if grant is not None:
+                    done = True
+                    await self._publish(key, grant.token)
+                    return grant
+                if try_once:
+                    return None
+                remaining = float("inf") if deadline is None else deadline - _compat.monotonic()
+                if remaining <= 0:
+                    return None
+                if split:
+                    # We held some masters but not a quorum (a split): Redlock's random delay.
+                    await _compat.sleep(
+                        min(remaining, random.uniform(0.2, 1.0) * self._retry_delay)
+                    )
+                    continue
+                # Woken by a release on the home master, or when its holder's TTL runs out (or
+                # after a random delay if it has none), at least every TTL/3 (our queue records).
+                wait = min(remaining, lease.ttl / 3, MAX_BLOCK)
+                if pttl > 0:
+                    wait = min(wait, pttl / 1000 + 0.001)
+                else:
+                    wait = min(wait, random.uniform(0.2, 1.0) * self._retry_delay)
+                signal = p + "s:" + owner.owner
+                try:
+                    with home.errors("wait"):
+                        await home.blocking().blpop([signal], timeout=max(wait, 0.001))
+                except BackendError:
+                    pass  # the home master is gone: the next attempt picks another
+                _compat.raise_if_cancelled()
+        finally:
+            if queued and not done:
+                leave = [owner.owner, self._flags(key) + "w"]
+                await self._scripts("leave", keys[:3], leave, "leave")
+
+    async def _attempt(
+        self, lease: Lease, key: str, keys: list[str], owner: OwnerInfo, flags: str
+    ) -> tuple[Grant | None, _Master, int, bool]:
+        """One Redlock round: (grant or None, home master, its holder's PTTL ms, split).
+
+        ``split``: we were granted some masters but could not keep them (no quorum, or the
+        validity ran out), and gave them back."""
+        started = _compat.monotonic()
+        args: list[Any] = [owner.owner, ms(lease.ttl), owner.meta, flags]
+        results = await self._scripts("acquire", keys, args, "acquire")
+        granted = [
+            (m, int(r[1]), int(r[2]))
+            for m, r in zip(self._masters, results, strict=True)
+            if not isinstance(r, BackendError) and int(r[0]) == 1
+        ]
+        if len(granted) >= self._quorum:
+            token = max(t for _, t, _ in granted)
+            behind = [m for m, t, _ in granted if t < token]
+            at_token = len(granted) - len(behind)
+            if behind:
+                fence = [owner.owner, token]
+                raised = await self._scripts("raise_token", keys[:2], fence, "fence", behind)
+                at_token += sum(1 for r in raised if not isinstance(r, BackendError) and r == 1)
+            elapsed = _compat.monotonic() - started
+            if at_token >= self._quorum and validity(lease.ttl, elapsed, self._drift_factor) > 0:
+                if "q" in flags and len(granted) < len(self._masters):
+                    # The masters that did not grant queued us: leave, or our stale entry
+                    # would be first in line there and swallow every wake-up.
+                    mine = {id(m) for m, _, _ in granted}
+                    others = [m for m in self._masters if id(m) not in mine]
+                    leave = [owner.owner, self._flags(key) + "w"]
+                    await self._scripts("leave", keys[:3], leave, "leave", others)
+                acquired_at = from_us(max(at for _, _, at in granted))
+                return Grant(key, owner, token, lease, acquired_at), self._masters[0], 0, False
+        # Give back whatever we may hold (also where the reply was lost), waking the next
+        # waiter of each master we free.
+        maybe = [m for m, r in zip(self._masters, results, strict=True)
+                 if isinstance(r, BackendError) or int(r[0]) == 1]  # fmt: skip
+        if maybe:
+            give_back = [owner.owner, self._flags(key) + "w"]
+            await self._scripts("release", keys[:3], give_back, "give back", maybe)
+        answered = [
+            (m, r) for m, r in zip(self._masters, results, strict=True)
+            if not isinstance(r, BackendError)
+        ]  # fmt: skip
+        if len(answered) < self._quorum:
+            if "q" in flags:  # leave the queues we joined
+                leave = [owner.owner, self._flags(key) + "w"]
+                await self._scripts("leave", keys[:3], leave, "leave")
+            raise self._unavailable(results, "acquire")
+        home, reply = answered[0]
+        pttl = int(reply[2]) if int(reply[0]) == 0 else 0
+        return None, home, pttl, bool(granted)
+
+    async def release(self, grant: Grant) -> bool:
+        p = self._prefix(grant.key)
+        keys = [p + "holder", p + "token", p + "queue"]
+        retried = bool(grant.data == "release sent")
+        grant.data = "release sent"
+        args = [grant.owner.owner, self._flags(grant.key) + "w"]
+        results = await self._scripts("release", keys, args, "release")
+        released = sum(1 for r in results if not isinstance(r, BackendError) and r == 1)
+        if released >= self._quorum:
+            await self._publish(grant.key, 0)
+            return True
+        failed = sum(1 for r in results if isinstance(r, BackendError))
+        if failed and released + failed >= self._quorum:
+            raise self._unavailable(results, "release")  # retried; the retry counts as done
+        return retried
+
+    async def _count(self, script: str, keys: list[str], args: list[Any], what: str) -> bool:
+        results = await self._scripts(script, keys, args, what)
+        yes = sum(1 for r in results if not isinstance(r, BackendError) and r == 1)
+        if yes >= self._quorum:
+            return True
+        if len([r for r in results if not isinstance(r, BackendError)]) < self._quorum:
+            raise self._unavailable(results, what)
+        return False
+
+    async def check(self, grant: Grant) -> bool:
+        key = self._prefix(grant.key) + "holder"
+        return await self._count("check", [key], [grant.owner.owner], "check")
+
+    async def set_value(self, grant: Grant, value: str) -> bool:
+        key = self._prefix(grant.key) + "holder"
+        args = [grant.owner.owner, json.dumps(value), self._flags(grant.key)]
+        if not await self._count("set_value", [key], args, "set value"):
+            return False
+        await self._publish(grant.key, grant.token)
+        return True
+
+    # Inspection: the owner that a quorum of masters names.
+
+    async def _records(
+        self, key: str
+    ) -> list[tuple[dict[str, str], int, list[str]] | BackendError]:
+        p = self._prefix(key)
+
+        async def read(master: _Master) -> tuple[dict[str, str], int, list[str]]:
+            async with master.client.pipeline(transaction=True) as pipe:
+                pipe.hgetall(p + "holder")
+                pipe.pttl(p + "holder")
+                pipe.zrange(p + "queue", 0, -1)
+                record, pttl, queue = await pipe.execute()
+            return record, int(pttl), list(queue)
+
+        return await self._each(read, "holder")
+
+    def _quorum_holder(
+        self, key: str, results: Sequence[tuple[dict[str, str], int, list[str]] | BackendError]
+    ) -> Holder | None:
+        answers = [r for r in results if not isinstance(r, BackendError)]
+        if len(answers) < self._quorum:
+            raise self._unavailable(results, "holder")
+        by_owner: dict[str, list[tuple[dict[str, str], int]]] = {}
+        for record, pttl, _ in answers:
+            if record:
+                by_owner.setdefault(record["owner"], []).append((record, pttl))
+        for entries in by_owner.values():
+            if len(entries) >= self._quorum:
+                # The newest token; among its records, the value most masters have (a
+                # proclaim may not have reached a minority yet).
+                token = max(int(e[0]["token"]) for e in entries)
+                newest = [e[0] for e in entries if int(e[0]["token"]) == token]
+                values = Counter(r.get("value") for r in newest)
+                record = next(r for r in newest if r.get("value") == values.most_common(1)[0][0])
+                # Held until fewer than a quorum of masters still have it.
+                pttls = sorted((pttl for _, pttl in entries), reverse=True)
+                return holder_from_record(key, record, pttls[self._quorum - 1])
+        return None
+
+    async def holder(self, key: str) -> Holder | None:
+        return self._quorum_holder(key, await self._records(key))
+
+    async def contenders(self, key: str) -> list[Holder]:
+        results = await self._records(key)
+        found: list[Holder] = []
+        current = self._quorum_holder(key, results)
+        if current is not None:
+            found.append(current)
+        # Waiters in the order of the first master that answered (the home master).
+        for i, result in enumerate(results):
+            if isinstance(result, BackendError):
+                continue
+            queue = result[2]
+            master = self._masters[i]
+            p = self._prefix(key)
+            with master.errors("contenders"):
+                records = await master.client.mget([p + "w:" + o for o in queue]) if queue else []
+            for waiter, text in zip(queue, records, strict=True):
+                if text is None or (current is not None and waiter == current.owner):
+                    continue
+                meta = json.loads(cast(str, text).partition(" ")[2])
+                found.append(
+                    Holder(
+                        name=key.partition("/")[2],
+                        owner=waiter,
+                        host=meta["host"],
+                        pid=int(meta["pid"]),
+                        token=0,
+                        acquired_at=None,
+                        expires_in=None,
+                        value=meta.get("value"),
+                    )
+                )
+            break
+        return found
+
+    async def changes(self, key: str) -> AsyncIterator[None]:
+        """Pub/sub on the first master that answers (every master publishes each change)."""
+        channel = self._prefix(key) + "changes"
+        first = True
+        while True:
+            for master in self._masters:
+                pubsub = master.blocking().pubsub(ignore_subscribe_messages=True)
+                try:
+                    try:
+                        with master.errors("subscribe"):
+                            await pubsub.subscribe(channel)
+                    except BackendError:
+                        continue
+                    # (Re)subscribed: the holder may have changed meanwhile.
+                    yield
+                    first = False
+                    while True:
+                        with master.errors("observe"):
+                            message = await pubsub.get_message(timeout=MAX_BLOCK)
+                        if message is not None:
+                            yield
+                except BackendError:
+                    continue
+                finally:
+                    try:
+                        with master.errors("unsubscribe"):
+                            await pubsub.aclose()
+                    except BackendError:
+                        pass
+            if first:
+                raise BackendUnavailableError(
+                    f"redlock: no redis master answered ({self._url.redacted()})"
+                )
+            await _compat.sleep(self._retry_delay)
+
+    def forget_after_fork(self) -> None:
+        self._pool = None  # threads do not survive fork; redis-py reopens connections
+
+
+async def _read_by(conn: Any, deadline: float) -> Any:
+    """Read one reply from ``conn``, waiting no later than ``deadline`` (``monotonic()``)."""
+    remaining = max(0.0, deadline - _compat.monotonic())
+    # tenure: begin async-only
+    reply = await conn.read_response(timeout=max(remaining, 0.0005))
+    if reply is None:  # redis-py returns None when a read with an explicit timeout times out
+        raise redis_errors.TimeoutError("Timeout reading from socket")
+    return reply
+    # tenure: end async-only
+    # tenure: begin sync-only
+    # if not conn.can_read(timeout=remaining):
+    #     raise redis_errors.TimeoutError("Timeout reading from socket")
+    # return conn.read_response()
+    # tenure: end sync-only
+
+
+def _seconds(options: dict[str, str], name: str, default: float) -> float:
+    text = options.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number, got {text!r}") from None
+    if value <= 0:
+        raise ConfigurationError(f"{name} must be > 0, got {value}")
+    return value

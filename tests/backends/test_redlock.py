@@ -1,0 +1,279 @@
+"""Redlock on 5 independent masters: minority down or paused, majority down, a master restarted
+empty while the lock is held, lost replies from one master, fencing tokens across diverged
+counters."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+import tenure
+from tenure import NoRetry
+from tenure._async.backends.redlock import quorum, validity
+from tenure.errors import BackendUnavailableError, ConfigurationError
+from tests.contract.runners import Runner
+from tests.servers import RedisServer, TcpProxy, redlock_url, start_redis_masters
+
+pytestmark = pytest.mark.server("redis")
+
+
+def wait_for(condition: Any, timeout: float = 10.0) -> None:
+    Runner.wait_for(condition, timeout)
+
+
+@pytest.fixture
+def masters() -> Iterator[list[RedisServer]]:
+    """Five fresh masters (these tests kill, pause and restart them)."""
+    servers = start_redis_masters(5)
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            if server.paused:
+                server.resume()
+            server.close()
+
+
+@pytest.fixture
+def ns() -> str:
+    return "rl" + uuid.uuid4().hex[:10]
+
+
+def raw(server: RedisServer) -> redis.Redis:
+    return redis.Redis(host=server.host, port=server.port, decode_responses=True)
+
+
+def leftovers(servers: list[RedisServer], ns: str) -> dict[str, list[str]]:
+    """Keys of ``ns`` on each live master other than the permanent counters."""
+    found: dict[str, list[str]] = {}
+    for server in servers:
+        if not server.alive or server.paused:
+            continue
+        with raw(server) as r:
+            keys = [k for k in r.keys(f"{ns}:*") if not k.endswith((":token", ":seq"))]
+        if keys:
+            found[server.endpoint] = sorted(keys)
+    return found
+
+
+class FencedResource:
+    """Accepts a write only with a token above every token it has seen."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self.last = 0
+        self.accepted: list[int] = []
+        self.rejected: list[int] = []
+
+    def write(self, token: int) -> bool:
+        with self._guard:
+            if token <= self.last:
+                self.rejected.append(token)
+                return False
+            self.last = token
+            self.accepted.append(token)
+            return True
+
+
+def test_quorum_and_validity_arithmetic() -> None:
+    assert [quorum(n) for n in (3, 4, 5, 6, 7)] == [2, 3, 3, 4, 4]
+    assert validity(10.0, 0.5, 0.01) == pytest.approx(10.0 - 0.5 - 0.1 - 0.002)
+    assert validity(1.0, 1.0, 0.01) < 0
+
+
+def test_url_needs_three_masters_and_a_sane_ttl(masters: list[RedisServer]) -> None:
+    with pytest.raises(ConfigurationError, match="at least 3"):
+        tenure.connect("redlock://127.0.0.1:1,127.0.0.1:2")
+    url = redlock_url(masters) + "?node_timeout=0.4"
+    with tenure.connect(url) as client, pytest.raises(ConfigurationError, match="too short"):
+        client.lock("short", ttl=0.6).acquire()
+
+
+def test_minority_killed_and_paused_still_works_with_zero_overlaps(
+    masters: list[RedisServer], ns: str
+) -> None:
+    url = f"{redlock_url(masters)}?namespace={ns}"
+    masters[0].kill()
+    masters[1].pause()
+    resource = FencedResource()
+    inside = 0
+    overlaps = 0
+    guard = threading.Lock()
+
+    def work(client: tenure.Client) -> int:
+        nonlocal inside, overlaps
+        lock = client.lock("minority")
+        for _ in range(5):
+            with lock:
+                with guard:
+                    inside += 1
+                    overlaps += inside > 1
+                assert resource.write(lock.token)
+                with guard:
+                    inside -= 1
+        return 5
+
+    clients = [tenure.connect(url, ttl=5.0) for _ in range(3)]
+    try:
+        runner = Runner()
+        for client in clients:
+            runner.start(lambda client=client: work(client))
+        assert runner.join(120) == [5, 5, 5]
+    finally:
+        for client in clients:
+            client.close()
+    assert overlaps == 0
+    assert resource.rejected == []
+    assert len(resource.accepted) == 15
+    masters[1].resume()
+    assert leftovers(masters, ns) == {}
+
+
+def test_majority_down_fails_fast_and_leaves_nothing(masters: list[RedisServer], ns: str) -> None:
+    url = f"{redlock_url(masters)}?namespace={ns}"
+    with tenure.connect(url, retry=NoRetry()) as client:
+        lock = client.lock("majority")
+        assert lock.acquire(blocking=False)  # everything up: fine
+        lock.release()
+        for server in masters[:3]:
+            server.kill()
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailableError) as info:
+            lock.acquire(timeout=30)
+        elapsed = time.monotonic() - started
+        print(f"majority down: BackendUnavailableError after {elapsed:.3f} s")
+        assert elapsed < 2.0
+        assert "only 2 of 5" in str(info.value)
+        assert masters[0].endpoint in str(info.value)
+        assert not lock.held
+    assert leftovers(masters, ns) == {}
+    with pytest.raises(BackendUnavailableError, match="only 2 of 5"):
+        tenure.connect(url)
+
+
+def test_master_restarted_empty_while_held_fenced_resource_rejects_the_stale_holder(
+    masters: list[RedisServer], ns: str
+) -> None:
+    url = f"{redlock_url(masters)}?namespace={ns}"
+    resource = FencedResource()
+    with tenure.connect(url, ttl=3.0) as a, tenure.connect(url, ttl=3.0) as b:
+        # A holds masters 0, 1, 2 only (3 and 4 are paused meanwhile).
+        masters[3].pause()
+        masters[4].pause()
+        first = a.lock("restarted")
+        assert first.acquire(timeout=10)
+        masters[3].resume()
+        masters[4].resume()
+        # Master 2 restarts without persistence: A now holds only 0 and 1, no longer a quorum.
+        masters[2].restart()
+        second = b.lock("restarted")
+        assert second.acquire(timeout=10), "B could not take the quorum 2, 3, 4"
+        # Two clients believe they hold the lock; the fencing token settles it.
+        assert second.token > first.token
+        assert resource.write(second.token)
+        assert not resource.write(first.token), "the stale holder's write was accepted"
+        # And A learns at its next renewal that it lost the lock.
+        assert first.lost.wait(10)
+        second.release()
+
+
+def test_fencing_tokens_increase_across_holders_whose_quorums_diverge(
+    masters: list[RedisServer], ns: str
+) -> None:
+    """Counters on the masters differ; a grant takes the max of its quorum and raises the others
+    to it, so a later quorum that shares one master with it continues above it."""
+    url = f"{redlock_url(masters)}?namespace={ns}"
+    counter = f"{ns}:{{lock/fenced}}:token"
+    high = 10**15
+    for i, server in enumerate(masters):
+        with raw(server) as r:
+            r.set(counter, high if i == 0 else 1000)
+    with tenure.connect(url, ttl=2.0) as client:
+        lock = client.lock("fenced")
+        masters[3].pause()
+        masters[4].pause()
+        assert lock.acquire(timeout=10)  # quorum 0, 1, 2
+        first = lock.token
+        assert first == high + 1
+        for server in masters[1:3]:
+            with raw(server) as r:
+                assert int(r.get(counter)) == first, "the quorum was not raised to the token"
+        lock.release()
+        masters[3].resume()
+        masters[4].resume()
+        masters[0].pause()  # the master with the high counter is gone
+        assert lock.acquire(timeout=10)  # quorum among 1, 2, 3, 4
+        assert lock.token > first
+        lock.release()
+        masters[0].resume()
+    # The acquire sent to the paused master 0 runs when it resumes, after our release there
+    # timed out: an entry on a minority master that nobody holds; it expires after the TTL.
+    wait_for(lambda: leftovers(masters, ns) == {}, 2.0 + 5.0)
+
+
+def test_lost_replies_from_one_master(masters: list[RedisServer], ns: str) -> None:
+    proxy = TcpProxy(masters[0].host, masters[0].port)
+    try:
+        endpoints = [proxy.endpoint] + [m.endpoint for m in masters[1:]]
+        url = "redlock://" + ",".join(endpoints) + f"?namespace={ns}"
+        with tenure.connect(url) as a, tenure.connect(url) as b:
+            lock = a.lock("dropped")
+            proxy.drop_next_reply()  # master 0 grants, its reply is lost
+            assert lock.acquire(timeout=10)
+            holder = b.holder("dropped")
+            assert holder is not None
+            assert holder.token == lock.token
+            other = b.lock("dropped")
+            assert not other.acquire(blocking=False)
+            proxy.drop_next_reply()  # master 0 releases, its reply is lost
+            lock.release()
+            assert other.acquire(timeout=10)
+            assert other.token > lock_token_of(holder)
+            other.release()
+        proxy.heal()
+    finally:
+        proxy.close()
+    assert leftovers(masters, ns) == {}
+
+
+def lock_token_of(holder: tenure.Holder) -> int:
+    return holder.token
+
+
+def test_a_grant_leaves_the_queues_of_masters_that_did_not_grant(
+    masters: list[RedisServer], ns: str
+) -> None:
+    """Else its stale entry heads that master's queue and swallows every wake-up there."""
+    p = f"{ns}:{{lock/queued}}:"
+    with raw(masters[4]) as r:  # master 4 is held by someone else (a minority)
+        r.hset(p + "holder", mapping={"owner": "x" * 32, "token": 1, "meta": "{}", "at": 0})
+        r.pexpire(p + "holder", 60_000)
+    url = f"{redlock_url(masters)}?namespace={ns}"
+    with tenure.connect(url) as client:
+        lock = client.lock("queued")
+        assert lock.acquire(timeout=10)  # blocking: its attempt queues where not granted
+        with raw(masters[4]) as r:
+            assert r.zcard(p + "queue") == 0
+            assert r.keys(p + "w:*") == []
+        lock.release()
+    with raw(masters[4]) as r:
+        r.delete(p + "holder")
+    assert leftovers(masters, ns) == {}
+
+
+def test_bad_credentials_and_options(masters: list[RedisServer]) -> None:
+    hosts = ",".join(m.endpoint for m in masters)
+    with pytest.raises(ConfigurationError) as info:
+        tenure.connect(f"redlock://nobody:wrong-pw@{hosts}/0")
+    assert "wrong-pw" not in str(info.value)
+    assert "rejected the credentials" in str(info.value)
+    with pytest.raises(ConfigurationError, match="fanout"):
+        tenure.connect(f"redlock://{hosts}?fanout=threads")
+    with pytest.raises(ConfigurationError, match="rediss"):
+        tenure.connect(f"redlock://{hosts}?ssl_ca_certs=/x")
