@@ -49,7 +49,7 @@ from tenure.errors import TenureError
 from tests.faults import worker as w
 from tests.faults.history import Event, Fault, Report, check
 from tests.faults.resource import Store
-from tests.servers import ServerProcess, TcpProxy
+from tests.servers import RedisServer, ServerProcess, TcpProxy
 from tests.servers.zookeeper import ZooKeeperEnsemble
 
 SPAWN = multiprocessing.get_context("spawn")
