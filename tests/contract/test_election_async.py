@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from tenure import Holder, aio
+from tenure._async import _compat
 from tenure.errors import AcquireTimeoutError, NotLeaderError
 
 from .backends import Backend
@@ -149,6 +150,11 @@ async def test_stolen_leadership_sets_lost(aclients: Clients, backend: Backend) 
     assert await election.campaign()
     backend.steal("deposed", kind="election")
     assert await election.lost.wait(10 * backend.ttl)
+    # `lost` is set before the callbacks run (docs/semantics.md), maybe on another thread.
+    for _ in range(1000):  # bounded: 10 s
+        if called:
+            break
+        await _compat.sleep(0.01)
     assert called == [election]
     assert not election.is_leader
     with pytest.raises(NotLeaderError):
