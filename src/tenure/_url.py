@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .errors import ConfigurationError
 
-__all__ = ["DEFAULT_URL_ENV", "ParsedURL", "parse_url"]
+__all__ = ["DEFAULT_URL_ENV", "ParsedURL", "parse_url", "seconds_option"]
 
 DEFAULT_URL_ENV = "TENURE_URL"
 
@@ -109,3 +109,17 @@ def _parse_host(item: str, scheme: str) -> tuple[str, int | None]:
     if not 0 < port < 65536:
         raise ConfigurationError(f"port {port} out of range in host {item!r}")
     return host, port
+
+
+def seconds_option(options: dict[str, str], name: str, default: float) -> float:
+    """A driver's duration option (``?name=1.5``): a number of seconds > 0, else ``default``."""
+    text = options.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number of seconds, got {text!r}") from None
+    if value <= 0:
+        raise ConfigurationError(f"{name} must be > 0 seconds, got {value}")
+    return value

@@ -41,7 +41,7 @@ from ..._etcdpb import rpc_pb2 as pb
 from ..._etcdpb import rpc_pb2_grpc as pb_grpc
 from ..._names import OwnerInfo
 from ..._types import Capabilities, Holder, utcnow
-from ..._url import ParsedURL
+from ..._url import ParsedURL, seconds_option
 from ...errors import (
     BackendError,
     BackendTimeoutError,
@@ -130,7 +130,7 @@ class EtcdDriver:
         self._url = url
         self._addresses = [f"{h}:{p}" for h, p in url.hosts_with_default(2379)]
         self._namespace = namespace
-        self._request_timeout = _seconds(options, "request_timeout", 5.0)
+        self._request_timeout = seconds_option(options, "request_timeout", 5.0)
         self._credentials: Any = None
         tls_files = {name: options[name] for name in ("cacert", "cert", "key") if name in options}
         if url.scheme == "etcds":
@@ -746,16 +746,3 @@ def _read_file(option: str, path: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as exc:
         raise ConfigurationError(f"cannot read the {option} file {path!r}: {exc}") from exc
-
-
-def _seconds(options: dict[str, str], name: str, default: float) -> float:
-    text = options.get(name)
-    if text is None:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigurationError(f"{name} must be a number of seconds, got {text!r}") from None
-    if value <= 0:
-        raise ConfigurationError(f"{name} must be > 0 seconds, got {value}")
-    return value

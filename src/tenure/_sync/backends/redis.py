@@ -45,7 +45,7 @@ from redis.retry import Retry
 from ... import _redis_lua as lua
 from ..._names import OwnerInfo, new_owner_id
 from ..._types import Capabilities, Holder
-from ..._url import ParsedURL
+from ..._url import ParsedURL, seconds_option
 from ...errors import (
     BackendError,
     BackendTimeoutError,
@@ -98,7 +98,7 @@ class RedisDriver:
         self._address = f"{self._host}:{self._port}"
         self._url = url
         self._namespace = namespace
-        timeouts = {name: _seconds(options, name, 5.0) for name in _FLOAT_OPTIONS}
+        timeouts = {name: seconds_option(options, name, 5.0) for name in _FLOAT_OPTIONS}
         self._socket_timeout = timeouts["socket_timeout"]
         # Longest single BLPOP: it must end before the socket timeout does.
         self._max_block = max(0.05, self._socket_timeout - 0.5)
@@ -500,16 +500,3 @@ def _flag(options: dict[str, str], name: str) -> bool:
     if text in ("0", "false", "no", "off"):
         return False
     raise ConfigurationError(f"{name} must be true or false, got {text!r}")
-
-
-def _seconds(options: dict[str, str], name: str, default: float) -> float:
-    text = options.get(name)
-    if text is None:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigurationError(f"{name} must be a number of seconds, got {text!r}") from None
-    if value <= 0:
-        raise ConfigurationError(f"{name} must be > 0 seconds, got {value}")
-    return value

@@ -60,7 +60,7 @@ from redis.retry import Retry
 from ... import _redis_lua as lua
 from ..._names import OwnerInfo, new_owner_id
 from ..._types import Capabilities, Holder
-from ..._url import ParsedURL
+from ..._url import ParsedURL, seconds_option
 from ...errors import BackendError, BackendUnavailableError, ConfigurationError
 from .. import _compat
 from .base import Grant, Lease
@@ -164,9 +164,9 @@ class RedlockDriver:
             raise ConfigurationError(f"redis database must be a number, got {db_text!r}")
         self._url = url
         self._namespace = namespace
-        self._node_timeout = _seconds(options, "node_timeout", 0.1)
-        self._drift_factor = _seconds(options, "drift_factor", 0.01)
-        self._retry_delay = _seconds(options, "retry_delay", 0.2)
+        self._node_timeout = seconds_option(options, "node_timeout", 0.1)
+        self._drift_factor = seconds_option(options, "drift_factor", 0.01)
+        self._retry_delay = seconds_option(options, "retry_delay", 0.2)
         self._fanout = options.get("fanout", "pipelined")
         if self._fanout not in ("pipelined", "pool"):
             raise ConfigurationError(f"fanout must be 'pipelined' or 'pool', got {self._fanout!r}")
@@ -183,7 +183,7 @@ class RedlockDriver:
             username=url.username,
             password=url.password,
             socket_timeout=self._node_timeout,
-            socket_connect_timeout=_seconds(options, "connect_timeout", self._node_timeout),
+            socket_connect_timeout=seconds_option(options, "connect_timeout", self._node_timeout),
             retry=Retry(NoBackoff(), 0),  # a master that does not answer in time is a "no"
             decode_responses=True,
             **ssl,
@@ -616,16 +616,3 @@ def _read_by(conn: Any, deadline: float) -> Any:
     if not conn.can_read(timeout=remaining):
         raise redis_errors.TimeoutError("Timeout reading from socket")
     return conn.read_response()
-
-
-def _seconds(options: dict[str, str], name: str, default: float) -> float:
-    text = options.get(name)
-    if text is None:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigurationError(f"{name} must be a number, got {text!r}") from None
-    if value <= 0:
-        raise ConfigurationError(f"{name} must be > 0, got {value}")
-    return value

@@ -55,7 +55,7 @@ from kazoo.security import ACL, OPEN_ACL_UNSAFE, Id, Permissions
 
 from ..._names import OwnerInfo
 from ..._types import Capabilities, Holder, utcnow
-from ..._url import ParsedURL
+from ..._url import ParsedURL, seconds_option
 from ...errors import (
     BackendError,
     BackendTimeoutError,
@@ -163,7 +163,7 @@ class ZooKeeperDriver:
         if chroot and any(part in ("", ".", "..") for part in chroot[1:].split("/")):
             raise ConfigurationError(f"bad ZooKeeper chroot {url.path!r}")
         self._root = chroot + "/" + namespace
-        timeouts = {name: _seconds(options, name, 10.0) for name in _FLOAT_OPTIONS}
+        timeouts = {name: seconds_option(options, name, 10.0) for name in _FLOAT_OPTIONS}
         self._connect_timeout = timeouts["connect_timeout"]
         self._request_timeout = timeouts["request_timeout"]
         self._tls: dict[str, Any] = {}
@@ -757,19 +757,6 @@ def _stop_quietly(client: KazooClient) -> None:
         client.close()
     except Exception as exc:
         log.debug("tenure: closing a kazoo client: %s", exc)
-
-
-def _seconds(options: dict[str, str], name: str, default: float) -> float:
-    text = options.get(name)
-    if text is None:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigurationError(f"{name} must be a number of seconds, got {text!r}") from None
-    if value <= 0:
-        raise ConfigurationError(f"{name} must be > 0 seconds, got {value}")
-    return value
 
 
 def _boolean(options: dict[str, str], name: str) -> bool:
