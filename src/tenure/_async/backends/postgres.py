@@ -60,14 +60,13 @@ from ...errors import (
     ConfigurationError,
 )
 from .. import _compat
+from ..session import DRIFT  # the share of the TTL kept back for clock-rate differences
 from .base import Grant, Lease
 
 __all__ = ["PostgresDriver"]
 
 log = logging.getLogger("tenure")
 
-#: Part of the TTL kept back for clock-rate differences (as the session core does).
-DRIFT = 0.01
 _DEFAULT_SCHEMA = "tenure"
 _SCHEMA_LOCK = 0x74656E757265  # "tenure": serialises concurrent first-use schema creation
 _Conn = psycopg.AsyncConnection[Any]
@@ -86,8 +85,7 @@ class _Hold:
 class _Pool:
     """A session's connections: the primary one, those waiting or holding, spares."""
 
-    def __init__(self, ttl: float) -> None:
-        self.ttl = ttl
+    def __init__(self) -> None:
         self.primary: _Conn | None = None
         self.spares: list[_Conn] = []
         self.busy: set[_Conn] = set()  # waiting in a lock queue, or holding a waited-for lock
@@ -293,7 +291,7 @@ class PostgresDriver:
     # Leases: a set of dedicated connections, each ended by the server when silent for a TTL.
 
     async def grant_lease(self, ttl: float) -> Lease:
-        pool = _Pool(ttl)
+        pool = _Pool()
         pool.primary = await self._open(ttl)
         return Lease(id=new_owner_id()[:16], ttl=ttl, data=pool)
 
@@ -348,8 +346,12 @@ class PostgresDriver:
             "pid": owner.pid,
             "ttl": ttl,
             "value": json.dumps(owner.value),
-            "channel": self._channel(key) if key.startswith("election/") else "",
+            "channel": self._notify_channel(key),
         }
+
+    def _notify_channel(self, key: str) -> str:
+        """The channel grants and releases of ``key`` notify: only elections do (observe())."""
+        return self._channel(key) if key.startswith("election/") else ""
 
     def _channel(self, key: str) -> str:
         """The NOTIFY channel of ``key`` (only elections notify, for observe())."""
@@ -476,10 +478,7 @@ class PostgresDriver:
             # Its server session ended (or is ending), which frees its locks: released if that
             # happened under our first attempt, lost before it otherwise.
             return retried
-        args = {
-            "k": self._lock_key(grant.key),
-            "channel": self._args(grant.key, grant.owner, 0)["channel"],
-        }
+        args = {"k": self._lock_key(grant.key), "channel": self._notify_channel(grant.key)}
         with self._errors("release"):
             row = await (await hold.conn.execute(self._sql.release, args)).fetchone()
         if hold.conn is not pool.primary and hold.conn in pool.busy:
