@@ -16,6 +16,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -610,10 +611,16 @@ def test_elect_with_three_processes_hands_the_child_over(url: str, tmp_path: Pat
     try:
         for round_ in range(3):
             wait_for(lambda n=round_ + 1: len(records()) == n, f"leader number {round_ + 1}")
-            status = json.loads(tenure_cli("status", "trio", "--election", "--url", url,
-                                           "--json").stdout)  # fmt: skip
-            leader = status["holder"]["value"]
-            assert len(status["waiters"]) == 2 - round_
+
+            def status() -> dict[str, Any]:
+                return dict(json.loads(tenure_cli("status", "trio", "--election", "--url", url,
+                                                  "--json").stdout))  # fmt: skip
+
+            # The standbys start concurrently with the leader: wait until they have queued.
+            wait_for(lambda n=2 - round_: len(status()["waiters"]) == n, "the standbys to queue")
+            current = status()
+            leader = current["holder"]["value"]
+            assert len(current["waiters"]) == 2 - round_
             old_cmd = records()[-1][1]
             procs[leader].kill()  # SIGKILL tenure: its CMD dies with it, a standby takes over
             procs[leader].communicate(timeout=TIMEOUT)
