@@ -338,12 +338,22 @@ def test_one_keep_alive_renews_the_session_however_many_locks(
         locks = [session.lock(f"many/{i}") for i in range(300)]
         for lock in locks:
             assert lock.acquire(blocking=False)
-        keep_alives = metric(node, "grpc_server_msg_received_total", "LeaseKeepAlive")
-        txns = metric(node, "grpc_server_handled_total", "Txn")
+        def counts() -> list[float]:
+            return [
+                metric(node, "grpc_server_msg_received_total", "LeaseKeepAlive"),
+                metric(node, "grpc_server_started_total", "LeaseKeepAlive"),
+                metric(node, "grpc_server_handled_total", "LeaseTimeToLive"),
+                metric(node, "grpc_server_handled_total", "Txn"),
+                metric(node, "grpc_server_handled_total", "Range"),
+            ]
+
+        before = counts()
         assert session._renew()
-        # One keep-alive for the lease; one Txn reads up to 128 of our keys (etcd's Txn limit).
-        assert metric(node, "grpc_server_msg_received_total", "LeaseKeepAlive") - keep_alives == 1
-        assert metric(node, "grpc_server_handled_total", "Txn") - txns == 3
+        assert session._renew()
+        # Per renewal: one keep-alive on the one long-lived stream (opened by the first), and
+        # one LeaseTimeToLive listing the lease's keys; nothing per lock.
+        after = counts()
+        assert [b - a for a, b in zip(before, after, strict=True)] == [2, 1, 2, 0, 0]
         assert all(lock.held for lock in locks)
         session.close()
 
@@ -372,10 +382,11 @@ def test_release_wakes_one_waiter_in_order_and_waiters_do_not_poll(
             wait_for(lambda n=i + 2: len(clients[0].contenders("herd")) == n)
 
         def requests() -> int:
+            # Unary calls and streams started, and messages on the shared watch stream.
             return sum(
                 metric(node, "grpc_server_started_total", method)
                 for method in ("Txn", "Range", "Watch")
-            )
+            ) + metric(node, "grpc_server_msg_received_total", "Watch")
 
         quiet = requests()
         time.sleep(1.0)  # a measurement window, not a wait for a condition

@@ -273,15 +273,28 @@ class _Run:
             delay = min(delay * 2, 0.005)
         return True
 
-    def find(self, phases: set[int], timeout: float, exclude: int = -1) -> int | None:
-        """A live slot in one of ``phases`` (polled), or None after ``timeout``."""
+    def find(
+        self, phases: set[int], timeout: float, exclude: int = -1, *, in_live_session: bool = False
+    ) -> int | None:
+        """A live slot in one of ``phases`` (polled), or None after ``timeout``.
+
+        ``in_live_session``: only a slot whose current session is not lost yet (a worker
+        replaces a session only once it is lost, so sessions 1..n-1 are lost and session n
+        is live while fewer than n losses were counted; within one incarnation of a worker,
+        so for faults that do not restart workers).
+        """
         found: list[int] = []
 
         def look() -> bool:
             for s in range(self.slots.count):
-                if s != exclude and self.slots.get(s, w.PHASE) in phases:
-                    found.append(s)
-                    return True
+                if s == exclude or self.slots.get(s, w.PHASE) not in phases:
+                    continue
+                if in_live_session and self.slots.get(s, w.SESSION_LOST) >= self.slots.get(
+                    s, w.SESSION
+                ):
+                    continue
+                found.append(s)
+                return True
             return False
 
         return found[0] if self.wait(look, timeout) else None
@@ -460,8 +473,12 @@ class _Run:
 
     def fault_cut_off_waiter(self) -> bool:
         holder = self.find({w.READ}, self.cfg.fault_timeout)
+        # A waiter still queued in a session lost to an earlier injection has nothing to lose.
         slot = self.find(
-            {w.ACQUIRING}, self.cfg.fault_timeout, exclude=-1 if holder is None else holder
+            {w.ACQUIRING},
+            self.cfg.fault_timeout,
+            exclude=-1 if holder is None else holder,
+            in_live_session=True,
         )
         if slot is None:
             return False

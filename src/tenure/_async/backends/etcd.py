@@ -4,15 +4,17 @@ Stubs are generated from etcd's protos (``tenure._etcdpb``, ``scripts/gen-etcd-p
 same stubs serve ``grpc`` (sync) and ``grpc.aio`` (asyncio).
 
 - **Session** = one etcd lease (``LeaseGrant``, TTL in whole seconds, rounded up). Renewal is one
-  ``LeaseKeepAlive`` request (plus, when locks are held, one ``Txn`` that reads our keys, so a
-  deleted entry is noticed); etcd answers TTL 0 for a lease it no longer has.
+  request on the member's long-lived ``LeaseKeepAlive`` stream (plus, when locks are held, one
+  ``LeaseTimeToLive`` listing the lease's keys, sent alongside, so a deleted entry is noticed);
+  etcd answers TTL 0 for a lease it no longer has.
 - **Lock keys** are ``<ns>/<kind>/<name>//<lease-id-hex>`` (``//`` cannot occur in a name, so
   the prefix of ``a`` never covers the keys of ``a/b``), attached to the lease, with the owner's
   metadata (JSON) as the value. The queue is the keys under the prefix in create-revision order.
 - **Acquire** is one ``Txn``: create my key if absent (else read it), and read the oldest key.
   If mine is the oldest, the lock is held and the **fencing token is my key's create revision**.
-  Otherwise I watch only the newest key older than mine (and my own key) for a delete, from the
-  revision I read at, then look again: a release wakes exactly one waiter. A waiter whose key
+  Otherwise I watch only the newest key older than mine (and my own key) for a delete, then
+  look again: a release wakes exactly one waiter. All waiters of a driver share one long-lived
+  ``Watch`` stream per member (watch ids of our choosing route the replies). A waiter whose key
   vanished because its lease expired fails (``LockLostError``), never succeeds.
 - **Release** deletes my key only if its create revision is still my token, so a retried
   release after a lost reply cannot delete a newer entry. Try-once, a passed deadline and
@@ -30,10 +32,14 @@ import contextlib
 import datetime as dt
 import json
 import math
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+# tenure: begin sync-only
+# import queue
+# tenure: end sync-only
 import grpc
 
 from ..._etcdpb import kv_pb2
@@ -55,14 +61,13 @@ from .base import Grant, Lease, LeaseExpired
 __all__ = ["EtcdDriver"]
 
 T = TypeVar("T")
+S = TypeVar("S", bound="_Stream")
 Metadata = tuple[tuple[str, str], ...] | None
 
 #: Keys whose constant acquire-Txn parts are kept built.
 _OPS_CACHE = 1024
 #: Retired channels kept open (their calls finish) before the oldest is closed.
 _KEEP_RETIRED = 4
-#: etcd refuses more operations than this in one Txn (its --max-txn-ops default).
-MAX_TXN_OPS = 128
 _OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     # A channel of its own connection: after a reset, a new channel must not reuse the old,
@@ -99,10 +104,234 @@ _UNKNOWN = object()  # the predecessor is to be looked up
 _GONE = object()  # my own key is gone
 
 
-class _Endpoint:
-    """One member's channel and stubs."""
+class _StreamError(grpc.RpcError):  # type: ignore[misc]  # grpc has no type hints
+    """A long-lived stream's failure, as seen by a call waiting on it (see ``EtcdDriver._call``).
 
-    __slots__ = ("address", "auth", "channel", "kv", "lease", "watch")
+    ``broken``: the stream, not the server, is at fault (closed by us, or ended by the server
+    without a status): the call is retried on a new connection.
+    """
+
+    def __init__(self, code: grpc.StatusCode, details: str, *, broken: bool = False) -> None:
+        super().__init__(details)
+        self._code = code
+        self._details = details
+        self.broken = broken
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def _stream_error(exc: grpc.RpcError) -> _StreamError:
+    return _StreamError(exc.code(), exc.details() or "", broken=_connection_broken(exc))
+
+
+class _Stream:
+    """One long-lived bidirectional gRPC stream: callers queue requests, a worker reads replies.
+
+    Subclasses route each reply to the callers waiting for it (``_on_reply``). When the stream
+    ends (an error, the server closing it, or :meth:`close`), ``error`` is set, every waiting
+    caller is failed with it (``_fail``), and the stream is never used again: the next caller
+    opens a new one. ``metadata`` is what the stream was opened with (an auth token).
+    """
+
+    def __init__(self, endpoint: _Endpoint, metadata: Metadata) -> None:
+        self.metadata = metadata
+        self.error: _StreamError | None = None
+        self._state = _compat.StateLock()
+        self._requests: asyncio.Queue[Any] = asyncio.Queue()  # tenure: async-only
+        # tenure: sync self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._call = self._open(endpoint, self._outgoing(), metadata)
+        self._worker = _compat.spawn(self._read, f"tenure-etcd-{type(self).__name__}")
+
+    async def _outgoing(self) -> AsyncIterator[Any]:
+        while True:
+            request = await self._requests.get()
+            if request is None:
+                return
+            yield request
+
+    def _send(self, request: Any) -> None:
+        """Queue ``request`` (caller holds ``_state`` and has checked ``error``)."""
+        self._requests.put_nowait(request)
+
+    async def _read(self) -> None:
+        error = _StreamError(grpc.StatusCode.UNAVAILABLE, "the stream ended", broken=True)
+        try:
+            async for reply in self._call:
+                with self._state:
+                    self._on_reply(reply)
+        except grpc.RpcError as exc:
+            error = _stream_error(exc)
+        except asyncio.CancelledError:  # tenure: async-only
+            pass  # tenure: async-only
+        self._end(error)
+
+    def _end(self, error: _StreamError) -> None:
+        with self._state:
+            if self.error is not None:
+                return
+            self.error = error
+            self._requests.put_nowait(None)
+            self._fail(error)
+        self._call.cancel()
+
+    async def close(self) -> None:
+        self._end(_StreamError(grpc.StatusCode.CANCELLED, "the stream was closed", broken=True))
+        await self._worker.join(1.0)
+
+    def _open(self, endpoint: _Endpoint, requests: Any, metadata: Metadata) -> Any:
+        raise NotImplementedError
+
+    def _on_reply(self, reply: Any) -> None:
+        raise NotImplementedError
+
+    def _fail(self, error: _StreamError) -> None:
+        raise NotImplementedError
+
+
+class _Watch:
+    """Watches on a few keys (one watch id each), as one waiter sees them."""
+
+    __slots__ = ("created", "error", "fired", "ids", "revision", "unconfirmed")
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+        self.unconfirmed = len(ids)
+        self.revision = 0  # the largest revision a watch was created at
+        self.created = _compat.Event()  # every watch is in place
+        self.fired = _compat.Event()  # a watched key was deleted, a watch cancelled, or an error
+        self.error: _StreamError | None = None
+
+
+class _Watches(_Stream):
+    """A member's one Watch stream, shared by every waiter of the driver.
+
+    A waiter's watches get ids of our choosing (etcd >= 3.4 takes them), so every reply is
+    routed without waiting for the creations before it; stopping a watch sends its cancel and
+    forgets it without waiting for the reply.
+    """
+
+    def __init__(self, endpoint: _Endpoint, metadata: Metadata) -> None:
+        self._next_id = 1
+        self._watching: dict[int, _Watch] = {}
+        super().__init__(endpoint, metadata)
+
+    def _open(self, endpoint: _Endpoint, requests: Any, metadata: Metadata) -> Any:
+        return endpoint.watch.Watch(requests, metadata=metadata)
+
+    def start(self, keys: Sequence[bytes]) -> _Watch:
+        """Watch ``keys`` for a delete, from the revision at which each watch is created."""
+        with self._state:
+            if self.error is not None:
+                raise self.error
+            watch = _Watch(list(range(self._next_id, self._next_id + len(keys))))
+            self._next_id += len(keys)
+            for watch_id, key in zip(watch.ids, keys, strict=True):
+                self._watching[watch_id] = watch
+                self._send(
+                    pb.WatchRequest(
+                        create_request=pb.WatchCreateRequest(
+                            key=key, filters=[pb.WatchCreateRequest.NOPUT], watch_id=watch_id
+                        )
+                    )
+                )
+            return watch
+
+    def stop(self, watch: _Watch) -> None:
+        with self._state:
+            for watch_id in watch.ids:
+                if self._watching.pop(watch_id, None) is not None and self.error is None:
+                    self._send(
+                        pb.WatchRequest(cancel_request=pb.WatchCancelRequest(watch_id=watch_id))
+                    )
+
+    def _on_reply(self, reply: Any) -> None:
+        watch = self._watching.get(reply.watch_id)
+        if watch is None:
+            if reply.created and reply.canceled and reply.watch_id < 0:
+                # etcd could not create a watch and did not say which: end the stream.
+                self._end(_StreamError(grpc.StatusCode.UNKNOWN, reply.cancel_reason, broken=True))
+            return  # a watch we stopped
+        if reply.created:
+            watch.revision = max(watch.revision, reply.header.revision)
+            watch.unconfirmed -= 1
+            if not watch.unconfirmed:
+                watch.created.set()
+        if reply.canceled:
+            if reply.cancel_reason:
+                watch.error = _cancelled(reply.cancel_reason)
+            watch.created.set()
+            watch.fired.set()
+        elif reply.events:
+            watch.fired.set()
+
+    def _fail(self, error: _StreamError) -> None:
+        for watch in self._watching.values():
+            watch.error = error
+            watch.created.set()
+            watch.fired.set()
+        self._watching.clear()
+
+
+class _Renewal:
+    """One keep-alive request awaiting its reply."""
+
+    __slots__ = ("done", "error", "ttl")
+
+    def __init__(self) -> None:
+        self.done = _compat.Event()
+        self.ttl = 0
+        self.error: _StreamError | None = None
+
+
+class _KeepAlives(_Stream):
+    """A member's one LeaseKeepAlive stream, shared by every lease of the driver.
+
+    etcd answers a stream's keep-alives in order, so a reply belongs to the oldest request for
+    its lease still unanswered (one whose caller gave up stays queued until its reply comes).
+    """
+
+    def __init__(self, endpoint: _Endpoint, metadata: Metadata) -> None:
+        self._waiting: dict[int, deque[_Renewal]] = {}
+        super().__init__(endpoint, metadata)
+
+    def _open(self, endpoint: _Endpoint, requests: Any, metadata: Metadata) -> Any:
+        return endpoint.lease.LeaseKeepAlive(requests, metadata=metadata)
+
+    def send(self, lease_id: int) -> _Renewal:
+        with self._state:
+            if self.error is not None:
+                raise self.error
+            renewal = _Renewal()
+            self._waiting.setdefault(lease_id, deque()).append(renewal)
+            self._send(pb.LeaseKeepAliveRequest(ID=lease_id))
+            return renewal
+
+    def _on_reply(self, reply: Any) -> None:
+        waiting = self._waiting.get(reply.ID)
+        if not waiting:
+            return
+        renewal = waiting.popleft()
+        if not waiting:
+            del self._waiting[reply.ID]
+        renewal.ttl = reply.TTL
+        renewal.done.set()
+
+    def _fail(self, error: _StreamError) -> None:
+        for waiting in self._waiting.values():
+            for renewal in waiting:
+                renewal.error = error
+                renewal.done.set()
+        self._waiting.clear()
+
+
+class _Endpoint:
+    """One member's channel, stubs and long-lived streams."""
+
+    __slots__ = ("_state", "_streams", "address", "auth", "channel", "kv", "lease", "watch")
 
     def __init__(self, address: str, channel: Any) -> None:
         self.address = address
@@ -111,6 +340,28 @@ class _Endpoint:
         self.lease = pb_grpc.LeaseStub(channel)
         self.watch = pb_grpc.WatchStub(channel)
         self.auth = pb_grpc.AuthStub(channel)
+        self._streams: dict[type[_Stream], _Stream] = {}
+        self._state = _compat.StateLock()
+
+    async def stream(self, kind: type[S], metadata: Metadata) -> S:
+        """This member's stream of ``kind``: opened (again) if there is none, it ended, or it
+        was opened with another token than the one now in use."""
+        stale = None
+        with self._state:
+            stream = self._streams.get(kind)
+            if stream is None or stream.error is not None or stream.metadata != metadata:
+                stale, stream = stream, kind(self, metadata)
+                self._streams[kind] = stream
+        if stale is not None:
+            await stale.close()
+        assert isinstance(stream, kind)
+        return stream
+
+    async def close_streams(self) -> None:
+        with self._state:
+            streams, self._streams = list(self._streams.values()), {}
+        for stream in streams:
+            await stream.close()
 
 
 class EtcdDriver:
@@ -182,8 +433,9 @@ class EtcdDriver:
     async def _reset(self, endpoint: _Endpoint) -> None:
         """Give up on ``endpoint``'s connection (broken or silent): the next call reconnects.
 
-        Its channel is closed only after a few more resets, so that calls still running on it
-        (a waiter's watch) end on their own deadline rather than being cut off at once.
+        Its streams are closed at once (their callers retry on a new connection); its channel
+        only after a few more resets, so that unary calls still running on it end on their own
+        deadline rather than being cut off.
         """
         with self._state:
             if self._endpoints.get(endpoint.address) is not endpoint:
@@ -192,6 +444,8 @@ class EtcdDriver:
             self._retired.append(endpoint.channel)
             old = self._retired[:-_KEEP_RETIRED] if len(self._retired) > _KEEP_RETIRED else []
             del self._retired[: len(old)]
+        # The shared streams end now: their callers retry on the new connection.
+        await endpoint.close_streams()
         for channel in old:
             await channel.close()
 
@@ -293,8 +547,11 @@ class EtcdDriver:
 
     async def close(self) -> None:
         with self._state:
-            channels = [e.channel for e in self._endpoints.values()] + self._retired
+            endpoints = list(self._endpoints.values())
+            channels = [e.channel for e in endpoints] + self._retired
             self._endpoints, self._retired = {}, []
+        for endpoint in endpoints:
+            await endpoint.close_streams()
         for channel in channels:
             await channel.close()
 
@@ -328,35 +585,33 @@ class EtcdDriver:
     async def renew_lease(
         self, lease: Lease, grants: Sequence[Grant], timeout: float
     ) -> Sequence[Grant]:
-        request = pb.LeaseKeepAliveRequest(ID=lease.data)
+        """One keep-alive on the member's keep-alive stream; with locks held, one
+        ``LeaseTimeToLive`` listing the lease's keys runs alongside it (a key deleted behind our
+        back is reported gone). However many locks: one round trip, at most two requests."""
 
-        async def call(endpoint: _Endpoint, metadata: Metadata) -> Any:
-            stream = endpoint.lease.LeaseKeepAlive(
-                iter([request]), timeout=timeout, metadata=metadata
-            )
-            try:
-                async for reply in stream:
-                    return reply
-                return None
-            finally:
-                stream.cancel()
+        async def call(endpoint: _Endpoint, metadata: Metadata) -> tuple[int, set[bytes] | None]:
+            keep_alives = await endpoint.stream(_KeepAlives, metadata)
+            renewal = keep_alives.send(lease.data)
+            keys = None
+            if grants:
+                reply = await endpoint.lease.LeaseTimeToLive(
+                    pb.LeaseTimeToLiveRequest(ID=lease.data, keys=True),
+                    timeout=timeout,
+                    metadata=metadata,
+                )
+                keys = set(reply.keys)
+            if not await renewal.done.wait(timeout):
+                raise _StreamError(grpc.StatusCode.DEADLINE_EXCEEDED, "no keep-alive reply")
+            if renewal.error is not None:
+                raise renewal.error
+            return renewal.ttl, keys
 
-        reply = await self._call("renew", call)
-        if reply is None or reply.TTL <= 0:
+        ttl, keys = await self._call("renew", call)
+        if ttl <= 0:
             raise LeaseExpired(f"etcd has no lease {lease.id}")
-        gone: list[Grant] = []
-        for start in range(0, len(grants), MAX_TXN_OPS):
-            chunk = grants[start : start + MAX_TXN_OPS]
-            ops = [
-                pb.RequestOp(request_range=pb.RangeRequest(key=_entry(grant).key, keys_only=True))
-                for grant in chunk
-            ]
-            found = await self._txn("renew", [], ops)
-            for grant, response in zip(chunk, found.responses, strict=True):
-                kvs = response.response_range.kvs
-                if not kvs or kvs[0].create_revision != grant.token:
-                    gone.append(grant)
-        return gone
+        if keys is None:
+            return []
+        return [grant for grant in grants if _entry(grant).key not in keys]
 
     async def revoke_lease(self, lease: Lease) -> None:
         async def call(endpoint: _Endpoint, metadata: Metadata) -> Any:
@@ -505,40 +760,37 @@ class EtcdDriver:
     async def _wait_for_delete(self, older: _Older, me: bytes, mine: int, timeout: float) -> None:
         """Return once ``older`` or my own key may be gone, or at ``timeout``.
 
-        The watches start at the server's current revision (a watch from an older revision is
-        served by etcd's catch-up loop, up to 100 ms late). If anything was written since
-        ``older`` was read, one Txn checks that both keys are still there before waiting.
+        The watches go on the member's shared watch stream and start at the server's current
+        revision (a watch from an older revision is served by etcd's catch-up loop, up to
+        100 ms late). If anything was written since ``older`` was read, one Txn checks that
+        both keys are still there before waiting.
         """
-        requests = [
-            pb.WatchRequest(
-                create_request=pb.WatchCreateRequest(key=key, filters=[pb.WatchCreateRequest.NOPUT])
-            )
-            for key in (older.key, me)
-        ]
+        until = _compat.monotonic() + timeout
         both_there = pb.TxnRequest(
             compare=[_created_at(older.key, older.revision), _created_at(me, mine)]
         )
 
         async def call(endpoint: _Endpoint, metadata: Metadata) -> None:
-            stream = endpoint.watch.Watch(iter(requests), timeout=timeout, metadata=metadata)
-            created = 0
+            watches = await endpoint.stream(_Watches, metadata)
+            watch = watches.start((older.key, me))
             try:
-                async for reply in stream:
-                    if reply.events or reply.canceled:
-                        return
-                    if reply.created:
-                        created += 1
-                        if created == len(requests) and reply.header.revision > older.read_at:
-                            check = await endpoint.kv.Txn(
-                                both_there, timeout=self._request_timeout, metadata=metadata
-                            )
-                            if not check.succeeded:
-                                return
-            except grpc.RpcError as exc:
-                if not _deadline_exceeded(exc):
-                    raise
+                created_by = min(until, _compat.monotonic() + self._request_timeout)
+                if not await watch.created.wait(created_by - _compat.monotonic()):
+                    if created_by < until:
+                        raise _StreamError(grpc.StatusCode.DEADLINE_EXCEEDED, "no watch created")
+                    return
+                if watch.error is None and not watch.fired.is_set():
+                    if watch.revision > older.read_at:
+                        check = await endpoint.kv.Txn(
+                            both_there, timeout=self._request_timeout, metadata=metadata
+                        )
+                        if not check.succeeded:
+                            return
+                    await watch.fired.wait(until - _compat.monotonic())
+                if watch.error is not None:
+                    raise watch.error
             finally:
-                stream.cancel()
+                watches.stop(watch)
 
         await self._call("wait", call)
 
@@ -735,12 +987,22 @@ def _deadline_exceeded(exc: grpc.RpcError) -> bool:
 
 def _connection_broken(exc: grpc.RpcError) -> bool:
     """The connection is unusable though still open (e.g. frames lost: etcd resets streams)."""
+    if isinstance(exc, _StreamError) and exc.broken:
+        return True
     code, details = exc.code(), exc.details() or ""
     if code == grpc.StatusCode.CANCELLED:
         return "Channel closed" in details  # a call on a channel we retired
     return code == grpc.StatusCode.INTERNAL and (
         "RST_STREAM" in details or "Stream removed" in details
     )
+
+
+def _cancelled(reason: str) -> _StreamError:
+    """The error of a watch etcd cancelled with a reason (a permission, an expired token)."""
+    code = grpc.StatusCode.UNKNOWN
+    if "permission denied" in reason:
+        code = grpc.StatusCode.PERMISSION_DENIED
+    return _StreamError(code, reason)
 
 
 def _token_expired(exc: grpc.RpcError) -> bool:
