@@ -338,6 +338,7 @@ def test_one_keep_alive_renews_the_session_however_many_locks(
         locks = [session.lock(f"many/{i}") for i in range(300)]
         for lock in locks:
             assert lock.acquire(blocking=False)
+
         def counts() -> list[float]:
             return [
                 metric(node, "grpc_server_msg_received_total", "LeaseKeepAlive"),
