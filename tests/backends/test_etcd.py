@@ -252,6 +252,44 @@ def test_waiter_whose_session_expires_while_queued_fails(
         proxy.close()
 
 
+def test_queued_waiter_fails_as_soon_as_its_session_is_lost(
+    etcd_server: EtcdCluster, kv: Any, ns: str
+) -> None:
+    stub, _ = kv
+    proxy = TcpProxy(etcd_server.nodes[0].host, etcd_server.nodes[0].port)
+    try:
+        # Calls to a silent etcd wait 30 s: the waiter must learn of the loss from its session.
+        query = f"?namespace={ns}&request_timeout=30"
+        with (
+            tenure.connect(etcd_server.url + query) as direct,
+            tenure.connect(proxy.url_for("etcd") + query) as queued,
+        ):
+            holder = direct.lock("q")
+            assert holder.acquire()
+            session = queued.session(ttl=2)
+            waiter = session.lock("q")
+            runner = Runner()
+
+            def wait() -> object:
+                try:
+                    return waiter.acquire(timeout=60)
+                except (LockLostError, BackendError) as exc:
+                    return exc
+
+            runner.start(wait)
+            wait_for(lambda: len(keys_under(stub, f"{ns}/lock/q//")) == 2)
+            proxy.blackhole()
+            assert session.lost.wait(10), "the waiter's session was not lost"
+            # Still cut off from etcd: the acquire ends now, well before any call could.
+            (outcome,) = runner.join(10)
+            assert isinstance(outcome, LockLostError), outcome
+            assert not waiter.held
+            proxy.heal()
+            holder.release()
+    finally:
+        proxy.close()
+
+
 # -- configuration and errors ------------------------------------------------------------------
 
 
@@ -398,6 +436,76 @@ def test_release_wakes_one_waiter_in_order_and_waiters_do_not_poll(
     finally:
         for client in clients:
             client.close()
+
+
+def test_waiters_of_a_client_share_one_watch_stream(etcd_server: EtcdCluster, ns: str) -> None:
+    node = etcd_server.nodes[0]
+    url = f"{etcd_server.url}?namespace={ns}"
+    with tenure.connect(url) as direct, tenure.connect(url) as shared:
+        holder = direct.lock("shared")
+        assert holder.acquire()
+        streams = metric(node, "grpc_server_started_total", "Watch")
+        messages = metric(node, "grpc_server_msg_received_total", "Watch")
+        runner = Runner()
+        sessions = [shared.session(ttl=30) for _ in range(4)]
+        for i, session in enumerate(sessions):
+            lock = session.lock("shared")
+
+            def wait(lock: tenure.Lock = lock) -> bool:
+                got = lock.acquire(timeout=30)
+                lock.release()
+                return got
+
+            runner.start(wait)
+            wait_for(lambda n=i + 2: len(direct.contenders("shared")) == n)
+        # Four waiters (four leases, one client): one stream, two watch creations each.
+        wait_for(lambda: metric(node, "grpc_server_msg_received_total", "Watch") - messages == 8)
+        assert metric(node, "grpc_server_started_total", "Watch") - streams == 1
+        holder.release()
+        assert runner.join(60) == [True] * 4
+        for session in sessions:
+            session.close()
+
+
+def test_waiters_go_on_when_their_shared_stream_breaks(etcd_server: EtcdCluster, ns: str) -> None:
+    node = etcd_server.nodes[0]
+    proxy = TcpProxy(node.host, node.port)
+    try:
+        query = f"?namespace={ns}"
+        with (
+            tenure.connect(etcd_server.url + query) as direct,
+            tenure.connect(proxy.url_for("etcd") + query) as cut,
+        ):
+            holder = direct.lock("broken")
+            assert holder.acquire()
+            runner = Runner()
+            sessions = [cut.session(ttl=30) for _ in range(2)]
+            for i, session in enumerate(sessions):
+                lock = session.lock("broken")
+
+                def wait(lock: tenure.Lock = lock) -> int:
+                    # A waiter that missed its wake-up would look again only after the TTL
+                    # (30 s), past this timeout.
+                    assert lock.acquire(timeout=20)
+                    token = lock.token
+                    lock.release()
+                    return token
+
+                runner.start(wait)
+                wait_for(lambda n=i + 2: len(direct.contenders("broken")) == n)
+            proxy.sever()  # every connection of the waiters' client, streams included
+            # They queue again on a new connection, keeping their entries (same tokens).
+            wait_for(lambda: proxy.connections >= 1)
+            holder.release()
+            tokens = runner.join(60)
+            assert tokens == sorted(tokens), "a waiter lost its place in the queue"
+            assert len(set(tokens)) == 2
+            assert direct.contenders("broken") == []
+            for session in sessions:
+                assert not session.lost.is_set()
+                session.close()
+    finally:
+        proxy.close()
 
 
 def test_retried_release_never_deletes_a_newer_entry(etcd_server: EtcdCluster, ns: str) -> None:

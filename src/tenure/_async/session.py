@@ -133,6 +133,8 @@ class AsyncSession:
         self._closed.set()
         if self._alarm is not None:
             self._alarm.cancel()
+        if self._lease is not None:
+            self._lease.end()
         with self._state:
             held = list(self._held.items())
             self._held.clear()
@@ -199,9 +201,16 @@ class AsyncSession:
         """Ask the driver for ``key``, retrying transient errors until ``deadline``."""
         lease = self._lease
         assert lease is not None
-        grant = await self._retrying(
-            lambda: self._driver.acquire(lease, key, owner, deadline), deadline=deadline
-        )
+
+        async def attempt() -> Grant | None:
+            if self.lost.is_set():  # lost between two attempts: no more round trips
+                raise LockLostError(
+                    f"the session ended while waiting for {key!r}: {self._lost_reason}",
+                    name=key.partition("/")[2],
+                )
+            return await self._driver.acquire(lease, key, owner, deadline)
+
+        grant = await self._retrying(attempt, deadline=deadline)
         if grant is not None and self.lost.is_set():
             # The session ended while we were queued: this grant cannot be trusted.
             await self._release_quietly(grant)
@@ -345,6 +354,8 @@ class AsyncSession:
             callbacks, self._callbacks = self._callbacks, []
         if self._alarm is not None:
             self._alarm.cancel()
+        if self._lease is not None:
+            self._lease.end()
         log.warning("tenure: session %s lost: %s", self, reason)
         for grant, lock in held:
             lock._session_ended(grant, reason)

@@ -66,6 +66,8 @@ Metadata = tuple[tuple[str, str], ...] | None
 
 #: Keys whose constant acquire-Txn parts are kept built.
 _OPS_CACHE = 1024
+#: A queued waiter whose connection fails looks again after this long (seconds).
+_RETRY_DELAY = 0.05
 #: Retired channels kept open (their calls finish) before the oldest is closed.
 _KEEP_RETIRED = 4
 _OPTIONS = [
@@ -205,6 +207,11 @@ class _Watch:
         self.fired = _compat.Event()  # a watched key was deleted, a watch cancelled, or an error
         self.error: _StreamError | None = None
 
+    def wake(self) -> None:
+        """End the wait (an error, a cancellation, the session's end)."""
+        self.created.set()
+        self.fired.set()
+
 
 class _Watches(_Stream):
     """A member's one Watch stream, shared by every waiter of the driver.
@@ -263,16 +270,14 @@ class _Watches(_Stream):
         if reply.canceled:
             if reply.cancel_reason:
                 watch.error = _cancelled(reply.cancel_reason)
-            watch.created.set()
-            watch.fired.set()
+            watch.wake()
         elif reply.events:
             watch.fired.set()
 
     def _fail(self, error: _StreamError) -> None:
         for watch in self._watching.values():
             watch.error = error
-            watch.created.set()
-            watch.fired.set()
+            watch.wake()
         self._watching.clear()
 
 
@@ -645,32 +650,52 @@ class EtcdDriver:
             await self._leave_quietly(me, mine)
             return None
         done = False
+        failing_since: float | None = None  # since when the connection has been failing us
         try:
             while True:
+                if lease.ended:  # the session was lost or closed (a wait ends at once then)
+                    raise LockLostError(
+                        f"the session of etcd lease {lease.id} ended while waiting for {key!r}",
+                        name=key.partition("/")[2],
+                    )
                 remaining = math.inf if deadline is None else deadline - _compat.monotonic()
                 if remaining <= 0:
                     return None
-                if older is _UNKNOWN:
-                    older = await self._predecessor(prefix, me, mine)
-                if older is _GONE:
-                    # My key is gone: my lease expired (fail), or someone deleted it (queue again).
-                    if not await self._lease_alive(lease):
-                        raise self._lost_while_waiting(lease, key)
-                    try:
-                        mine, older = await self._enqueue(prefix, me, lease, owner, value)
-                    except LeaseExpired as exc:
-                        raise self._lost_while_waiting(lease, key) from exc
-                    continue
-                if older is None:
-                    done = True
-                    return Grant(key, owner, mine, lease, acquired_at, entry)
-                # Woken by the predecessor's (or my own key's) delete; at least every TTL, to
-                # notice an expired lease of mine even if no event reaches us.
-                assert isinstance(older, _Older)
-                await self._wait_for_delete(older, me, mine, min(remaining, lease.ttl))
+                try:
+                    if older is _UNKNOWN:
+                        older = await self._predecessor(prefix, me, mine)
+                    if older is _GONE:
+                        # My key is gone: my lease expired (fail), or someone deleted it (queue
+                        # again).
+                        if not await self._lease_alive(lease):
+                            raise self._lost_while_waiting(lease, key)
+                        try:
+                            mine, older = await self._enqueue(prefix, me, lease, owner, value)
+                        except LeaseExpired as exc:
+                            raise self._lost_while_waiting(lease, key) from exc
+                        continue
+                    if older is None:
+                        done = True
+                        return Grant(key, owner, mine, lease, acquired_at, entry)
+                    # Woken by the predecessor's (or my own key's) delete; at least every TTL,
+                    # to notice an expired lease of mine even if no event reaches us.
+                    assert isinstance(older, _Older)
+                    await self._wait_for_delete(lease, older, me, mine, min(remaining, lease.ttl))
+                    failing_since = None
+                except (BackendUnavailableError, BackendTimeoutError):
+                    # Queued, and the connection fails (a member restarting, a new leader, a
+                    # broken connection): keep my entry, and so my place, and look again. Past
+                    # one TTL of failures my lease is gone anyway: give up.
+                    now = _compat.monotonic()
+                    failing_since = now if failing_since is None else failing_since
+                    if now - failing_since >= lease.ttl and not lease.ended:
+                        raise
+                    await _compat.sleep(min(_RETRY_DELAY, remaining))
                 older = _UNKNOWN
         finally:
-            if not done:
+            # (An ended session's key goes with its lease: no round trip to a server that may be
+            # out of reach.)
+            if not done and not lease.ended:
                 await asyncio.shield(self._leave_quietly(me, mine))  # tenure: async-only
                 # tenure: sync self._leave_quietly(me, mine)
 
@@ -757,8 +782,10 @@ class EtcdDriver:
             return None
         return _Older(kvs[0].key, kvs[0].create_revision, reply.header.revision)
 
-    async def _wait_for_delete(self, older: _Older, me: bytes, mine: int, timeout: float) -> None:
-        """Return once ``older`` or my own key may be gone, or at ``timeout``.
+    async def _wait_for_delete(
+        self, lease: Lease, older: _Older, me: bytes, mine: int, timeout: float
+    ) -> None:
+        """Return once ``older`` or my own key may be gone, ``lease`` ended, or at ``timeout``.
 
         The watches go on the member's shared watch stream and start at the server's current
         revision (a watch from an older revision is served by etcd's catch-up loop, up to
@@ -773,6 +800,8 @@ class EtcdDriver:
         async def call(endpoint: _Endpoint, metadata: Metadata) -> None:
             watches = await endpoint.stream(_Watches, metadata)
             watch = watches.start((older.key, me))
+            call_soon = _compat.thread_safe_caller()
+            forget = lease.wake_on_end(lambda: call_soon(watch.wake))
             try:
                 created_by = min(until, _compat.monotonic() + self._request_timeout)
                 if not await watch.created.wait(created_by - _compat.monotonic()):
@@ -790,6 +819,7 @@ class EtcdDriver:
                 if watch.error is not None:
                     raise watch.error
             finally:
+                forget()
                 watches.stop(watch)
 
         await self._call("wait", call)

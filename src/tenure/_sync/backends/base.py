@@ -45,20 +45,39 @@ class LeaseExpired(Exception):
 
 
 class Lease:
-    """A session's lease as the driver knows it; ``data`` is the driver's own state."""
+    """A session's lease as the driver knows it; ``data`` is the driver's own state.
 
-    __slots__ = ("_on_expired", "data", "id", "ttl")
+    ``ended`` is True once the session is lost or closed; a driver's waiter can ask to be woken
+    then (``wake_on_end``), to fail at once instead of at its next round trip.
+    """
+
+    __slots__ = ("_on_expired", "_wakers", "data", "ended", "id", "ttl")
 
     def __init__(self, id: str, ttl: float, data: Any = None) -> None:
         self.id = id
         self.ttl = ttl
         self.data = data
+        self.ended = False
         self._on_expired: Callable[[str], None] | None = None
+        self._wakers: set[Callable[[], None]] = set()
 
     def expired(self, reason: str) -> None:
         """Called by a driver that learns the lease is gone outside ``renew_lease``."""
         if self._on_expired is not None:
             self._on_expired(reason)
+
+    def wake_on_end(self, waker: Callable[[], None]) -> Callable[[], None]:
+        """Call ``waker()`` (from any thread) when the session ends; returns the undo."""
+        self._wakers.add(waker)
+        if self.ended:
+            waker()
+        return lambda: self._wakers.discard(waker)
+
+    def end(self) -> None:
+        """Called by the session once it is lost or closed."""
+        self.ended = True
+        for waker in list(self._wakers):  # one C call under the GIL: no concurrent change
+            waker()
 
     def __repr__(self) -> str:
         return f"Lease(id={self.id!r}, ttl={self.ttl})"

@@ -64,6 +64,8 @@ Metadata = tuple[tuple[str, str], ...] | None
 
 #: Keys whose constant acquire-Txn parts are kept built.
 _OPS_CACHE = 1024
+#: A queued waiter whose connection fails looks again after this long (seconds).
+_RETRY_DELAY = 0.05
 #: Retired channels kept open (their calls finish) before the oldest is closed.
 _KEEP_RETIRED = 4
 _OPTIONS = [
@@ -200,6 +202,11 @@ class _Watch:
         self.fired = _compat.Event()  # a watched key was deleted, a watch cancelled, or an error
         self.error: _StreamError | None = None
 
+    def wake(self) -> None:
+        """End the wait (an error, a cancellation, the session's end)."""
+        self.created.set()
+        self.fired.set()
+
 
 class _Watches(_Stream):
     """A member's one Watch stream, shared by every waiter of the driver.
@@ -258,16 +265,14 @@ class _Watches(_Stream):
         if reply.canceled:
             if reply.cancel_reason:
                 watch.error = _cancelled(reply.cancel_reason)
-            watch.created.set()
-            watch.fired.set()
+            watch.wake()
         elif reply.events:
             watch.fired.set()
 
     def _fail(self, error: _StreamError) -> None:
         for watch in self._watching.values():
             watch.error = error
-            watch.created.set()
-            watch.fired.set()
+            watch.wake()
         self._watching.clear()
 
 
@@ -634,32 +639,52 @@ class EtcdDriver:
             self._leave_quietly(me, mine)
             return None
         done = False
+        failing_since: float | None = None  # since when the connection has been failing us
         try:
             while True:
+                if lease.ended:  # the session was lost or closed (a wait ends at once then)
+                    raise LockLostError(
+                        f"the session of etcd lease {lease.id} ended while waiting for {key!r}",
+                        name=key.partition("/")[2],
+                    )
                 remaining = math.inf if deadline is None else deadline - _compat.monotonic()
                 if remaining <= 0:
                     return None
-                if older is _UNKNOWN:
-                    older = self._predecessor(prefix, me, mine)
-                if older is _GONE:
-                    # My key is gone: my lease expired (fail), or someone deleted it (queue again).
-                    if not self._lease_alive(lease):
-                        raise self._lost_while_waiting(lease, key)
-                    try:
-                        mine, older = self._enqueue(prefix, me, lease, owner, value)
-                    except LeaseExpired as exc:
-                        raise self._lost_while_waiting(lease, key) from exc
-                    continue
-                if older is None:
-                    done = True
-                    return Grant(key, owner, mine, lease, acquired_at, entry)
-                # Woken by the predecessor's (or my own key's) delete; at least every TTL, to
-                # notice an expired lease of mine even if no event reaches us.
-                assert isinstance(older, _Older)
-                self._wait_for_delete(older, me, mine, min(remaining, lease.ttl))
+                try:
+                    if older is _UNKNOWN:
+                        older = self._predecessor(prefix, me, mine)
+                    if older is _GONE:
+                        # My key is gone: my lease expired (fail), or someone deleted it (queue
+                        # again).
+                        if not self._lease_alive(lease):
+                            raise self._lost_while_waiting(lease, key)
+                        try:
+                            mine, older = self._enqueue(prefix, me, lease, owner, value)
+                        except LeaseExpired as exc:
+                            raise self._lost_while_waiting(lease, key) from exc
+                        continue
+                    if older is None:
+                        done = True
+                        return Grant(key, owner, mine, lease, acquired_at, entry)
+                    # Woken by the predecessor's (or my own key's) delete; at least every TTL,
+                    # to notice an expired lease of mine even if no event reaches us.
+                    assert isinstance(older, _Older)
+                    self._wait_for_delete(lease, older, me, mine, min(remaining, lease.ttl))
+                    failing_since = None
+                except (BackendUnavailableError, BackendTimeoutError):
+                    # Queued, and the connection fails (a member restarting, a new leader, a
+                    # broken connection): keep my entry, and so my place, and look again. Past
+                    # one TTL of failures my lease is gone anyway: give up.
+                    now = _compat.monotonic()
+                    failing_since = now if failing_since is None else failing_since
+                    if now - failing_since >= lease.ttl and not lease.ended:
+                        raise
+                    _compat.sleep(min(_RETRY_DELAY, remaining))
                 older = _UNKNOWN
         finally:
-            if not done:
+            # (An ended session's key goes with its lease: no round trip to a server that may be
+            # out of reach.)
+            if not done and not lease.ended:
                 self._leave_quietly(me, mine)
 
     def _lost_while_waiting(self, lease: Lease, key: str) -> LockLostError:
@@ -745,8 +770,10 @@ class EtcdDriver:
             return None
         return _Older(kvs[0].key, kvs[0].create_revision, reply.header.revision)
 
-    def _wait_for_delete(self, older: _Older, me: bytes, mine: int, timeout: float) -> None:
-        """Return once ``older`` or my own key may be gone, or at ``timeout``.
+    def _wait_for_delete(
+        self, lease: Lease, older: _Older, me: bytes, mine: int, timeout: float
+    ) -> None:
+        """Return once ``older`` or my own key may be gone, ``lease`` ended, or at ``timeout``.
 
         The watches go on the member's shared watch stream and start at the server's current
         revision (a watch from an older revision is served by etcd's catch-up loop, up to
@@ -761,6 +788,8 @@ class EtcdDriver:
         def call(endpoint: _Endpoint, metadata: Metadata) -> None:
             watches = endpoint.stream(_Watches, metadata)
             watch = watches.start((older.key, me))
+            call_soon = _compat.thread_safe_caller()
+            forget = lease.wake_on_end(lambda: call_soon(watch.wake))
             try:
                 created_by = min(until, _compat.monotonic() + self._request_timeout)
                 if not watch.created.wait(created_by - _compat.monotonic()):
@@ -778,6 +807,7 @@ class EtcdDriver:
                 if watch.error is not None:
                     raise watch.error
             finally:
+                forget()
                 watches.stop(watch)
 
         self._call("wait", call)
