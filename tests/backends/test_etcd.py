@@ -350,6 +350,25 @@ def test_bad_url_unreachable_server_and_wrong_password(tmp_path: Path, ns: str) 
             lock.ensure_held()
             lock.release()
             assert "right-pw" not in repr(client)
+            # The shared streams carry the token too: keep-alives, and a waiter's watches.
+            first, second = client.session(ttl=2), client.session(ttl=2)
+            holder, waiter = first.lock("streams"), second.lock("streams")
+            assert holder.acquire()
+            for _ in range(2):
+                runner = Runner()
+                runner.start(lambda w=waiter: w.acquire(timeout=20))
+                wait_for(lambda: len(client.contenders("streams")) == 2)
+                # Both sessions have a lease now (the waiter's opened as it queued).
+                assert first._renew()
+                assert second._renew()
+                holder.release()
+                assert runner.join(30) == [True]
+                holder, waiter = waiter, holder
+                # Again with a token etcd does not know: streams reopen with a new one.
+                client._driver._token = "not-a-valid-token"
+            holder.release()
+            first.close()
+            second.close()
     finally:
         cluster.close()
 
