@@ -13,7 +13,7 @@ same stubs serve ``grpc`` (sync) and ``grpc.aio`` (asyncio).
   metadata (JSON) as the value. The queue is the keys under the prefix in create-revision order.
 - **Acquire** is one ``Txn``: create my key if absent (else read it), and read the oldest key.
   If mine is the oldest, the lock is held and the **fencing token is my key's create revision**.
-  Otherwise I watch only the newest key older than mine (and my own key) for a delete, then
+  Otherwise I watch only the newest key older than mine for a delete, then
   look again: a release wakes exactly one waiter. All waiters of a driver share one long-lived
   ``Watch`` stream per member (watch ids of our choosing route the replies). A waiter whose key
   vanished because its lease expired fails (``LockLostError``), never succeeds.
@@ -666,8 +666,9 @@ class EtcdDriver:
                     if older is None:
                         done = True
                         return Grant(key, owner, mine, lease, acquired_at, entry)
-                    # Woken by the predecessor's (or my own key's) delete; at least every TTL,
-                    # to notice an expired lease of mine even if no event reaches us.
+                    # Woken by the predecessor's delete, or the session's end (its lease
+                    # expired: the keep-alive says so); at least every TTL, to notice my own
+                    # key deleted behind my back.
                     assert isinstance(older, _Older)
                     self._wait_for_delete(lease, older, me, mine, min(remaining, lease.ttl))
                     failing_since = None
@@ -773,12 +774,14 @@ class EtcdDriver:
     def _wait_for_delete(
         self, lease: Lease, older: _Older, me: bytes, mine: int, timeout: float
     ) -> None:
-        """Return once ``older`` or my own key may be gone, ``lease`` ended, or at ``timeout``.
+        """Return once ``older`` may be gone, ``lease`` ended, or at ``timeout``.
 
-        The watches go on the member's shared watch stream and start at the server's current
-        revision (a watch from an older revision is served by etcd's catch-up loop, up to
-        100 ms late). If anything was written since ``older`` was read, one Txn checks that
-        both keys are still there before waiting.
+        One watch, on ``older`` only, on the member's shared watch stream, from the server's
+        current revision (a watch from an older revision is served by etcd's catch-up loop, up
+        to 100 ms late). If anything was written since ``older`` was read, one Txn checks that
+        it (and my own key) is still there before waiting. My own key is not watched: it goes
+        when my lease does, which the session learns from its keep-alive and ends the wait
+        with (``wake_on_end``); a key deleted by hand is noticed at the next look.
         """
         until = _compat.monotonic() + timeout
         both_there = pb.TxnRequest(
@@ -787,7 +790,7 @@ class EtcdDriver:
 
         def call(endpoint: _Endpoint, metadata: Metadata) -> None:
             watches = endpoint.stream(_Watches, metadata)
-            watch = watches.start((older.key, me))
+            watch = watches.start((older.key,))
             call_soon = _compat.thread_safe_caller()
             forget = lease.wake_on_end(lambda: call_soon(watch.wake))
             try:
