@@ -10,12 +10,13 @@ same stubs serve ``grpc`` (sync) and ``grpc.aio`` (asyncio).
 - **Lock keys** are ``<ns>/<kind>/<name>//<lease-id-hex>`` (``//`` cannot occur in a name, so
   the prefix of ``a`` never covers the keys of ``a/b``), attached to the lease, with the owner's
   metadata (JSON) as the value. The queue is the keys under the prefix in create-revision order.
-- **Acquire** is one ``Txn``: create my key if absent (else read it), and read the oldest key.
-  If mine is the oldest, the lock is held and the **fencing token is my key's create revision**.
-  Otherwise I watch only the newest key older than mine for a delete, then
-  look again: a release wakes exactly one waiter. All waiters of a driver share one long-lived
-  ``Watch`` stream per member (watch ids of our choosing route the replies). A waiter whose key
-  vanished because its lease expired fails (``LockLostError``), never succeeds.
+- **Acquire** is one ``Txn``: create my key if absent (else read it), and read the newest two
+  keys (the second is my predecessor). If there is none before mine, the lock is held and the
+  **fencing token is my key's create revision**. Otherwise I watch only my predecessor for a
+  delete, then look again: a release wakes exactly one waiter. All waiters of a driver share
+  one long-lived ``Watch`` stream per member (watch ids of our choosing route the replies). A
+  waiter whose key vanished because its lease expired fails (``LockLostError``), never
+  succeeds.
 - **Release** deletes my key only if its create revision is still my token, so a retried
   release after a lost reply cannot delete a newer entry. Try-once, a passed deadline and
   cancellation delete my key at once.
@@ -708,21 +709,22 @@ class EtcdDriver:
     async def _enqueue(
         self, prefix: bytes, me: bytes, lease: Lease, owner: OwnerInfo, value: bytes
     ) -> tuple[int, _Older | object | None]:
-        """One Txn: create my key unless it exists, and read the oldest and my predecessor.
+        """One Txn: create my key unless it exists, and read the newest two keys (mine and my
+        predecessor; an existing key of mine is read with the oldest instead).
 
         Returns my create revision and my predecessor: None if I am first, ``_UNKNOWN`` if my
         key already existed (a retry; the caller looks it up).
         """
-        absent, oldest, newest_two, read_me = self._enqueue_ops(prefix, me)
+        absent, newest_two, read_me = self._enqueue_ops(prefix, me)
         put = pb.RequestOp(request_put=pb.PutRequest(key=me, value=value, lease=lease.data))
         for _ in range(3):
-            reply = await self._txn("acquire", absent, [put, oldest, newest_two], read_me)
+            reply = await self._txn("acquire", absent, [put, newest_two], read_me)
             if reply.succeeded:
+                # My new key is the newest: the one before it, if any, is my predecessor.
                 mine = reply.header.revision
-                first = reply.responses[1].response_range.kvs[0].create_revision == mine
-                if first:
+                kvs = reply.responses[1].response_range.kvs
+                if len(kvs) < 2:
                     return mine, None
-                kvs = reply.responses[2].response_range.kvs
                 return mine, _Older(kvs[1].key, kvs[1].create_revision, mine)
             kv = reply.responses[0].response_range.kvs[0]
             mine = kv.create_revision
@@ -735,7 +737,7 @@ class EtcdDriver:
             return mine, (None if not kvs or kvs[0].create_revision == mine else _UNKNOWN)
         raise BackendError(f"etcd: could not replace a stale entry {me!r}")
 
-    def _enqueue_ops(self, prefix: bytes, me: bytes) -> tuple[Any, Any, Any, Any]:
+    def _enqueue_ops(self, prefix: bytes, me: bytes) -> tuple[Any, Any, Any]:
         """The parts of the acquire Txn that never change for one key (built once, cached)."""
         ops = self._ops_cache.get(me)
         if ops is None:
@@ -744,14 +746,12 @@ class EtcdDriver:
                 request_range=pb.RangeRequest(key=prefix, range_end=end, sort_order=_ASCEND,
                                               sort_target=_CREATE, limit=1, keys_only=True)
             )  # fmt: skip
-            # A key just created is the newest: the one before it in create order is my
-            # predecessor.
             newest_two = pb.RequestOp(
                 request_range=pb.RangeRequest(key=prefix, range_end=end, sort_order=_DESCEND,
                                               sort_target=_CREATE, limit=2, keys_only=True)
             )  # fmt: skip
             read_me = [pb.RequestOp(request_range=pb.RangeRequest(key=me)), oldest]
-            ops = ([_created_at(me, 0)], oldest, newest_two, read_me)
+            ops = ([_created_at(me, 0)], newest_two, read_me)
             if len(self._ops_cache) >= _OPS_CACHE:
                 self._ops_cache.clear()
             self._ops_cache[me] = ops
