@@ -407,7 +407,7 @@ class EtcdDriver:
             raise ConfigurationError("etcd authentication needs both a user and a password")
         self._endpoints: dict[str, _Endpoint] = {}
         self._retired: list[Any] = []  # channels given up on, closed a little later
-        self._ops_cache: dict[bytes, tuple[Any, Any, Any, Any]] = {}
+        self._ops_cache: dict[bytes, tuple[Any, Any, Any]] = {}
         self._current = 0
         self._token: str | None = None
         self._state = _compat.StateLock()
