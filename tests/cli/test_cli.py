@@ -23,7 +23,7 @@ import pytest
 
 import tenure
 from tenure.cli import main
-from tests.servers import PostgresServer, RedisServer
+from tests.servers import EtcdCluster, PostgresServer, RedisServer
 
 TIMEOUT = 30.0  # seconds any one subprocess may take
 TENURE = [sys.executable, "-m", "tenure"]
@@ -481,6 +481,19 @@ def test_bench_postgres(postgres_server: PostgresServer) -> None:
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
     assert record["floor"]["what"] == "2 x SELECT 1 (psycopg)"
+    check_bench(record, [2])
+
+
+@pytest.mark.server("etcd")
+def test_bench_etcd(etcd_server: EtcdCluster) -> None:
+    result = tenure_cli(
+        "bench", "--url", etcd_server.url, "--procs", "2", "--seconds", "0.5",
+        "--iterations", "100", "--json", timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["floor"]["what"] == "Txn + DeleteRange (grpc, tenure's stubs)"
+    assert record["floor"]["samples"] == 100
     check_bench(record, [2])
 
 

@@ -4,8 +4,8 @@ Three measurements, in one run, against the URL given (``--url``, ``$TENURE_URL`
 backend):
 
 - the **floor**: two minimal round trips with the backend's own client library (Redis: PING;
-  PostgreSQL: SELECT 1; files: open + fcntl lock + unlock + close). Backends without a floor
-  here show none;
+  PostgreSQL: SELECT 1; etcd: one Txn creating a key + one DeleteRange, over tenure's gRPC
+  stubs; files: open + fcntl lock + unlock + close). Backends without a floor here show none;
 - **uncontended** acquire + release of one lock in one process (p50, p99, ratio to the floor);
 - **contended**: N local processes on one name for a few seconds: acquisitions per second,
   handoff latency (release by one process to the next process's grant, through monotonic
@@ -61,7 +61,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "cpus": os.cpu_count(),
     }
     try:
-        floor = _floor_for(url)
+        floor = _floor_for(url, namespace)
         progress.say("floor" if floor else "no floor for this backend")
         floor_us = _time(floor[1], args.iterations, progress, "floor") if floor else None
         if floor is not None:
@@ -147,7 +147,9 @@ def _summary(samples_us: list[float] | None) -> dict[str, Any]:
 # Floors: what any lock must cost on this backend, with the backend's own client library.
 
 
-def _floor_for(url: str) -> tuple[str, Callable[[], None], Callable[[], None]] | None:
+def _floor_for(
+    url: str, namespace: str
+) -> tuple[str, Callable[[], None], Callable[[], None]] | None:
     """(label, two round trips, close) for the URL's backend, or None."""
     parts = urlsplit(url)
     bare = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
@@ -172,6 +174,8 @@ def _floor_for(url: str) -> tuple[str, Callable[[], None], Callable[[], None]] |
             conn.execute("SELECT 1").fetchone()
 
         return "2 x SELECT 1 (psycopg)", selects, conn.close
+    if scheme in ("etcd", "etcds"):
+        return _etcd_floor(url, namespace)
     if scheme == "file":
         directory = tempfile.mkdtemp(prefix="tenure-bench-floor-", dir=parts.path or None)
         path = os.path.join(directory, "floor.lock")
@@ -194,6 +198,29 @@ def _floor_for(url: str) -> tuple[str, Callable[[], None], Callable[[], None]] |
 
         return "open + fcntl lock + unlock + close", lock_unlock, remove
     return None
+
+
+def _etcd_floor(url: str, namespace: str) -> tuple[str, Callable[[], None], Callable[[], None]]:
+    """Txn (create a key if absent) + DeleteRange on the driver's own channel: the same stubs,
+    TLS and credentials as tenure, none of its logic."""
+    from tenure._etcdpb import rpc_pb2 as pb  # noqa: PLC0415 -- optional: the etcd extra
+
+    client = tenure.connect(url, namespace=namespace)
+    driver: Any = client._driver
+    endpoint = driver._endpoint()
+    metadata = driver._metadata(endpoint)
+    key = f"{namespace}/bench-floor/{uuid.uuid4().hex}".encode()
+    absent = pb.Compare(key=key, target=pb.Compare.CREATE, result=pb.Compare.EQUAL)
+    create = pb.TxnRequest(
+        compare=[absent], success=[pb.RequestOp(request_put=pb.PutRequest(key=key, value=b"x"))]
+    )
+    delete = pb.DeleteRangeRequest(key=key)
+
+    def txn_and_delete() -> None:
+        endpoint.kv.Txn(create, timeout=5, metadata=metadata)
+        endpoint.kv.DeleteRange(delete, timeout=5, metadata=metadata)
+
+    return "Txn + DeleteRange (grpc, tenure's stubs)", txn_and_delete, client.close
 
 
 # Contended: N processes, one name.
