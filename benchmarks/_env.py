@@ -197,7 +197,9 @@ def filesystem_of(path: str) -> str:
 
 def _git_commit(root: Path) -> str:
     commit = _first_line(["git", "-C", str(root), "rev-parse", "--short", "HEAD"])
-    dirty = _first_line(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"])
+    # The results of an earlier run are not changes to what is measured.
+    status = ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"]
+    dirty = _first_line([*status, "--", ".", ":!benchmarks/results"])
     return commit + (" (+ uncommitted changes)" if dirty else "")
 
 
