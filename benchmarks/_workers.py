@@ -59,7 +59,8 @@ def uncontended(
     seconds: float,
     warmup: int,
 ) -> dict[str, list[int]]:
-    """acquire + release of a free lock and the floor, timed per pair (ns), interleaved.
+    """acquire + release of a free lock and the floor, timed per pair (ns), interleaved; and
+    the client CPU time (ns) each side used in all (``floor_cpu``, ``lock_cpu``).
 
     Chunks of ``_CHUNK`` floor operations alternate with chunks of acquire + release in this one
     process, so that both see the same CPU placement (a loopback round trip is ~50 µs when client
@@ -79,15 +80,17 @@ def uncontended(
         for _ in range(warmup):
             pair()
             floor_op()
-        out: dict[str, list[int]] = {"floor": [], "lock": []}
+        out: dict[str, list[int]] = {"floor": [], "lock": [], "floor_cpu": [0], "lock_cpu": [0]}
         stop = time.monotonic() + seconds
         while len(out["lock"]) < iterations and time.monotonic() < stop:
             for key, op in (("floor", floor_op), ("lock", pair)):
                 samples = out[key]
+                cpu = time.process_time_ns()  # this process, all its threads
                 for _ in range(min(_CHUNK, iterations - len(samples))):
                     t0 = time.monotonic_ns()
                     op()
                     samples.append(time.monotonic_ns() - t0)
+                out[f"{key}_cpu"][0] += time.process_time_ns() - cpu
         return out
     finally:
         client.close()

@@ -236,20 +236,22 @@ def _backend_md(name: str, section: dict[str, Any], cfg: dict[str, Any]) -> list
     lines += [
         "### Uncontended acquire + release, one process",
         "",
-        "| library | p50 | p99 | floor p50 alongside | p50 / floor | p99 / floor |",
-        "|---|---|---|---|---|---|",
+        "| library | p50 | p99 | floor p50 alongside | p50 / floor | p99 / floor "
+        "| client CPU | floor client CPU alongside |",
+        "|---|---|---|---|---|---|---|---|",
         f"| floor: {section['floor_label']} (all samples) | {_cell(summary['floor'], 'p50_us')} | "
-        f"{_cell(summary['floor'], 'p99_us')} | | 1.00 | 1.00 |",
+        f"{_cell(summary['floor'], 'p99_us')} | | 1.00 | 1.00 | | |",
     ]
     for key, lib in libs.items():
         row = summary["uncontended"].get(key, {})
         if "errors" in row and "p50_us" not in row:
-            lines.append(f"| {lib['label']} | failed: {row['errors'][0]} | | | | |")
+            lines.append(f"| {lib['label']} | failed: {row['errors'][0]} | | | | | | |")
             continue
         lines.append(
             f"| {lib['label']} | {_cell(row, 'p50_us')} | {_cell(row, 'p99_us')} | "
             f"{_cell(row, 'floor_p50_us')} | {_cell(row, 'vs_floor_p50', 2)} | "
-            f"{_cell(row, 'vs_floor_p99', 2)} |"
+            f"{_cell(row, 'vs_floor_p99', 2)} | {_cell(row, 'cpu_us')} | "
+            f"{_cell(row, 'floor_cpu_us')} |"
         )
     for procs in [str(p) for p in cfg["processes"]]:
         lines += _contended_md(section, procs)

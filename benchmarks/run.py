@@ -279,6 +279,9 @@ def _uncontended_round(
             row["floor_p99_us"] = floor["p99_us"]
             row["vs_floor_p50"] = row["p50_us"] / floor["p50_us"]
             row["vs_floor_p99"] = row["p99_us"] / floor["p99_us"]
+            # Client CPU per operation, this library's and the floor's alongside.
+            row["cpu_us"] = raw["lock_cpu"][0] / len(raw["lock"]) / 1000
+            row["floor_cpu_us"] = raw["floor_cpu"][0] / len(raw["floor"]) / 1000
         except ChildFailed as exc:
             row = {"error": str(exc)}
         out[lib.key] = row
