@@ -290,6 +290,35 @@ def test_queued_waiter_fails_as_soon_as_its_session_is_lost(
         proxy.close()
 
 
+def test_acquire_deadline_bounds_opening_the_sessions_lease(
+    etcd_server: EtcdCluster, ns: str
+) -> None:
+    """A session opens its lease on first use; an acquire's deadline bounds that too (the
+    retry strategy alone would go on for about 8 s here)."""
+    proxy = TcpProxy(etcd_server.nodes[0].host, etcd_server.nodes[0].port)
+    try:
+        query = f"?namespace={ns}&request_timeout=0.5"
+        with tenure.connect(proxy.url_for("etcd") + query) as client:
+            proxy.blackhole()  # connected, and now no lease can be granted
+            for acquire in (
+                lambda: client.lock("opening").acquire(timeout=1.0),  # the default session
+                lambda: client.session(ttl=5).lock("opening").acquire(timeout=1.0),
+                lambda: client.session(ttl=5).lock("opening").acquire(blocking=False),
+            ):
+                started = time.monotonic()
+                with pytest.raises(BackendError, match="grant lease"):
+                    acquire()
+                # The deadline (or, trying once, the one attempt) plus one request timeout,
+                # with room for a loaded machine; not the retry strategy's whole budget.
+                assert time.monotonic() - started < 4.0
+            proxy.heal()
+            lock = client.lock("opening")
+            assert lock.acquire(timeout=10)
+            lock.release()
+    finally:
+        proxy.close()
+
+
 # -- configuration and errors ------------------------------------------------------------------
 
 

@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                 for problem in [*result.errors, *result.report.examples.values()]:
                     print(f"    {problem}", flush=True)
     finally:
-        for started in servers.values():
-            started.close()
+        for server in servers.values():
+            server.close()
         if args.keep:
             print(f"histories kept in {base}")
         else:

@@ -160,6 +160,8 @@ def _loop(config: WorkerConfig, slot: int, incarnation: int, slots: Slots, log: 
 
     def new_session() -> None:
         nonlocal session, lock, session_no
+        # Not ACQUIRING while the new session has no lease: there is nothing to lose yet.
+        slots.set(slot, PHASE, IDLE)
         if session is not None:
             with contextlib.suppress(TenureError):
                 session.close()
@@ -194,6 +196,13 @@ def _loop(config: WorkerConfig, slot: int, incarnation: int, slots: Slots, log: 
                 return
             if session.lost.is_set():
                 new_session()
+            if session._lease is None:  # opening it failed (the server was out of reach)
+                try:
+                    session._use(deadline=time.monotonic() + config.acquire_timeout)
+                except TenureError as exc:
+                    log.note("error", session=session_no, detail=f"open: {exc}"[:200])
+                    time.sleep(0.02)  # back-off after a backend error
+                    continue
             slots.set(slot, PHASE, ACQUIRING)
             log.note("acquiring", session=session_no)
             try:

@@ -132,7 +132,7 @@ class AsyncClient:
         self._all_sessions.add(session)
         return session
 
-    async def _default_session(self, ttl: float) -> AsyncSession:
+    async def _default_session(self, ttl: float, deadline: float | None = None) -> AsyncSession:
         if not self._connected:
             await self.open()
         session = self._sessions.get(ttl)
@@ -143,7 +143,7 @@ class AsyncClient:
             or (session._pid != os.getpid())
         ):
             session = self._sessions[ttl] = self.session(ttl)
-        return await session._use()
+        return await session._use(deadline)
 
     def lock(
         self,
@@ -161,8 +161,8 @@ class AsyncClient:
         self._check_open()
         lease_ttl = self.ttl if ttl is None else _number(ttl, "ttl")
 
-        async def get_session() -> AsyncSession:
-            return await self._default_session(lease_ttl)
+        async def get_session(deadline: float | None = None) -> AsyncSession:
+            return await self._default_session(lease_ttl, deadline)
 
         return AsyncLock(
             get_session,
@@ -185,8 +185,8 @@ class AsyncClient:
         self._check_open()
         lease_ttl = self.ttl if ttl is None else _number(ttl, "ttl")
 
-        async def get_session() -> AsyncSession:
-            return await self._default_session(lease_ttl)
+        async def get_session(deadline: float | None = None) -> AsyncSession:
+            return await self._default_session(lease_ttl, deadline)
 
         return AsyncElection(
             get_session,

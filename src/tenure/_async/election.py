@@ -33,7 +33,7 @@ class AsyncElection:
 
     def __init__(
         self,
-        get_session: Callable[[], Awaitable[AsyncSession]],
+        get_session: Callable[[float | None], Awaitable[AsyncSession]],
         driver: Driver,
         name: str,
         *,

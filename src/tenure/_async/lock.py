@@ -57,7 +57,7 @@ class AsyncLock:
 
     def __init__(
         self,
-        get_session: Callable[[], Awaitable[AsyncSession]],
+        get_session: Callable[[float | None], Awaitable[AsyncSession]],
         driver: Driver,
         name: str,
         *,
@@ -114,7 +114,7 @@ class AsyncLock:
         wait = 0.0 if not blocking else self._timeout if isinstance(timeout, _Unset) else timeout
         wait = check_timeout(wait)
         deadline = None if wait is None else _compat.monotonic() + wait
-        session = await self._get_session()
+        session = await self._get_session(deadline)  # opening its lease counts too
         gate = session._gate(self._key)
         if not await gate.acquire(_remaining(deadline)):
             return False

@@ -127,7 +127,7 @@ class Client:
         self._all_sessions.add(session)
         return session
 
-    def _default_session(self, ttl: float) -> Session:
+    def _default_session(self, ttl: float, deadline: float | None = None) -> Session:
         if not self._connected:
             self.open()
         session = self._sessions.get(ttl)
@@ -138,7 +138,7 @@ class Client:
             or (session._pid != os.getpid())
         ):
             session = self._sessions[ttl] = self.session(ttl)
-        return session._use()
+        return session._use(deadline)
 
     def lock(
         self,
@@ -156,8 +156,8 @@ class Client:
         self._check_open()
         lease_ttl = self.ttl if ttl is None else _number(ttl, "ttl")
 
-        def get_session() -> Session:
-            return self._default_session(lease_ttl)
+        def get_session(deadline: float | None = None) -> Session:
+            return self._default_session(lease_ttl, deadline)
 
         return Lock(
             get_session,
@@ -180,8 +180,8 @@ class Client:
         self._check_open()
         lease_ttl = self.ttl if ttl is None else _number(ttl, "ttl")
 
-        def get_session() -> Session:
-            return self._default_session(lease_ttl)
+        def get_session(deadline: float | None = None) -> Session:
+            return self._default_session(lease_ttl, deadline)
 
         return Election(
             get_session,

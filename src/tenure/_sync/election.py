@@ -34,7 +34,7 @@ class Election:
 
     def __init__(
         self,
-        get_session: Callable[[], Session],
+        get_session: Callable[[float | None], Session],
         driver: Driver,
         name: str,
         *,

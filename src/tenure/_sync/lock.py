@@ -58,7 +58,7 @@ class Lock:
 
     def __init__(
         self,
-        get_session: Callable[[], Session],
+        get_session: Callable[[float | None], Session],
         driver: Driver,
         name: str,
         *,
@@ -115,7 +115,7 @@ class Lock:
         wait = 0.0 if not blocking else self._timeout if isinstance(timeout, _Unset) else timeout
         wait = check_timeout(wait)
         deadline = None if wait is None else _compat.monotonic() + wait
-        session = self._get_session()
+        session = self._get_session(deadline)  # opening its lease counts too
         gate = session._gate(self._key)
         if not gate.acquire(_remaining(deadline)):
             return False

@@ -159,8 +159,12 @@ class Session:
 
     # Used by locks.
 
-    def _use(self) -> Session:
-        """Open the lease on first use; raise LockLostError if the session is lost or closed."""
+    def _use(self, deadline: float | None = None) -> Session:
+        """Open the lease on first use; raise LockLostError if the session is lost or closed.
+
+        ``deadline`` (``monotonic()``; an acquire's) bounds the opening too: failed grants are
+        retried until then, and then the last error is raised (``BackendError``).
+        """
         if self.lost.is_set() or self._closed.is_set() or os.getpid() != self._pid:
             raise LockLostError(
                 f"session {self._lease.id if self._lease else ''} is "
@@ -168,17 +172,22 @@ class Session:
                 name="",
             )
         if self._lease is None:
-            self._open_gate.acquire(None)
+            wait = None if deadline is None else max(0.0, deadline - _compat.monotonic())
+            if not self._open_gate.acquire(wait):
+                raise BackendTimeoutError(
+                    f"{self._driver.scheme}: the session's lease was still being granted "
+                    "(to another caller) when the deadline passed"
+                )
             try:
                 if self._lease is None:
-                    self._open()
+                    self._open(deadline)
             finally:
                 self._open_gate.release()
         return self
 
-    def _open(self) -> None:
+    def _open(self, deadline: float | None) -> None:
         sent = _compat.monotonic()
-        lease = self._retrying(lambda: self._driver.grant_lease(self.ttl), deadline=None)
+        lease = self._retrying(lambda: self._driver.grant_lease(self.ttl), deadline)
         lease._on_expired = self._expire
         self._lease = lease
         self._deadline = sent + self.ttl * (1 - DRIFT)
