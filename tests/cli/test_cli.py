@@ -460,41 +460,32 @@ def test_bench_file_json_and_table(url: str) -> None:
     assert "contended, 3 processes" in table.stdout
 
 
-@pytest.mark.server("redis")
-def test_bench_redis(redis_server: RedisServer) -> None:
+def bench_server(url: str, floor: str) -> None:
+    """A short ``tenure bench --json`` against a server: its floor, and the checks above."""
     result = tenure_cli(
-        "bench", "--url", redis_server.url, "--procs", "2", "--seconds", "0.5",
-        "--iterations", "100", "--json", timeout=120,
+        "bench", "--url", url, "--procs", "2", "--seconds", "0.5", "--iterations", "100",
+        "--json", timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
-    assert record["floor"]["what"] == "2 x PING (redis-py)"
+    assert record["floor"]["what"] == floor
+    assert record["floor"]["samples"] == 100
     check_bench(record, [2])
+
+
+@pytest.mark.server("redis")
+def test_bench_redis(redis_server: RedisServer) -> None:
+    bench_server(redis_server.url, "2 x PING (redis-py)")
 
 
 @pytest.mark.server("postgres")
 def test_bench_postgres(postgres_server: PostgresServer) -> None:
-    result = tenure_cli(
-        "bench", "--url", postgres_server.url, "--procs", "2", "--seconds", "0.5",
-        "--iterations", "100", "--json", timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    record = json.loads(result.stdout)
-    assert record["floor"]["what"] == "2 x SELECT 1 (psycopg)"
-    check_bench(record, [2])
+    bench_server(postgres_server.url, "2 x SELECT 1 (psycopg)")
 
 
 @pytest.mark.server("etcd")
 def test_bench_etcd(etcd_server: EtcdCluster) -> None:
-    result = tenure_cli(
-        "bench", "--url", etcd_server.url, "--procs", "2", "--seconds", "0.5",
-        "--iterations", "100", "--json", timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    record = json.loads(result.stdout)
-    assert record["floor"]["what"] == "Txn + DeleteRange (grpc, tenure's stubs)"
-    assert record["floor"]["samples"] == 100
-    check_bench(record, [2])
+    bench_server(etcd_server.url, "Txn + DeleteRange (grpc, tenure's stubs)")
 
 
 def test_bench_bad_arguments(url: str) -> None:
