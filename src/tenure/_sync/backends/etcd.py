@@ -191,16 +191,15 @@ class _Stream:
 
 
 class _Watch:
-    """Watches on a few keys (one watch id each), as one waiter sees them."""
+    """A waiter's watch on one key, as the waiter sees it."""
 
-    __slots__ = ("created", "error", "fired", "ids", "revision", "unconfirmed")
+    __slots__ = ("created", "error", "fired", "id", "revision")
 
-    def __init__(self, ids: list[int]) -> None:
-        self.ids = ids
-        self.unconfirmed = len(ids)
-        self.revision = 0  # the largest revision a watch was created at
-        self.created = _compat.Event()  # every watch is in place
-        self.fired = _compat.Event()  # a watched key was deleted, a watch cancelled, or an error
+    def __init__(self, watch_id: int) -> None:
+        self.id = watch_id
+        self.revision = 0  # the revision the watch was created at
+        self.created = _compat.Event()  # the watch is in place
+        self.fired = _compat.Event()  # the key was deleted, the watch cancelled, or an error
         self.error: _StreamError | None = None
 
     def wake(self) -> None:
@@ -212,7 +211,7 @@ class _Watch:
 class _Watches(_Stream):
     """A member's one Watch stream, shared by every waiter of the driver.
 
-    A waiter's watches get ids of our choosing (etcd >= 3.4 takes them), so every reply is
+    A waiter's watch gets an id of our choosing (etcd >= 3.4 takes them), so every reply is
     routed without waiting for the creations before it; stopping a watch sends its cancel and
     forgets it without waiting for the reply.
     """
@@ -225,31 +224,26 @@ class _Watches(_Stream):
     def _open(self, endpoint: _Endpoint, requests: Any, metadata: Metadata) -> Any:
         return endpoint.watch.Watch(requests, metadata=metadata)
 
-    def start(self, keys: Sequence[bytes]) -> _Watch:
-        """Watch ``keys`` for a delete, from the revision at which each watch is created."""
+    def start(self, key: bytes) -> _Watch:
+        """Watch ``key`` for a delete, from the revision at which the watch is created."""
         with self._state:
             if self.error is not None:
                 raise self.error
-            watch = _Watch(list(range(self._next_id, self._next_id + len(keys))))
-            self._next_id += len(keys)
-            for watch_id, key in zip(watch.ids, keys, strict=True):
-                self._watching[watch_id] = watch
-                self._send(
-                    pb.WatchRequest(
-                        create_request=pb.WatchCreateRequest(
-                            key=key, filters=[pb.WatchCreateRequest.NOPUT], watch_id=watch_id
-                        )
+            watch = self._watching[self._next_id] = _Watch(self._next_id)
+            self._next_id += 1
+            self._send(
+                pb.WatchRequest(
+                    create_request=pb.WatchCreateRequest(
+                        key=key, filters=[pb.WatchCreateRequest.NOPUT], watch_id=watch.id
                     )
                 )
+            )
             return watch
 
     def stop(self, watch: _Watch) -> None:
         with self._state:
-            for watch_id in watch.ids:
-                if self._watching.pop(watch_id, None) is not None and self.error is None:
-                    self._send(
-                        pb.WatchRequest(cancel_request=pb.WatchCancelRequest(watch_id=watch_id))
-                    )
+            if self._watching.pop(watch.id, None) is not None and self.error is None:
+                self._send(pb.WatchRequest(cancel_request=pb.WatchCancelRequest(watch_id=watch.id)))
 
     def _on_reply(self, reply: Any) -> None:
         watch = self._watching.get(reply.watch_id)
@@ -259,10 +253,8 @@ class _Watches(_Stream):
                 self._end(_StreamError(grpc.StatusCode.UNKNOWN, reply.cancel_reason, broken=True))
             return  # a watch we stopped
         if reply.created:
-            watch.revision = max(watch.revision, reply.header.revision)
-            watch.unconfirmed -= 1
-            if not watch.unconfirmed:
-                watch.created.set()
+            watch.revision = reply.header.revision
+            watch.created.set()
         if reply.canceled:
             if reply.cancel_reason:
                 watch.error = _cancelled(reply.cancel_reason)
@@ -790,7 +782,7 @@ class EtcdDriver:
 
         def call(endpoint: _Endpoint, metadata: Metadata) -> None:
             watches = endpoint.stream(_Watches, metadata)
-            watch = watches.start((older.key,))
+            watch = watches.start(older.key)
             call_soon = _compat.thread_safe_caller()
             forget = lease.wake_on_end(lambda: call_soon(watch.wake))
             try:
