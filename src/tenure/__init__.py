@@ -20,6 +20,7 @@ from ._retry import ExponentialRetry, FixedRetry, NoRetry, RetryStrategy
 from ._sync.client import Client
 from ._sync.election import Election
 from ._sync.lock import Lock
+from ._sync.rwlock import RWLock, Semaphore
 from ._sync.session import Session
 from ._types import Capabilities, Holder
 from .errors import (
@@ -55,7 +56,9 @@ __all__ = [
     "NoRetry",
     "NotHeldError",
     "NotLeaderError",
+    "RWLock",
     "RetryStrategy",
+    "Semaphore",
     "Session",
     "TenureError",
     "__version__",

@@ -14,7 +14,9 @@ class Holder:
 
     ``expires_in`` is ``None`` where entries do not expire (the file backend); ``value`` is an
     election candidate's value, or ``None`` for plain locks; ``token`` is 0 for a waiter that has
-    no token yet.
+    no token yet. ``mode`` is ``"exclusive"`` (a lock, an election, an rwlock's writer),
+    ``"shared"`` (an rwlock's reader) or ``"permit"`` (a semaphore's); ``waiting`` is True for a
+    contender that is queued, not granted.
     """
 
     name: str
@@ -25,6 +27,8 @@ class Holder:
     acquired_at: dt.datetime | None
     expires_in: float | None = None
     value: str | None = None
+    mode: str = "exclusive"
+    waiting: bool = False
 
 
 @dataclass(frozen=True, slots=True)

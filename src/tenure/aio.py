@@ -19,6 +19,8 @@ from typing import Any
 from ._async.client import AsyncClient as Client
 from ._async.election import AsyncElection as Election
 from ._async.lock import AsyncLock as Lock
+from ._async.rwlock import AsyncRWLock as RWLock
+from ._async.rwlock import AsyncSemaphore as Semaphore
 from ._async.session import AsyncSession as Session
 from ._retry import ExponentialRetry, FixedRetry, NoRetry, RetryStrategy
 from ._types import Capabilities, Holder
@@ -55,7 +57,9 @@ __all__ = [
     "NoRetry",
     "NotHeldError",
     "NotLeaderError",
+    "RWLock",
     "RetryStrategy",
+    "Semaphore",
     "Session",
     "TenureError",
     "connect",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 from .._names import check_name, check_namespace
@@ -17,6 +17,7 @@ from . import _compat
 from .backends.base import Driver
 from .election import AsyncElection
 from .lock import AsyncLock, check_timeout
+from .rwlock import AsyncRWLock, AsyncSemaphore
 from .session import AsyncSession, check_ttl
 
 __all__ = ["DEFAULT_TTL", "AsyncClient"]
@@ -173,6 +174,35 @@ class AsyncClient:
             kind="lock",
         )
 
+    def rwlock(
+        self, name: str, *, ttl: float | None = None, timeout: float | None = None
+    ) -> AsyncRWLock:
+        """A read-write lock on ``name`` (its own key space): ``rw.read`` and ``rw.write`` are
+        ``Lock`` objects. ``ttl`` and ``timeout`` as for ``lock()``. Raises
+        ``ConfigurationError`` for a bad name."""
+        return AsyncRWLock(
+            self._session_getter(ttl), self._driver, name, timeout=self._timeout_or_default(timeout)
+        )
+
+    def semaphore(
+        self,
+        name: str,
+        *,
+        limit: int,
+        ttl: float | None = None,
+        timeout: float | None = None,
+    ) -> AsyncSemaphore:
+        """A semaphore on ``name`` (its own key space) with ``limit`` permits; the object holds
+        at most one. ``ttl`` and ``timeout`` as for ``lock()``. Raises ``ConfigurationError``
+        for a bad name or a limit that is not an int >= 1."""
+        return AsyncSemaphore(
+            self._session_getter(ttl),
+            self._driver,
+            name,
+            limit=limit,
+            timeout=self._timeout_or_default(timeout),
+        )
+
     def election(
         self,
         name: str,
@@ -205,6 +235,20 @@ class AsyncClient:
         """The holder of lock ``name`` first, then its waiters in grant order."""
         await self.open()
         return await self._driver.contenders(f"lock/{check_name(name)}")
+
+    def _session_getter(
+        self, ttl: float | None
+    ) -> Callable[[float | None], Awaitable[AsyncSession]]:
+        self._check_open()
+        lease_ttl = self.ttl if ttl is None else _number(ttl, "ttl")
+
+        async def get_session(deadline: float | None = None) -> AsyncSession:
+            return await self._default_session(lease_ttl, deadline)
+
+        return get_session
+
+    def _timeout_or_default(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is None else timeout
 
     def _check_open(self) -> None:
         if self._closed:

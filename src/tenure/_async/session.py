@@ -26,17 +26,16 @@ from ..errors import (
     LockLostError,
 )
 from . import _compat
-from .backends.base import Driver, Grant, Lease, LeaseExpired
+from .backends.base import DRIFT, Driver, Grant, Lease, LeaseExpired, Mode
 from .election import AsyncElection
 from .lock import AsyncLock, call_quietly
+from .rwlock import AsyncRWLock, AsyncSemaphore
 
 __all__ = ["AsyncSession"]
 
 log = logging.getLogger("tenure")
 T = TypeVar("T")
 
-#: Part of the TTL kept back for clock-rate differences between this host and the server.
-DRIFT = 0.01
 #: Renewal at TTL/3, less up to this share of it, so many sessions don't renew in step.
 JITTER = 0.15
 
@@ -99,6 +98,25 @@ class AsyncSession:
             kind="lock",
         )
 
+    def rwlock(self, name: str, *, timeout: float | None = None) -> AsyncRWLock:
+        """A read-write lock on ``name`` held in this session (see ``Client.rwlock``)."""
+        return AsyncRWLock(
+            self._use,
+            self._driver,
+            name,
+            timeout=self._default_timeout if timeout is None else timeout,
+        )
+
+    def semaphore(self, name: str, *, limit: int, timeout: float | None = None) -> AsyncSemaphore:
+        """A semaphore on ``name`` held in this session (see ``Client.semaphore``)."""
+        return AsyncSemaphore(
+            self._use,
+            self._driver,
+            name,
+            limit=limit,
+            timeout=self._default_timeout if timeout is None else timeout,
+        )
+
     def election(
         self, name: str, *, value: str | None = None, timeout: float | None = None
     ) -> AsyncElection:
@@ -144,7 +162,7 @@ class AsyncSession:
         if self._lease is not None and not forked and not self.lost.is_set():
             try:
                 for grant, _ in held:
-                    await self._driver.release(grant)
+                    await self._release_once(grant)
                 await self._driver.revoke_lease(self._lease)
             except BackendError as exc:
                 log.warning("tenure: closing session %s: %s (its lease will expire)", self, exc)
@@ -206,8 +224,10 @@ class AsyncSession:
             gate = self._gates[key] = _compat.Gate()
         return gate
 
-    async def _acquire(self, key: str, owner: OwnerInfo, deadline: float | None) -> Grant | None:
-        """Ask the driver for ``key``, retrying transient errors until ``deadline``."""
+    async def _acquire(
+        self, key: str, owner: OwnerInfo, deadline: float | None, mode: Mode
+    ) -> Grant | None:
+        """Ask the driver for ``key`` in ``mode``, retrying transient errors until ``deadline``."""
         lease = self._lease
         assert lease is not None
 
@@ -217,7 +237,7 @@ class AsyncSession:
                     f"the session ended while waiting for {key!r}: {self._lost_reason}",
                     name=key.partition("/")[2],
                 )
-            return await self._driver.acquire(lease, key, owner, deadline)
+            return await self._driver.acquire(lease, key, owner, deadline, mode)
 
         grant = await self._retrying(attempt, deadline=deadline)
         if grant is not None and self.lost.is_set():
@@ -244,6 +264,11 @@ class AsyncSession:
             reason = self._lost_reason or "the session was closed"
         lock._session_ended(grant, reason)
 
+    def _holds(self, key: str, owner: object) -> bool:
+        """Whether ``owner`` (a thread or task of this process) holds ``key`` in this session."""
+        with self._state:
+            return any(g.key == key and lock._owner == owner for g, lock in self._held.items())
+
     def _untrack(self, grant: Grant) -> None:
         with self._state:
             self._held.pop(grant, None)
@@ -252,11 +277,18 @@ class AsyncSession:
         """Release one entry; on a backend failure, leave it to the keep-alive to retry."""
         self._untrack(grant)
         try:
-            return await self._retrying(lambda: self._driver.release(grant), deadline=None)
+            return await self._retrying(lambda: self._release_once(grant), deadline=None)
         except BackendError:
             with self._state:
                 self._orphans.append(grant)
             raise
+
+    async def _release_once(self, grant: Grant) -> bool:
+        """One release attempt, with the rule every backend shares: a retried release whose
+        first reply was lost, and which now finds nothing, counts as released (the first attempt
+        deleted the entry; a driver's release is owner-checked, so it deleted nobody else's)."""
+        retried, grant.release_sent = grant.release_sent, True
+        return await self._driver.release(grant) or retried
 
     async def _release_quietly(self, grant: Grant) -> None:
         try:
@@ -338,7 +370,7 @@ class AsyncSession:
             orphans, self._orphans = self._orphans, []
         for grant in orphans:
             try:
-                await self._driver.release(grant)
+                await self._release_once(grant)
             except BackendError:
                 with self._state:
                     self._orphans.append(grant)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from .._names import OwnerInfo, check_name, new_owner_id
 from ..errors import AcquireTimeoutError, ConfigurationError, LockError, LockLostError, NotHeldError
 from . import _compat
-from .backends.base import Driver, Grant
+from .backends.base import EXCLUSIVE, Driver, Grant, Mode
 
 if TYPE_CHECKING:
     from .session import Session
@@ -66,9 +66,11 @@ class Lock:
         reentrant: bool,
         kind: str,
         value: str | None = None,
+        mode: Mode = EXCLUSIVE,
     ) -> None:
         self.name = check_name(name)
         self._kind = kind
+        self._mode = mode
         self._key = f"{kind}/{name}"
         self._get_session = get_session
         self._driver = driver
@@ -79,6 +81,10 @@ class Lock:
         self._grant: Grant | None = None
         self._session: Session | None = None
         self._gate_held = False
+        # Exclusive contenders of one process share the session's gate per key (one backend
+        # contender); shared ones (readers, permits) must not serialise each other, so each
+        # object has its own gate: one grant per object, waiters on one object in FIFO order.
+        self._own_gate = _compat.Gate() if mode.shared else None
         self._owner: object = None
         self._count = 0
         self._pid = 0
@@ -116,12 +122,19 @@ class Lock:
         wait = check_timeout(wait)
         deadline = None if wait is None else _compat.monotonic() + wait
         session = self._get_session(deadline)  # opening its lease counts too
-        gate = session._gate(self._key)
+        if self._kind == "rwlock" and session._holds(self._key, me):
+            raise LockError(
+                f"rwlock {self.name!r}: this {_owner_kind()} holds it already; asking for the "
+                f"{'read' if self._mode.shared else 'write'} side too would wait for itself "
+                "(no upgrade or downgrade: release first)",
+                name=self.name,
+            )
+        gate = self._gate(session)
         if not gate.acquire(_remaining(deadline)):
             return False
         try:
             owner = OwnerInfo(new_owner_id(), self._value)
-            grant = session._acquire(self._key, owner, deadline)
+            grant = session._acquire(self._key, owner, deadline, self._mode)
         except BaseException:
             gate.release()
             raise
@@ -187,13 +200,16 @@ class Lock:
             ours = session._release(grant)
         finally:
             if gate_held:
-                session._gate(self._key).release()
+                self._gate(session).release()
         if not ours:
             self._set_lost("the entry was deleted or taken before release")
             raise LockLostError(
                 f"lock {self.name!r} was no longer held when released (deleted or taken)",
                 name=self.name,
             )
+
+    def _gate(self, session: Session) -> _compat.Gate:
+        return self._own_gate if self._own_gate is not None else session._gate(self._key)
 
     def _forget(self) -> None:
         self._grant = self._session = None
@@ -213,8 +229,20 @@ class Lock:
         return self._current().token
 
     def locked(self) -> bool:
-        """Whether anyone holds the lock (asks the backend)."""
-        return self._driver.holder(self._key) is not None
+        """Whether an acquire now would have to wait for a holder (asks the backend).
+
+        For a lock: whether anyone holds it. For an rwlock's write side: whether anyone holds
+        either side; for its read side: whether a writer holds it. For a semaphore: whether all
+        its permits are taken. (Queued waiters are not counted.)
+        """
+        if self._kind in ("lock", "election"):
+            return self._driver.holder(self._key) is not None
+        holders = [h for h in self._driver.contenders(self._key) if not h.waiting]
+        if not self._mode.shared:
+            return bool(holders)
+        if self._mode.limit:
+            return len(holders) >= self._mode.limit
+        return any(h.mode == "exclusive" for h in holders)
 
     def ensure_held(self) -> None:
         """Raise ``LockLostError`` unless the lock is still held (asks the backend once)."""
@@ -265,7 +293,7 @@ class Lock:
             session = self._session
         self.lost.set()
         if gate_held and session is not None:
-            session._gate(self._key).release()  # local waiters may contend again
+            self._gate(session).release()  # local waiters may contend again
         log.warning("tenure: %s %r lost: %s", self._kind, self.name, reason)
         for callback in callbacks:
             call_quietly(callback, self)

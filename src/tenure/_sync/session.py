@@ -27,17 +27,16 @@ from ..errors import (
     LockLostError,
 )
 from . import _compat
-from .backends.base import Driver, Grant, Lease, LeaseExpired
+from .backends.base import DRIFT, Driver, Grant, Lease, LeaseExpired, Mode
 from .election import Election
 from .lock import Lock, call_quietly
+from .rwlock import RWLock, Semaphore
 
 __all__ = ["Session"]
 
 log = logging.getLogger("tenure")
 T = TypeVar("T")
 
-#: Part of the TTL kept back for clock-rate differences between this host and the server.
-DRIFT = 0.01
 #: Renewal at TTL/3, less up to this share of it, so many sessions don't renew in step.
 JITTER = 0.15
 
@@ -98,6 +97,25 @@ class Session:
             kind="lock",
         )
 
+    def rwlock(self, name: str, *, timeout: float | None = None) -> RWLock:
+        """A read-write lock on ``name`` held in this session (see ``Client.rwlock``)."""
+        return RWLock(
+            self._use,
+            self._driver,
+            name,
+            timeout=self._default_timeout if timeout is None else timeout,
+        )
+
+    def semaphore(self, name: str, *, limit: int, timeout: float | None = None) -> Semaphore:
+        """A semaphore on ``name`` held in this session (see ``Client.semaphore``)."""
+        return Semaphore(
+            self._use,
+            self._driver,
+            name,
+            limit=limit,
+            timeout=self._default_timeout if timeout is None else timeout,
+        )
+
     def election(
         self, name: str, *, value: str | None = None, timeout: float | None = None
     ) -> Election:
@@ -143,7 +161,7 @@ class Session:
         if self._lease is not None and not forked and not self.lost.is_set():
             try:
                 for grant, _ in held:
-                    self._driver.release(grant)
+                    self._release_once(grant)
                 self._driver.revoke_lease(self._lease)
             except BackendError as exc:
                 log.warning("tenure: closing session %s: %s (its lease will expire)", self, exc)
@@ -205,8 +223,10 @@ class Session:
             gate = self._gates[key] = _compat.Gate()
         return gate
 
-    def _acquire(self, key: str, owner: OwnerInfo, deadline: float | None) -> Grant | None:
-        """Ask the driver for ``key``, retrying transient errors until ``deadline``."""
+    def _acquire(
+        self, key: str, owner: OwnerInfo, deadline: float | None, mode: Mode
+    ) -> Grant | None:
+        """Ask the driver for ``key`` in ``mode``, retrying transient errors until ``deadline``."""
         lease = self._lease
         assert lease is not None
 
@@ -216,7 +236,7 @@ class Session:
                     f"the session ended while waiting for {key!r}: {self._lost_reason}",
                     name=key.partition("/")[2],
                 )
-            return self._driver.acquire(lease, key, owner, deadline)
+            return self._driver.acquire(lease, key, owner, deadline, mode)
 
         grant = self._retrying(attempt, deadline=deadline)
         if grant is not None and self.lost.is_set():
@@ -243,6 +263,11 @@ class Session:
             reason = self._lost_reason or "the session was closed"
         lock._session_ended(grant, reason)
 
+    def _holds(self, key: str, owner: object) -> bool:
+        """Whether ``owner`` (a thread or task of this process) holds ``key`` in this session."""
+        with self._state:
+            return any(g.key == key and lock._owner == owner for g, lock in self._held.items())
+
     def _untrack(self, grant: Grant) -> None:
         with self._state:
             self._held.pop(grant, None)
@@ -251,11 +276,18 @@ class Session:
         """Release one entry; on a backend failure, leave it to the keep-alive to retry."""
         self._untrack(grant)
         try:
-            return self._retrying(lambda: self._driver.release(grant), deadline=None)
+            return self._retrying(lambda: self._release_once(grant), deadline=None)
         except BackendError:
             with self._state:
                 self._orphans.append(grant)
             raise
+
+    def _release_once(self, grant: Grant) -> bool:
+        """One release attempt, with the rule every backend shares: a retried release whose
+        first reply was lost, and which now finds nothing, counts as released (the first attempt
+        deleted the entry; a driver's release is owner-checked, so it deleted nobody else's)."""
+        retried, grant.release_sent = grant.release_sent, True
+        return self._driver.release(grant) or retried
 
     def _release_quietly(self, grant: Grant) -> None:
         try:
@@ -335,7 +367,7 @@ class Session:
             orphans, self._orphans = self._orphans, []
         for grant in orphans:
             try:
-                self._driver.release(grant)
+                self._release_once(grant)
             except BackendError:
                 with self._state:
                     self._orphans.append(grant)

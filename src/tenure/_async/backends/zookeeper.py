@@ -64,7 +64,7 @@ from ...errors import (
     LockLostError,
 )
 from .. import _compat
-from .base import Grant, Lease, LeaseExpired
+from .base import EXCLUSIVE, Grant, Lease, LeaseExpired, Mode
 
 __all__ = ["ZooKeeperDriver"]
 
@@ -387,8 +387,10 @@ class ZooKeeperDriver:
     # Contenders.
 
     async def acquire(
-        self, lease: Lease, key: str, owner: OwnerInfo, deadline: float | None
+        self, lease: Lease, key: str, owner: OwnerInfo, deadline: float | None, mode: Mode
     ) -> Grant | None:
+        if mode != EXCLUSIVE:  # not yet: [rwlock]/[semaphore] bring the shared modes here
+            raise ConfigurationError(f"{self.scheme}: {mode.name} mode is not supported yet")
         state: _LeaseState = lease.data
         name = key.partition("/")[2]
         self._raise_if_lost(state, name)

@@ -9,19 +9,31 @@ backend: local coalescing of waiters, reentrancy, retries, deadlines, keep-alive
   entry in it in O(1) round trips, and reports entries that are gone; ``revoke_lease`` ends it and
   so frees everything in it. A driver raises :class:`LeaseExpired` when the server says the lease
   is gone, and may call ``lease.expired(reason)`` / ``grant.lost(reason)`` from its own watches.
-- **Contenders.** ``acquire(lease, key, owner, deadline)`` enqueues a contender for ``key`` owned
-  by ``owner.owner`` (a random 128-bit id), waits until it is first (woken by the backend, never a
-  sleep loop) and returns a :class:`Grant` with its fencing token; or returns ``None`` when the
-  ``deadline`` (a ``monotonic()`` time; ``<= now`` means try once) passes, leaving nothing behind.
-  Retrying an acquire with the same owner id must find the earlier entry, not add a second one.
-  Cancellation (asyncio) must also leave nothing behind.
+- **Contenders.** ``acquire(lease, key, owner, deadline, mode)`` enqueues a contender for ``key``
+  owned by ``owner.owner`` (a random 128-bit id), waits until it may be granted (woken by the
+  backend, never a sleep loop) and returns a :class:`Grant` with its fencing token; or returns
+  ``None`` when the ``deadline`` (a ``monotonic()`` time; ``<= now`` means try once) passes,
+  leaving nothing behind. Retrying an acquire with the same owner id must find the earlier entry,
+  not add a second one. Cancellation (asyncio) must also leave nothing behind.
+- **Modes.** Every contender has a :class:`Mode`: ``EXCLUSIVE`` (a lock, an election, an
+  rwlock's writer), ``SHARED`` (an rwlock's reader) or ``permit(limit)`` (a semaphore's). One rule,
+  :func:`grantable`, decides on every backend who holds a key: in arrival order, an exclusive
+  contender is granted when it is first; a shared one when no exclusive contender is before it
+  and, with a limit, fewer than ``limit`` contenders are before it. So the granted contenders are
+  always a prefix of the queue, a plain lock is the special case, and a release can wake exactly
+  those that can now be granted. Every grant of any mode bumps the key's one fencing counter. A
+  key's ``limit`` is stored with it while it has contenders; ``acquire`` with another limit
+  raises :func:`limit_mismatch`.
 - **Release and inspection** are owner-checked: ``release`` deletes only the caller's own entry and
-  returns False if it was no longer there; ``check`` says whether it still is.
-- ``holder``/``contenders`` report :class:`~tenure.Holder` records; ``changes`` yields when
-  a key's holder may have changed (for ``Election.observe``).
+  returns False if it found none. (A retried release whose first reply was lost finds nothing and
+  returns False too: the core, not the driver, counts that as released; see
+  ``Grant.release_sent``.) ``check`` says whether the entry is still there.
+- ``holder``/``contenders`` report :class:`~tenure.Holder` records (with ``mode``, and
+  ``waiting=True`` for queued contenders); ``changes`` yields when a key's holder may have changed
+  (for ``Election.observe``).
 
-Keys are ``"<kind>/<name>"`` with kind ``lock`` or ``election`` and a name already validated by
-``tenure._names.check_name``; the driver maps them into its namespace.
+Keys are ``"<kind>/<name>"`` with a kind from :data:`KINDS` and a name already validated by
+``tenure._names.check_name``; the driver maps them into its namespace. Kinds never interact.
 
 Every method translates its client library's exceptions to :mod:`tenure.errors` at this boundary
 (``BackendUnavailableError``, ``BackendTimeoutError``, ``BackendError``), ``raise ... from exc``.
@@ -31,13 +43,73 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, ClassVar, Protocol
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final, Protocol
 
 from ..._names import OwnerInfo
 from ..._types import Capabilities, Holder
 from ..._url import ParsedURL
+from ...errors import ConfigurationError
 
-__all__ = ["Driver", "Grant", "Lease", "LeaseExpired"]
+__all__ = [
+    "DRIFT",
+    "EXCLUSIVE",
+    "KINDS",
+    "SHARED",
+    "Driver",
+    "Grant",
+    "Lease",
+    "LeaseExpired",
+    "Mode",
+    "grantable",
+    "limit_mismatch",
+    "permit",
+]
+
+#: Part of the TTL kept back for clock-rate differences between this host and the server.
+DRIFT: Final = 0.01
+
+#: The key spaces; a name in one never meets the same name in another.
+KINDS: Final = ("lock", "election", "rwlock", "semaphore")
+
+
+@dataclass(frozen=True, slots=True)
+class Mode:
+    """How a contender shares its key (see the module docstring and :func:`grantable`).
+
+    ``name`` is what :class:`~tenure.Holder` reports (``"exclusive"``, ``"shared"``,
+    ``"permit"``); ``limit`` is a semaphore's number of permits (0: no limit).
+    """
+
+    name: str
+    shared: bool
+    limit: int = 0
+
+
+EXCLUSIVE: Final = Mode("exclusive", shared=False)
+SHARED: Final = Mode("shared", shared=True)
+
+
+def permit(limit: int) -> Mode:
+    """A semaphore permit: shared among the first ``limit`` contenders."""
+    return Mode("permit", shared=True, limit=limit)
+
+
+def grantable(mode: Mode, ahead: int, exclusive_ahead: bool) -> bool:
+    """The one grant rule: may a contender in ``mode`` with ``ahead`` live contenders before it
+    (``exclusive_ahead``: one of them exclusive) be granted? FIFO, no starvation: a reader that
+    arrives after a waiting writer waits behind it."""
+    if not mode.shared:
+        return ahead == 0
+    return not exclusive_ahead and (mode.limit == 0 or ahead < mode.limit)
+
+
+def limit_mismatch(name: str, stored: int, asked: int) -> ConfigurationError:
+    """The error for a semaphore contender whose limit differs from the stored one."""
+    return ConfigurationError(
+        f"semaphore {name!r} has limit {stored} while it has holders or waiters; "
+        f"this contender asked for limit {asked}"
+    )
 
 
 class LeaseExpired(Exception):
@@ -84,7 +156,7 @@ class Lease:
 
 
 class Grant:
-    """One held lock entry: who holds ``key`` under which ``token``."""
+    """One held entry: who holds ``key`` in which ``mode`` under which ``token``."""
 
     __slots__ = (
         "__weakref__",
@@ -93,7 +165,9 @@ class Grant:
         "data",
         "key",
         "lease",
+        "mode",
         "owner",
+        "release_sent",
         "renew_by",
         "token",
     )
@@ -107,8 +181,10 @@ class Grant:
         acquired_at: dt.datetime,
         data: Any = None,
         renew_by: float | None = None,
+        mode: Mode = EXCLUSIVE,
     ) -> None:
         self.key = key
+        self.mode = mode
         self.owner = owner
         self.token = token
         self.lease = lease
@@ -118,6 +194,9 @@ class Grant:
         #: the session's own deadline (a driver whose entries have separate server-side timers,
         #: like PostgreSQL's connections); the session's deadline is never later than this.
         self.renew_by = renew_by
+        #: Set by the core once a release of this entry was sent; a later attempt that finds
+        #: nothing then counts as released (the first one's reply was lost). Drivers never read it.
+        self.release_sent = False
         self._on_lost: Callable[[str], None] | None = None
 
     def lost(self, reason: str) -> None:
@@ -154,11 +233,11 @@ class Driver(Protocol):
     def revoke_lease(self, lease: Lease) -> None: ...
 
     def acquire(
-        self, lease: Lease, key: str, owner: OwnerInfo, deadline: float | None
+        self, lease: Lease, key: str, owner: OwnerInfo, deadline: float | None, mode: Mode
     ) -> Grant | None: ...
 
     def release(self, grant: Grant) -> bool:
-        """Delete the caller's own entry; False if it was no longer there."""
+        """Delete the caller's own entry; False if it found none."""
         ...
 
     def check(self, grant: Grant) -> bool:

@@ -55,7 +55,7 @@ from ...errors import (
     LockLostError,
 )
 from .. import _compat
-from .base import Grant, Lease, LeaseExpired
+from .base import EXCLUSIVE, Grant, Lease, LeaseExpired, Mode
 
 __all__ = ["EtcdDriver"]
 
@@ -614,8 +614,10 @@ class EtcdDriver:
     # Contenders.
 
     def acquire(
-        self, lease: Lease, key: str, owner: OwnerInfo, deadline: float | None
+        self, lease: Lease, key: str, owner: OwnerInfo, deadline: float | None, mode: Mode
     ) -> Grant | None:
+        if mode != EXCLUSIVE:  # not yet: [rwlock]/[semaphore] bring the shared modes here
+            raise ConfigurationError(f"{self.scheme}: {mode.name} mode is not supported yet")
         prefix = self._prefix(key)
         me = self._key(key, lease)
         acquired_at = utcnow()

@@ -44,7 +44,7 @@ from ..._types import Capabilities, Holder, utcnow
 from ..._url import ParsedURL
 from ...errors import BackendError, ConfigurationError
 from .. import _compat
-from .base import Grant, Lease
+from .base import EXCLUSIVE, KINDS, Grant, Lease, Mode
 
 __all__ = ["FileDriver", "default_root"]
 
@@ -198,7 +198,7 @@ class FileDriver:
         return base / f"{stem}.lock", base / f"{stem}.json", base / f"{stem}.wait"
 
     def connect(self) -> None:
-        for kind in ("lock", "election"):
+        for kind in KINDS:
             try:
                 (self._dir / kind).mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -227,8 +227,10 @@ class FileDriver:
     # Contenders.
 
     def acquire(
-        self, lease: Lease, key: str, owner: OwnerInfo, deadline: float | None
+        self, lease: Lease, key: str, owner: OwnerInfo, deadline: float | None, mode: Mode
     ) -> Grant | None:
+        if mode != EXCLUSIVE:  # not yet: [rwlock]/[semaphore] bring the shared modes here
+            raise ConfigurationError(f"{self.scheme}: {mode.name} mode is not supported yet")
         lock_path, state_path, wait_dir = self._paths(key)
         fd = self._open(lock_path)
         granted = False

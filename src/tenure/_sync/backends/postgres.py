@@ -60,8 +60,7 @@ from ...errors import (
     ConfigurationError,
 )
 from .. import _compat
-from ..session import DRIFT  # the share of the TTL kept back for clock-rate differences
-from .base import Grant, Lease
+from .base import DRIFT, EXCLUSIVE, Grant, Lease, Mode
 
 __all__ = ["PostgresDriver"]
 
@@ -349,8 +348,10 @@ class PostgresDriver:
         return "tenure_" + format(self._lock_key(key) & 0xFFFFFFFFFFFFFFFF, "016x")
 
     def acquire(
-        self, lease: Lease, key: str, owner: OwnerInfo, deadline: float | None
+        self, lease: Lease, key: str, owner: OwnerInfo, deadline: float | None, mode: Mode
     ) -> Grant | None:
+        if mode != EXCLUSIVE:  # not yet: [rwlock]/[semaphore] bring the shared modes here
+            raise ConfigurationError(f"{self.scheme}: {mode.name} mode is not supported yet")
         pool: _Pool = lease.data
         if pool.closed:
             raise BackendError("the session's connections are closed")

@@ -53,7 +53,7 @@ from ...errors import (
     ConfigurationError,
 )
 from .. import _compat
-from .base import Grant, Lease
+from .base import EXCLUSIVE, Grant, Lease, Mode
 
 __all__ = ["ErrorBoundary", "OwnConnection", "RedisDriver", "from_us", "holder_from_record", "ms"]
 
@@ -248,8 +248,10 @@ class RedisDriver:
     # Contenders.
 
     def acquire(
-        self, lease: Lease, key: str, owner: OwnerInfo, deadline: float | None
+        self, lease: Lease, key: str, owner: OwnerInfo, deadline: float | None, mode: Mode
     ) -> Grant | None:
+        if mode != EXCLUSIVE:  # not yet: [rwlock]/[semaphore] bring the shared modes here
+            raise ConfigurationError(f"{self.scheme}: {mode.name} mode is not supported yet")
         p = self._prefix(key)
         keys = [p + "holder", p + "token", p + "queue", p + "seq"]
         flags = self._flags(key)

@@ -63,7 +63,7 @@ from ..._types import Capabilities, Holder
 from ..._url import ParsedURL, seconds_option
 from ...errors import BackendError, BackendUnavailableError, ConfigurationError
 from .. import _compat
-from .base import Grant, Lease
+from .base import EXCLUSIVE, Grant, Lease, Mode
 from .redis import ErrorBoundary, OwnConnection, from_us, holder_from_record, ms
 
 __all__ = ["RedlockDriver", "quorum", "validity"]
@@ -362,8 +362,10 @@ class RedlockDriver:
     # Contenders.
 
     def acquire(
-        self, lease: Lease, key: str, owner: OwnerInfo, deadline: float | None
+        self, lease: Lease, key: str, owner: OwnerInfo, deadline: float | None, mode: Mode
     ) -> Grant | None:
+        if mode != EXCLUSIVE:  # not yet: [rwlock]/[semaphore] bring the shared modes here
+            raise ConfigurationError(f"{self.scheme}: {mode.name} mode is not supported yet")
         p = self._prefix(key)
         keys = [p + "holder", p + "token", p + "queue", p + "seq"]
         try_once = deadline is not None and deadline <= _compat.monotonic()
