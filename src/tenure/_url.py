@@ -11,7 +11,14 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .errors import ConfigurationError
 
-__all__ = ["DEFAULT_URL_ENV", "ParsedURL", "parse_url", "seconds_option"]
+__all__ = [
+    "DEFAULT_URL_ENV",
+    "ParsedURL",
+    "bool_option",
+    "number_option",
+    "parse_url",
+    "seconds_option",
+]
 
 DEFAULT_URL_ENV = "TENURE_URL"
 
@@ -122,4 +129,31 @@ def seconds_option(options: dict[str, str], name: str, default: float) -> float:
         raise ConfigurationError(f"{name} must be a number of seconds, got {text!r}") from None
     if value <= 0:
         raise ConfigurationError(f"{name} must be > 0 seconds, got {value}")
+    return value
+
+
+def bool_option(options: dict[str, str], name: str, default: bool = False) -> bool:
+    """A driver's on/off option (``?name=true``): true/false, 1/0, yes/no, on/off."""
+    text = options.get(name)
+    if text is None:
+        return default
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{name} must be true or false, got {text!r}")
+
+
+def number_option(options: dict[str, str], name: str, default: float) -> float:
+    """A driver's plain numeric option (``?name=0.01``): a number >= 0, else ``default``."""
+    text = options.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number, got {text!r}") from None
+    if value < 0:
+        raise ConfigurationError(f"{name} must be >= 0, got {value}")
     return value
