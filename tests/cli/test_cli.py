@@ -374,6 +374,57 @@ def test_status_shows_holder_pid_and_token(url: str, client: tenure.Client) -> N
     assert free_json["holder"] is None
 
 
+def test_run_read_and_write_take_the_rwlock_sides(
+    url: str, client: tenure.Client, tmp_path: Path
+) -> None:
+    out = tmp_path / "env.json"
+    rw = client.rwlock("cat")
+    with rw.read:
+        shared = tenure_cli("run", "cat", "--read", "--no-wait", "--url", url, "--",
+                            sys.executable, "-c", ENV_CHILD, str(out), "0")  # fmt: skip
+        assert shared.returncode == 0, shared.stderr
+        assert int(json.loads(out.read_text())["TENURE_TOKEN"]) > rw.read.token
+        busy = tenure_cli("run", "cat", "--write", "--no-wait", "--url", url, "--", "true")
+        assert busy.returncode == 75
+        assert "rwlock cat (write)" in busy.stderr
+        table = tenure_cli("status", "cat", "--url", url)
+        assert table.returncode == 0, table.stderr
+        assert "rwlock cat: held" in table.stdout
+        row = next(line for line in table.stdout.splitlines() if line.startswith("holder"))
+        assert row.split()[1] == "shared"
+        plain = tenure_cli("run", "cat", "--no-wait", "--url", url, "--", "true")
+        assert plain.returncode == 0  # a plain lock of the same name is another key space
+    assert (
+        tenure_cli("run", "cat", "--write", "--no-wait", "--url", url, "--", "true").returncode == 0
+    )
+
+
+def test_run_limit_lets_n_in_and_refuses_another_limit(url: str, client: tenure.Client) -> None:
+    first, second = client.semaphore("gpu", limit=2), client.semaphore("gpu", limit=2)
+    assert first.acquire()
+    ok = tenure_cli("run", "gpu", "--limit", "2", "--no-wait", "--url", url, "--", "true")
+    assert ok.returncode == 0, ok.stderr
+    assert second.acquire()
+    full = tenure_cli("run", "gpu", "--limit", "2", "--no-wait", "--url", url, "--", "true")
+    assert full.returncode == 75
+    assert "semaphore gpu (limit 2)" in full.stderr
+    other = tenure_cli("run", "gpu", "--limit", "3", "--no-wait", "--url", url, "--", "true")
+    assert other.returncode == 78
+    assert "2" in other.stderr
+    assert "3" in other.stderr
+    as_json = json.loads(tenure_cli("status", "gpu", "--kind", "semaphore", "--url", url,
+                                    "--json").stdout)  # fmt: skip
+    assert as_json["kind"] == "semaphore"
+    assert sorted(h["token"] for h in as_json["holders"]) == sorted([first.token, second.token])
+    assert {h["mode"] for h in as_json["holders"]} == {"permit"}
+    first.release()
+    second.release()
+    bad = tenure_cli("run", "gpu", "--limit", "0", "--url", url, "--", "true")
+    assert bad.returncode == 64
+    both = tenure_cli("run", "gpu", "--limit", "2", "--read", "--url", url, "--", "true")
+    assert both.returncode == 64
+
+
 def test_status_without_name_shows_the_backend(url: str) -> None:
     result = tenure_cli("status", "--url", url)
     assert result.returncode == 0

@@ -14,7 +14,7 @@ from .._types import Capabilities, Holder
 from .._url import parse_url
 from ..errors import ConfigurationError
 from . import _compat
-from .backends.base import Driver
+from .backends.base import KINDS, Driver
 from .election import AsyncElection
 from .lock import AsyncLock, check_timeout
 from .rwlock import AsyncRWLock, AsyncSemaphore
@@ -226,15 +226,17 @@ class AsyncClient:
             timeout=self.timeout if timeout is None else timeout,
         )
 
-    async def holder(self, name: str) -> Holder | None:
-        """Who holds lock ``name`` now, or None."""
+    async def holder(self, name: str, *, kind: str = "lock") -> Holder | None:
+        """Who holds lock ``name`` now, or None (``kind``: ``"lock"``, ``"rwlock"``,
+        ``"semaphore"`` or ``"election"``; for the shared kinds, the first holder)."""
         await self.open()
-        return await self._driver.holder(f"lock/{check_name(name)}")
+        return await self._driver.holder(_key(kind, name))
 
-    async def contenders(self, name: str) -> list[Holder]:
-        """The holder of lock ``name`` first, then its waiters in grant order."""
+    async def contenders(self, name: str, *, kind: str = "lock") -> list[Holder]:
+        """The holders of ``name`` first, then its waiters in grant order (``waiting=True``);
+        ``kind`` as for ``holder``."""
         await self.open()
-        return await self._driver.contenders(f"lock/{check_name(name)}")
+        return await self._driver.contenders(_key(kind, name))
 
     def _session_getter(
         self, ttl: float | None
@@ -253,6 +255,12 @@ class AsyncClient:
     def _check_open(self) -> None:
         if self._closed:
             raise ConfigurationError(f"client {self.url} is closed")
+
+
+def _key(kind: str, name: str) -> str:
+    if kind not in KINDS:
+        raise ConfigurationError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
+    return f"{kind}/{check_name(name)}"
 
 
 def _number(value: Any, what: str) -> float:

@@ -15,7 +15,7 @@ from .._types import Capabilities, Holder
 from .._url import parse_url
 from ..errors import ConfigurationError
 from . import _compat
-from .backends.base import Driver
+from .backends.base import KINDS, Driver
 from .election import Election
 from .lock import Lock, check_timeout
 from .rwlock import RWLock, Semaphore
@@ -222,15 +222,17 @@ class Client:
             timeout=self.timeout if timeout is None else timeout,
         )
 
-    def holder(self, name: str) -> Holder | None:
-        """Who holds lock ``name`` now, or None."""
+    def holder(self, name: str, *, kind: str = "lock") -> Holder | None:
+        """Who holds lock ``name`` now, or None (``kind``: ``"lock"``, ``"rwlock"``,
+        ``"semaphore"`` or ``"election"``; for the shared kinds, the first holder)."""
         self.open()
-        return self._driver.holder(f"lock/{check_name(name)}")
+        return self._driver.holder(_key(kind, name))
 
-    def contenders(self, name: str) -> list[Holder]:
-        """The holder of lock ``name`` first, then its waiters in grant order."""
+    def contenders(self, name: str, *, kind: str = "lock") -> list[Holder]:
+        """The holders of ``name`` first, then its waiters in grant order (``waiting=True``);
+        ``kind`` as for ``holder``."""
         self.open()
-        return self._driver.contenders(f"lock/{check_name(name)}")
+        return self._driver.contenders(_key(kind, name))
 
     def _session_getter(self, ttl: float | None) -> Callable[[float | None], Session]:
         self._check_open()
@@ -247,6 +249,12 @@ class Client:
     def _check_open(self) -> None:
         if self._closed:
             raise ConfigurationError(f"client {self.url} is closed")
+
+
+def _key(kind: str, name: str) -> str:
+    if kind not in KINDS:
+        raise ConfigurationError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
+    return f"{kind}/{check_name(name)}"
 
 
 def _number(value: Any, what: str) -> float:

@@ -158,6 +158,21 @@ def _build_parser() -> tuple[_Parser, dict[str, _Parser]]:
         help="wait at most S seconds (default: forever)",
     )
     wait.add_argument("--no-wait", action="store_true", help="try once, never wait")
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--read", action="store_true", help="take the shared (read) side of rwlock NAME"
+    )
+    mode.add_argument(
+        "--write", action="store_true", help="take the exclusive (write) side of rwlock NAME"
+    )
+    mode.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="take one of N permits of semaphore NAME (at most N CMDs at once, like "
+        "Consul's lock -n)",
+    )
     run.add_argument(
         "--grace",
         type=_seconds,
@@ -201,13 +216,21 @@ def _build_parser() -> tuple[_Parser, dict[str, _Parser]]:
     status = sub.add_parser(
         "status",
         parents=[common],
-        help="show a lock's holder and waiters, or the backend",
-        description="With NAME: the holder and waiters of lock NAME (or the leader of election "
-        "NAME with --election). Without: the backend's URL (password redacted) and "
-        "capabilities.",
+        help="show a name's holders and waiters, or the backend",
+        description=_wrap(
+            "With NAME: the holders (with their mode) and waiters of NAME, in every key space "
+            "where it is in use (lock, rwlock, semaphore, election), or only in --kind. "
+            "Without: the backend's URL (password redacted) and capabilities."
+        ),
     )
     status.add_argument("name", metavar="NAME", nargs="?", default=None)
-    status.add_argument("--election", action="store_true", help="NAME is an election")
+    status.add_argument(
+        "--kind",
+        choices=["lock", "rwlock", "semaphore", "election"],
+        default=None,
+        help="look only in this key space (default: every one, showing those in use)",
+    )
+    status.add_argument("--election", action="store_true", help="same as --kind election")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
     demo = sub.add_parser(

@@ -46,20 +46,34 @@ def _holder_cache(lookup: Callable[[], tenure.Holder | None]) -> Callable[[], te
     return get
 
 
+def _lock_for(client: tenure.Client, args: argparse.Namespace) -> tuple[tenure.Lock, str, str]:
+    """The lock object ``run`` takes (plain, an rwlock side or a permit), what to call it, and
+    its key space."""
+    name: str = args.name
+    if args.read or args.write:
+        rw = client.rwlock(name, ttl=args.ttl)
+        side = "read" if args.read else "write"
+        return (rw.read if args.read else rw.write), f"rwlock {name} ({side})", "rwlock"
+    if args.limit is not None:
+        sem = client.semaphore(name, limit=args.limit, ttl=args.ttl)
+        return sem, f"semaphore {name} (limit {args.limit})", "semaphore"
+    return client.lock(name, ttl=args.ttl), f"lock {name}", "lock"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     with connect(args.url, args.namespace) as client:
         name: str = args.name
-        lock = client.lock(name, ttl=args.ttl)
+        lock, what, kind = _lock_for(client, args)
         with interrupting_signals():
             if args.no_wait:
                 got = lock.acquire(blocking=False)
             else:
-                holder = _holder_cache(lambda: client.holder(name))
+                holder = _holder_cache(lambda: client.holder(name, kind=kind))
 
                 def describe(elapsed: float) -> str:
                     who = holder()
                     held_by = f" held by {describe_holder(who)}" if who is not None else ""
-                    return f"waiting for lock {name}{held_by} … {elapsed:.1f} s"
+                    return f"waiting for {what}{held_by} … {elapsed:.1f} s"
 
                 timeout: float | None = args.timeout
                 got = wait_in_thread(
@@ -68,15 +82,15 @@ def cmd_run(args: argparse.Namespace) -> int:
                 )
         if not got:
             try:
-                who = client.holder(name)
+                who = client.holder(name, kind=kind)
             except tenure.TenureError:
                 who = None
             held_by = f"held by {describe_holder(who)}" if who is not None else "held by another"
             if args.no_wait:
-                print_err(f"tenure: lock {name!r} is {held_by}; not running CMD (--no-wait)")
+                print_err(f"tenure: {what} is {held_by}; not running CMD (--no-wait)")
             else:
                 print_err(
-                    f"tenure: timed out after {args.timeout:g} s waiting for lock {name!r}, "
+                    f"tenure: timed out after {args.timeout:g} s waiting for {what}, "
                     f"{held_by}; not running CMD"
                 )
             return EX_TEMPFAIL
@@ -90,7 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 return str(exc)
             except tenure.TenureError:
                 pass
-            return f"lock {name!r} was lost"
+            return f"{what} was lost"
 
         try:
             outcome = supervise(
@@ -103,7 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         finally:
             _release(lock)
         if outcome.lost:
-            print_err(f"tenure: CMD stopped because lock {name!r} was lost (exit {EX_LOST})")
+            print_err(f"tenure: CMD stopped because {what} was lost (exit {EX_LOST})")
             return EX_LOST
         return outcome.code
 

@@ -15,33 +15,46 @@ from ._common import connect, format_seconds, held_for, shown_url
 __all__ = ["cmd_status"]
 
 
+_KINDS = ("lock", "rwlock", "semaphore", "election")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     with connect(args.url, args.namespace) as client:
         if args.name is None:
             return _backend(client, as_json=args.json)
         now = dt.datetime.now(dt.UTC)
-        if args.election:
-            contenders = client.election(args.name).candidates()
-        else:
-            contenders = client.contenders(args.name)
-        holder = contenders[0] if contenders and contenders[0].acquired_at is not None else None
-        waiters = contenders[1:] if holder is not None else contenders
-        kind = "election" if args.election else "lock"
+        kind = "election" if args.election else args.kind
+        if kind is not None:
+            found = [(kind, client.contenders(args.name, kind=kind))]
+        else:  # every key space where the name is in use; a free name shows as a free lock
+            found = [(k, c) for k in _KINDS if (c := client.contenders(args.name, kind=k))]
+            found = found or [("lock", [])]
         if args.json:
-            print(
-                json.dumps(
-                    {
-                        "name": args.name,
-                        "kind": kind,
-                        "holder": None if holder is None else _record(holder, now),
-                        "waiters": [_record(w, now) for w in waiters],
-                    },
-                    indent=2,
-                )
-            )
+            reports = [_report(args.name, k, contenders, now) for k, contenders in found]
+            print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
             return 0
-        _table(args.name, kind, holder, waiters, now)
+        for k, contenders in found:
+            holders, waiters = _split(contenders)
+            _table(args.name, k, holders, waiters, now)
         return 0
+
+
+def _split(contenders: list[tenure.Holder]) -> tuple[list[tenure.Holder], list[tenure.Holder]]:
+    holders = [h for h in contenders if not h.waiting and h.acquired_at is not None]
+    return holders, [h for h in contenders if h not in holders]
+
+
+def _report(
+    name: str, kind: str, contenders: list[tenure.Holder], now: dt.datetime
+) -> dict[str, Any]:
+    holders, waiters = _split(contenders)
+    return {
+        "name": name,
+        "kind": kind,
+        "holder": _record(holders[0], now) if holders else None,
+        "holders": [_record(h, now) for h in holders],
+        "waiters": [_record(w, now) for w in waiters],
+    }
 
 
 def _record(holder: tenure.Holder, now: dt.datetime) -> dict[str, Any]:
@@ -54,27 +67,29 @@ def _record(holder: tenure.Holder, now: dt.datetime) -> dict[str, Any]:
 def _table(
     name: str,
     kind: str,
-    holder: tenure.Holder | None,
+    holders: list[tenure.Holder],
     waiters: list[tenure.Holder],
     now: dt.datetime,
 ) -> None:
-    if holder is None and not waiters:
+    if not holders and not waiters:
         print(f"{kind} {name}: free")
         return
-    state = "held" if holder is not None else "free"
+    state = f"held by {len(holders)}" if len(holders) > 1 else "held" if holders else "free"
     if kind == "election":
-        state = "has a leader" if holder is not None else "has no leader"
+        state = "has a leader" if holders else "has no leader"
     print(f"{kind} {name}: {state}" + (f", {len(waiters)} waiting" if waiters else ""))
     rows: list[tuple[str, ...]] = []
     role = "leader" if kind == "election" else "holder"
-    entries = ([(role, holder)] if holder is not None else []) + [("waiter", w) for w in waiters]
+    entries = [(role, h) for h in holders] + [("waiter", w) for w in waiters]
     show_value = any(h.value is not None for _, h in entries)
-    header: tuple[str, ...] = ("ROLE", "OWNER", "HOST", "PID", "TOKEN", "HELD FOR", "EXPIRES IN")
+    show_mode = kind in ("rwlock", "semaphore")
+    header: tuple[str, ...] = ("ROLE",) + (("MODE",) if show_mode else ())
+    header += ("OWNER", "HOST", "PID", "TOKEN", "HELD FOR", "EXPIRES IN")
     if show_value:
         header += ("VALUE",)
     for role_name, h in entries:
-        row: tuple[str, ...] = (
-            role_name,
+        row: tuple[str, ...] = (role_name,) + ((h.mode,) if show_mode else ())
+        row += (
             h.owner[:8],
             h.host,
             str(h.pid),
