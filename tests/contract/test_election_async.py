@@ -32,7 +32,7 @@ async def test_two_candidates_hand_over_in_order(aclients: Clients) -> None:
     runner.start(lambda: second.campaign(timeout=30))
 
     async def queued() -> bool:
-        return len(await a._driver.contenders("election/scheduler")) == 2
+        return len(await a.contenders("scheduler", kind="election")) == 2
 
     await runner.wait_for(queued, 10)
     await first.resign()

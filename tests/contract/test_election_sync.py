@@ -33,7 +33,7 @@ def test_two_candidates_hand_over_in_order(clients: Clients) -> None:
     runner.start(lambda: second.campaign(timeout=30))
 
     def queued() -> bool:
-        return len(a._driver.contenders("election/scheduler")) == 2
+        return len(a.contenders("scheduler", kind="election")) == 2
 
     runner.wait_for(queued, 10)
     first.resign()

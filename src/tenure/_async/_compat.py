@@ -61,9 +61,6 @@ class Gate:
         self._locked = False
         self._waiters: deque[asyncio.Future[None]] = deque()
 
-    def locked(self) -> bool:
-        return self._locked
-
     async def acquire(self, timeout: float | None) -> bool:
         if not self._locked and not self._waiters:
             self._locked = True
@@ -118,9 +115,6 @@ class Worker:
             self._task.cancel()
             with contextlib.suppress(BaseException):
                 await self._task
-
-    def alive(self) -> bool:
-        return not self._task.done()
 
 
 def spawn(fn: Callable[[], Awaitable[None]], name: str) -> Worker:

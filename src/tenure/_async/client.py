@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import weakref
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any
+from typing import Any, final
 
 from .._names import check_name, check_namespace
 from .._registry import load_driver
@@ -36,6 +36,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+@final
 class AsyncClient:
     """A connection to one backend. Use ``tenure.connect(url)`` (or ``aio.connect``).
 
@@ -137,12 +138,7 @@ class AsyncClient:
         if not self._connected:
             await self.open()
         session = self._sessions.get(ttl)
-        if (
-            session is None
-            or session.lost.is_set()
-            or session._closed.is_set()
-            or (session._pid != os.getpid())
-        ):
+        if session is None or session.closed:
             session = self._sessions[ttl] = self.session(ttl)
         return await session._use(deadline)
 

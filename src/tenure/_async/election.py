@@ -8,7 +8,7 @@ token is the leadership *term*, and its value (e.g. its address) is readable by 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, final
 
 from .._names import check_name
 from .._types import Holder
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["AsyncElection"]
 
 
+@final
 class AsyncElection:
     """A leader election on ``name``. Make one with ``Client.election`` or ``Session.election``.
 
@@ -65,6 +66,7 @@ class AsyncElection:
 
     @property
     def is_leader(self) -> bool:
+        """Whether this candidate leads now (held by this object, in this process, not lost)."""
         return self._lock.held
 
     @property

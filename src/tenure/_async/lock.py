@@ -5,6 +5,11 @@ process that wait for one name make a single backend contender), then the driver
 with the remaining time. ``release`` goes the other way. A lost lock sets ``lost``, runs the
 ``on_lost`` callbacks and opens the local gate; ``release``/``token``/``ensure_held`` then raise
 ``LockLostError``.
+
+The Lock <-> Session interface is declared here, in two Protocols: :class:`LockSession` (what a
+lock uses of its session) and :class:`SessionLock` (what a session uses of the locks it tracks).
+``Election`` is built on a Lock and also uses its ``_key``, ``_current()`` and ``_set_lost()``;
+nothing else reaches into either class.
 """
 
 from __future__ import annotations
@@ -12,17 +17,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from .._names import OwnerInfo, check_name, new_owner_id
 from ..errors import AcquireTimeoutError, ConfigurationError, LockError, LockLostError, NotHeldError
 from . import _compat
 from .backends.base import EXCLUSIVE, Driver, Grant, Mode
 
-if TYPE_CHECKING:
-    from .session import AsyncSession
-
-__all__ = ["AsyncLock"]
+__all__ = ["AsyncLock", "LockSession", "SessionLock"]
 
 log = logging.getLogger("tenure")
 T = TypeVar("T")
@@ -46,6 +48,50 @@ def check_timeout(timeout: float | None, what: str = "timeout") -> float | None:
     return float(timeout)
 
 
+class LockSession(Protocol):
+    """What a lock uses of its session (``AsyncSession`` implements it)."""
+
+    lost: _compat.Event
+    _lost_reason: str
+
+    def _gate(self, key: str) -> _compat.Gate:
+        """The process-local FIFO gate of ``key`` (one backend contender per process)."""
+        ...
+
+    def _holds(self, key: str, owner: object) -> bool:
+        """Whether ``owner`` (a thread or task) holds ``key`` in this session."""
+        ...
+
+    async def _acquire(
+        self, key: str, owner: OwnerInfo, deadline: float | None, mode: Mode
+    ) -> Grant | None:
+        """The driver's acquire, retried on transient errors until ``deadline``."""
+        ...
+
+    def _track(self, grant: Grant, lock: SessionLock) -> None:
+        """Renew ``grant`` with the session from now on; tell ``lock`` when it is lost."""
+        ...
+
+    async def _release(self, grant: Grant) -> bool:
+        """Release (untracked from now on); False if the entry was found deleted or taken."""
+        ...
+
+    async def _release_quietly(self, grant: Grant) -> None:
+        """Release, logging backend errors instead of raising them."""
+        ...
+
+
+class SessionLock(Protocol):
+    """What a session uses of the locks it tracks (``AsyncLock`` implements it)."""
+
+    #: The thread (task) that holds the lock, for the rwlock's no-upgrade check.
+    _owner: object
+
+    def _session_ended(self, grant: Grant, reason: str) -> None:
+        """``grant``'s lease or entry is gone: the lock is lost (if ``grant`` is current)."""
+        ...
+
+
 class AsyncLock:
     """A distributed lock on ``name``. Make one with ``Client.lock`` or ``Session.lock``.
 
@@ -57,7 +103,7 @@ class AsyncLock:
 
     def __init__(
         self,
-        get_session: Callable[[float | None], Awaitable[AsyncSession]],
+        get_session: Callable[[float | None], Awaitable[LockSession]],
         driver: Driver,
         name: str,
         *,
@@ -78,7 +124,7 @@ class AsyncLock:
         self._value = value
         self._state = _compat.StateLock()
         self._grant: Grant | None = None
-        self._session: AsyncSession | None = None
+        self._session: LockSession | None = None
         self._gate_held = False
         # Exclusive contenders of one process share the session's gate per key (one backend
         # contender); shared ones (readers, permits) must not serialise each other, so each
@@ -207,7 +253,7 @@ class AsyncLock:
                 name=self.name,
             )
 
-    def _gate(self, session: AsyncSession) -> _compat.Gate:
+    def _gate(self, session: LockSession) -> _compat.Gate:
         return self._own_gate if self._own_gate is not None else session._gate(self._key)
 
     def _forget(self) -> None:

@@ -9,7 +9,7 @@ promises holds for each (leases, ``lost``, fencing tokens, owner-checked release
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, final
 
 from .._names import check_name
 from .._types import Holder
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["AsyncRWLock", "AsyncSemaphore", "check_limit"]
 
 
+@final
 class AsyncRWLock:
     """A read-write lock on ``name``: ``read`` (shared) and ``write`` (exclusive) are ``Lock``s.
 
@@ -73,6 +74,7 @@ class AsyncRWLock:
         return await self._driver.contenders(self._key)
 
 
+@final
 class AsyncSemaphore(AsyncLock):
     """At most ``limit`` holders of ``name`` at once, across processes and machines.
 

@@ -14,7 +14,7 @@ import os
 import random
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, final
 
 from .._names import OwnerInfo
 from .._retry import ExponentialRetry, RetryStrategy
@@ -28,7 +28,7 @@ from ..errors import (
 from . import _compat
 from .backends.base import DRIFT, Driver, Grant, Lease, LeaseExpired, Mode
 from .election import AsyncElection
-from .lock import AsyncLock, call_quietly
+from .lock import AsyncLock, SessionLock, call_quietly
 from .rwlock import AsyncRWLock, AsyncSemaphore
 
 __all__ = ["AsyncSession"]
@@ -40,6 +40,7 @@ T = TypeVar("T")
 JITTER = 0.15
 
 
+@final
 class AsyncSession:
     """A lease kept alive in the background; ``lock()`` and ``election()`` live in it.
 
@@ -65,7 +66,7 @@ class AsyncSession:
         self._state = _compat.StateLock()
         self._open_gate = _compat.Gate()
         self._lease: Lease | None = None
-        self._held: dict[Grant, AsyncLock] = {}
+        self._held: dict[Grant, SessionLock] = {}
         self._orphans: list[Grant] = []
         self._gates: dict[str, _compat.Gate] = {}
         self._deadline = 0.0
@@ -136,6 +137,11 @@ class AsyncSession:
                 self._callbacks.append(callback)
                 return
         call_quietly(callback, self)
+
+    @property
+    def closed(self) -> bool:
+        """True once the session is closed, lost, or inherited by a forked child: unusable."""
+        return self._closed.is_set() or self.lost.is_set() or os.getpid() != self._pid
 
     @property
     def expires_in(self) -> float | None:
@@ -249,7 +255,7 @@ class AsyncSession:
             )
         return grant
 
-    def _track(self, grant: Grant, lock: AsyncLock) -> None:
+    def _track(self, grant: Grant, lock: SessionLock) -> None:
         grant._on_lost = lambda reason: self._grant_lost(grant, reason)
         with self._state:
             # The session may have been lost (or closed) since the driver granted: then the lock

@@ -50,9 +50,6 @@ class Gate:
         self._locked = False
         self._waiters: deque[list[Any]] = deque()  # [threading.Lock held until granted, granted]
 
-    def locked(self) -> bool:
-        return self._locked
-
     def acquire(self, timeout: float | None) -> bool:
         with self._mutex:
             if not self._locked and not self._waiters:
@@ -95,9 +92,6 @@ class Worker:
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)
-
-    def alive(self) -> bool:
-        return self._thread.is_alive()
 
 
 def spawn(fn: Callable[[], None], name: str) -> Worker:

@@ -9,7 +9,7 @@ token is the leadership *term*, and its value (e.g. its address) is readable by 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, final
 
 from .._names import check_name
 from .._types import Holder
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["Election"]
 
 
+@final
 class Election:
     """A leader election on ``name``. Make one with ``Client.election`` or ``Session.election``.
 
@@ -66,6 +67,7 @@ class Election:
 
     @property
     def is_leader(self) -> bool:
+        """Whether this candidate leads now (held by this object, in this process, not lost)."""
         return self._lock.held
 
     @property

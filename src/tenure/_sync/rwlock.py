@@ -10,7 +10,7 @@ promises holds for each (leases, ``lost``, fencing tokens, owner-checked release
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, final
 
 from .._names import check_name
 from .._types import Holder
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["RWLock", "Semaphore", "check_limit"]
 
 
+@final
 class RWLock:
     """A read-write lock on ``name``: ``read`` (shared) and ``write`` (exclusive) are ``Lock``s.
 
@@ -74,6 +75,7 @@ class RWLock:
         return self._driver.contenders(self._key)
 
 
+@final
 class Semaphore(Lock):
     """At most ``limit`` holders of ``name`` at once, across processes and machines.
 

@@ -15,7 +15,7 @@ import os
 import random
 import weakref
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, final
 
 from .._names import OwnerInfo
 from .._retry import ExponentialRetry, RetryStrategy
@@ -29,7 +29,7 @@ from ..errors import (
 from . import _compat
 from .backends.base import DRIFT, Driver, Grant, Lease, LeaseExpired, Mode
 from .election import Election
-from .lock import Lock, call_quietly
+from .lock import Lock, SessionLock, call_quietly
 from .rwlock import RWLock, Semaphore
 
 __all__ = ["Session"]
@@ -41,6 +41,7 @@ T = TypeVar("T")
 JITTER = 0.15
 
 
+@final
 class Session:
     """A lease kept alive in the background; ``lock()`` and ``election()`` live in it.
 
@@ -66,7 +67,7 @@ class Session:
         self._state = _compat.StateLock()
         self._open_gate = _compat.Gate()
         self._lease: Lease | None = None
-        self._held: dict[Grant, Lock] = {}
+        self._held: dict[Grant, SessionLock] = {}
         self._orphans: list[Grant] = []
         self._gates: dict[str, _compat.Gate] = {}
         self._deadline = 0.0
@@ -135,6 +136,11 @@ class Session:
                 self._callbacks.append(callback)
                 return
         call_quietly(callback, self)
+
+    @property
+    def closed(self) -> bool:
+        """True once the session is closed, lost, or inherited by a forked child: unusable."""
+        return self._closed.is_set() or self.lost.is_set() or os.getpid() != self._pid
 
     @property
     def expires_in(self) -> float | None:
@@ -248,7 +254,7 @@ class Session:
             )
         return grant
 
-    def _track(self, grant: Grant, lock: Lock) -> None:
+    def _track(self, grant: Grant, lock: SessionLock) -> None:
         grant._on_lost = lambda reason: self._grant_lost(grant, reason)
         with self._state:
             # The session may have been lost (or closed) since the driver granted: then the lock

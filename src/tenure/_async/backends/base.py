@@ -43,7 +43,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, Protocol
+from typing import Any, ClassVar, Final, Protocol, final
 
 from ..._names import OwnerInfo
 from ..._types import Capabilities, Holder
@@ -73,6 +73,7 @@ KINDS: Final = ("lock", "election", "rwlock", "semaphore")
 
 
 @dataclass(frozen=True, slots=True)
+@final
 class Mode:
     """How a contender shares its key (see the module docstring and :func:`grantable`).
 
@@ -115,6 +116,7 @@ class LeaseExpired(Exception):
     """Raised by ``renew_lease`` when the server says the lease no longer exists."""
 
 
+@final
 class Lease:
     """A session's lease as the driver knows it; ``data`` is the driver's own state.
 
@@ -154,6 +156,7 @@ class Lease:
         return f"Lease(id={self.id!r}, ttl={self.ttl})"
 
 
+@final
 class Grant:
     """One held entry: who holds ``key`` in which ``mode`` under which ``token``."""
 

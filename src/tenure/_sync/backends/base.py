@@ -44,7 +44,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, Protocol
+from typing import Any, ClassVar, Final, Protocol, final
 
 from ..._names import OwnerInfo
 from ..._types import Capabilities, Holder
@@ -74,6 +74,7 @@ KINDS: Final = ("lock", "election", "rwlock", "semaphore")
 
 
 @dataclass(frozen=True, slots=True)
+@final
 class Mode:
     """How a contender shares its key (see the module docstring and :func:`grantable`).
 
@@ -116,6 +117,7 @@ class LeaseExpired(Exception):
     """Raised by ``renew_lease`` when the server says the lease no longer exists."""
 
 
+@final
 class Lease:
     """A session's lease as the driver knows it; ``data`` is the driver's own state.
 
@@ -155,6 +157,7 @@ class Lease:
         return f"Lease(id={self.id!r}, ttl={self.ttl})"
 
 
+@final
 class Grant:
     """One held entry: who holds ``key`` in which ``mode`` under which ``token``."""
 
