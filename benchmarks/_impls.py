@@ -292,10 +292,13 @@ class ToozPostgresClient(ToozClient):
 
 
 class _PgAdvisoryLock:
-    def __init__(self, conn: Any, key: int) -> None:
+    def __init__(self, conn: Any, key: int, *, shared: bool = False) -> None:
         self._conn = conn
         self._key = key
         self._timeout_ms = -1
+        suffix = "_shared" if shared else ""  # readers: the shared mode of the same key
+        self._lock_sql = f"SELECT pg_advisory_lock{suffix}(%s)"
+        self._unlock_sql = f"SELECT pg_advisory_unlock{suffix}(%s)"
 
     def acquire(self, timeout: float) -> bool:
         import psycopg
@@ -305,13 +308,13 @@ class _PgAdvisoryLock:
             self._conn.execute(f"SET lock_timeout = {ms}")
             self._timeout_ms = ms
         try:
-            self._conn.execute("SELECT pg_advisory_lock(%s)", (self._key,))
+            self._conn.execute(self._lock_sql, (self._key,))
         except psycopg.errors.LockNotAvailable:
             return False
         return True
 
     def release(self) -> None:
-        self._conn.execute("SELECT pg_advisory_unlock(%s)", (self._key,))
+        self._conn.execute(self._unlock_sql, (self._key,))
 
 
 class PgAdvisoryClient:
@@ -325,8 +328,12 @@ class PgAdvisoryClient:
         )
 
     def lock(self, name: str) -> BenchLock:
+        return self._advisory(name, shared=False)
+
+    def _advisory(self, name: str, *, shared: bool) -> BenchLock:
         digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
-        return _PgAdvisoryLock(self._conn, int.from_bytes(digest, "big", signed=True))
+        key = int.from_bytes(digest, "big", signed=True)
+        return _PgAdvisoryLock(self._conn, key, shared=shared)
 
     def close(self) -> None:
         self._conn.close()

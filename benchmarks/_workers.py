@@ -10,6 +10,7 @@ written by the releaser and read by the next holder gives the handoff latency.
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing.connection
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ __all__ = [
     "Slots",
     "contended_worker",
     "renewal",
+    "run_worker",
     "uncontended",
 ]
 
@@ -110,6 +112,38 @@ def contended_worker(
     send: multiprocessing.connection.Connection,
 ) -> None:
     """One contending process: loop acquire → critical section → release until END_NS."""
+    run_worker(
+        args.library,
+        args.target,
+        args.name,
+        index,
+        shared,
+        ready,
+        start,
+        leave,
+        send,
+        functools.partial(_contend, args),
+        exit_wait=args.exit_wait,
+    )
+
+
+def run_worker(
+    library: Library,
+    target: Target,
+    name: str,
+    index: int,
+    shared: Any,
+    ready: Any,
+    start: Any,
+    leave: Any,
+    send: multiprocessing.connection.Connection,
+    loop: Callable[[Any, int, int, Any, dict[str, Any]], None],
+    *,
+    exit_wait: float,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """A contending process's frame: connect and warm up, wait for the start, run
+    ``loop(lock, me, end_ns, shared, result)``, send the result (plus ``extra``'s keys)."""
     me = index + 1
     result: dict[str, Any] = {
         "grants": 0,
@@ -121,16 +155,17 @@ def contended_worker(
         "handoffs_ns": [],
         "first_error": "",
         "requests": 0,
+        **(extra or {}),
     }
     client: BenchClient | None = None
-    requests = count_redis_requests() if args.target.backend == "redis" else (lambda: 0)
+    requests = count_redis_requests() if target.backend == "redis" else (lambda: 0)
     try:
-        client = args.library.make(args.target)
+        client = library.make(target)
         # Open connections and load scripts before the clock starts, on another name.
-        warm = client.lock(f"{args.name}-warm-{index}")
+        warm = client.lock(f"{name}-warm-{index}")
         if warm.acquire(5.0):
             warm.release()
-        lock = client.lock(args.name)
+        lock = client.lock(name)
         ready.release()
         if not start.wait(60):
             raise RuntimeError("the start signal never came")
@@ -139,7 +174,7 @@ def contended_worker(
             time.sleep(0.0005)
         sent, cpu = requests(), time.process_time()
         try:
-            _contend(args, lock, me, end_ns, shared, result)
+            loop(lock, me, end_ns, shared, result)
         finally:
             result["requests"] = requests() - sent
             result["cpu_s"] = time.process_time() - cpu
@@ -150,7 +185,7 @@ def contended_worker(
         ready.release()  # harmless extra if already released: the runner counts results
         send.send(result)
         send.close()
-        leave.wait(args.exit_wait)
+        leave.wait(exit_wait)
         if client is not None:
             with contextlib.suppress(Exception):
                 client.close()
@@ -164,6 +199,8 @@ def _contend(
         try:
             ok = lock.acquire(args.acquire_timeout)
         except Exception as exc:
+            if "not supported" in str(exc):  # a mode the driver lacks: no point retrying
+                raise
             result["errors"] += 1
             result["first_error"] = result["first_error"] or f"{type(exc).__name__}: {exc}"
             if result["errors"] >= args.max_errors:

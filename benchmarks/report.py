@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GOALS", "Goals", "chart", "markdown", "targets"]
+__all__ = ["GOALS", "PRIMITIVE_GOALS", "Goals", "PrimitiveGoals", "chart", "markdown", "targets"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,22 @@ GOALS = {
     # issue 7: the floor is tenure's own single-instance acquire+release on one of the masters.
     "redlock": Goals(uncontended=1.5),
 }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PrimitiveGoals:
+    """The rwlock and semaphore targets (issues [rwlock], [semaphore]), every backend, each a
+    ratio to tenure's plain lock on the same backend in the same round."""
+
+    read_uncontended: float = 1.15  # most read p50 / lock p50
+    readers_vs_lock: float = 3.0  # least readers-only acq/s / lock acq/s
+    sem1_uncontended: float = 1.15  # most limit-1 permit p50 / lock p50
+    sem1_slowdown: float = 1.15  # most lock acq/s / limit-1 semaphore acq/s
+    sem4_vs_lock: float = 2.5  # least limit-4 semaphore acq/s / lock acq/s
+
+
+PRIMITIVE_GOALS = PrimitiveGoals()
+NOT_SUPPORTED = "n/a (not supported)"
 FLAT_MAX_SPREAD = 1.25  # per-grant counters: largest / smallest across 2..32 processes
 _FLAT_LABELS = {
     "requests_per_grant": "client requests (round trips) per grant",
@@ -71,7 +87,7 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         backend: str, what: str, goal: str, value: float, met: bool | None, margin: str
     ) -> None:
         if math.isnan(value):
-            met, margin = None, "not measured"
+            met, margin = None, margin if margin.startswith(NOT_SUPPORTED) else "not measured"
         out.append(
             {"backend": backend, "what": what, "goal": goal, "value": value, "met": met,
              "margin": margin}
@@ -79,8 +95,9 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 
     for name, section in result["backends"].items():
         summary = section.get("summary", {})
+        _primitive_targets(name, section, add)
         tenure = _tenure_key(section)
-        if tenure is None:
+        if tenure is None or "uncontended" not in summary:
             continue
         unc = summary.get("uncontended", {}).get(tenure, {})
         con = summary.get("contended", {}).get(tenure, {})
@@ -135,6 +152,98 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "= 1", trips, trips == 1 and scripts == 1,
                 f"{trips:.0f} (largest over all renewals)")  # fmt: skip
     return out
+
+
+def _primitive_targets(name: str, section: dict[str, Any], add: Any) -> None:
+    """The [rwlock] and [semaphore] targets of tenure on this backend (see PrimitiveGoals)."""
+    prim, summary = section.get("primitives"), section.get("summary", {}).get("primitives")
+    if not prim or not summary:
+        return
+    g = PRIMITIVE_GOALS
+    unc, con, ratios = summary["uncontended"], summary["contended"], summary["ratios"]
+    procs = _procs_of(prim)
+    mine = {k: s for k, s in prim["scenarios"].items() if s["tenure"]}
+
+    def find(kind: str, procs: int, limit: int = 0) -> str:
+        for key, s in mine.items():
+            if s["kind"] == kind and s["readers"] + s["writers"] == procs and s["limit"] == limit:
+                return str(key)
+        return ""
+
+    def why(*rows: dict[str, Any]) -> str:
+        for row in rows:
+            if "unsupported" in row:
+                return f"{NOT_SUPPORTED}: {row['unsupported']}"
+        return ""
+
+    def ratio_target(what: str, goal: float, value: float, na: str, *, lower: bool) -> None:
+        met = value <= goal if lower else value >= goal
+        add(name, what, f"{'<=' if lower else '>='} {goal:g}x", value, met,
+            na or _margin(value, goal, lower_is_better=lower, unit="x"))  # fmt: skip
+
+    lock = con.get(find("lock", procs), {})
+    for role, goal, label in (
+        ("tenure:read", g.read_uncontended, "rwlock read"),
+        ("tenure:permit1", g.sem1_uncontended, "semaphore limit=1"),
+    ):
+        row = unc.get(role, {})
+        ratio_target(f"{label}: uncontended acquire+release p50 / tenure lock p50 (same child)",
+                     goal, _med(row, "vs_lock_p50"), why(row), lower=True)  # fmt: skip
+    key = find("read", procs)
+    ratio_target(f"rwlock readers only, {procs} processes: acq/s / tenure lock's",
+                 g.readers_vs_lock, _med(ratios.get(key, {}), "vs_lock"),
+                 why(con.get(key, {}), lock), lower=False)  # fmt: skip
+    key = find("sem", procs, 1)
+    ratio = _med(ratios.get(key, {}), "vs_lock")
+    ratio_target(f"semaphore limit=1, {procs} processes: tenure lock acq/s / semaphore's",
+                 g.sem1_slowdown, 1 / ratio if ratio else math.nan, why(con.get(key, {}), lock),
+                 lower=True)  # fmt: skip
+    key = find("sem", procs, 4)
+    ratio_target(f"semaphore limit=4, {procs} processes: acq/s / tenure lock's",
+                 g.sem4_vs_lock, _med(ratios.get(key, {}), "vs_lock"),
+                 why(con.get(key, {}), lock), lower=False)  # fmt: skip
+    sweep = sorted(((s["readers"], k) for k, s in mine.items() if s["kind"] == "rw"))
+    for readers, key in sweep:
+        row = con.get(key, {})
+        timeouts, granted = _max(row, "write_timeouts"), _med(row, "write_grants")
+        detail = (
+            f"writer wait p50 {_fmt(_med(row, 'write_wait_p50_us'))} / p99 "
+            f"{_fmt(_med(row, 'write_wait_p99_us'))} / max {_fmt(_max(row, 'write_wait_max_us'))} "
+            f"µs; writer {_fmt(_med(row, 'write_acq_per_s'))}/s"
+        )
+        add(name, f"rwlock writer among {readers} readers: not starved (granted, 0 timeouts)",
+            "= 0 timeouts", timeouts, timeouts == 0 and granted > 0,
+            why(row) or detail)  # fmt: skip
+    flat = GOALS[name].flat if name in GOALS else ()
+    labels = _FLAT_LABELS_ETCD if name == "etcd" else _FLAT_LABELS
+    sems = sorted(
+        (s["readers"], k) for k, s in mine.items() if s["kind"] == "sem" and s["limit"] == 4
+    )
+    for what, runs in (("rwlock, 1 writer + N readers", sweep), ("semaphore limit=4", sems)):
+        for metric in flat:
+            points = {n: _med(con.get(k, {}), metric) for n, k in runs}
+            points = {n: v for n, v in points.items() if not math.isnan(v)}
+            if len(points) >= 2:
+                spread = max(points.values()) / min(points.values())
+                shown = ", ".join(f"{n}: {v:.2f}" for n, v in sorted(points.items()))
+                add(name, f"{what}: {labels[metric]}, flat as waiters grow ({shown})",
+                    f"max/min <= {FLAT_MAX_SPREAD}", spread, spread <= FLAT_MAX_SPREAD,
+                    f"max/min = {spread:.2f}")  # fmt: skip
+    worst = max((_max(con.get(k, {}), "overlaps") for k in mine), default=math.nan)
+    add(name, "tenure rwlock/semaphore: promise broken (writer not alone, more than limit)",
+        "= 0", worst, worst == 0, f"{worst:.0f} in all runs")  # fmt: skip
+    for key, s in prim["scenarios"].items():
+        bad = _max(con.get(key, {}), "overlaps")
+        if not s["tenure"] and bad > 0:
+            add(name, f"{s['label']}: promise broken", "= 0", bad, False, f"{bad:.0f}")
+
+
+def _procs_of(prim: dict[str, Any]) -> int:
+    """The process count of the runs compared with tenure's lock (its lock scenario's)."""
+    for s in prim["scenarios"].values():
+        if s["kind"] == "lock":
+            return int(s["readers"] + s["writers"])
+    return 8
 
 
 def _num(item: tuple[str, float]) -> int:
@@ -233,6 +342,8 @@ def _backend_md(name: str, section: dict[str, Any], cfg: dict[str, Any]) -> list
     lines = [f"## {name}", "", f"{info}. tenure's waiters are woken by: {section['wakeup']}.", ""]
     for key, why in section.get("skipped", {}).items():
         lines.append(f"- skipped {key}: {why}")
+    if "uncontended" not in summary:  # --primitives: only those rows
+        return [*lines, *_primitives_md(section)]
     lines += [
         "### Uncontended acquire + release, one process",
         "",
@@ -287,7 +398,133 @@ def _backend_md(name: str, section: dict[str, Any], cfg: dict[str, Any]) -> list
             f"| {_fmt(_med(renewal, 'locks'))} | {_fmt(renewal['round_trips_max']['max'])} | "
             f"{cmds} | {_cell(renewal, 'latency_p50_us')} | {_cell(renewal, 'latency_p99_us')} |",
         ]
-    return lines
+    return [*lines, *_primitives_md(section)]
+
+
+def _primitives_md(section: dict[str, Any]) -> list[str]:
+    """The rwlock and semaphore tables of one backend."""
+    prim, summary = section.get("primitives"), section.get("summary", {}).get("primitives")
+    if not prim or not summary:
+        return []
+    roles, scen = prim["roles"], prim["scenarios"]
+    unc, con, ratios = summary["uncontended"], summary["contended"], summary["ratios"]
+    base = next((s["label"] + f" x{_procs_of(prim)}" for s in scen.values() if s["kind"] == "lock"),
+                "tenure lock")  # fmt: skip
+    lines = ["", "### rwlock and semaphore", ""]
+    for key, why in {**prim.get("unsupported", {}), **prim.get("failed", {})}.items():
+        kind = NOT_SUPPORTED if key in prim.get("unsupported", {}) else "probe failed"
+        lines.append(f"- {roles.get(key, key)}: {kind}: {why}")
+    lines += [
+        *([""] if lines[-1] else []),
+        "Uncontended acquire + release, one process, each interleaved with tenure's plain lock "
+        "in the same child (the ratio is to that lock):",
+        "",
+        "| primitive | p50 | p99 | tenure lock p50 alongside | p50 / lock | p99 / lock "
+        "| client CPU | lock client CPU alongside |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key in prim["uncontended"]:
+        row = unc.get(key, {})
+        label = roles.get(key, key)
+        if "p50_us" not in row:
+            lines.append(f"| {label} | {_not_measured(row)} | | | | | | |")
+            continue
+        lines.append(
+            f"| {label} | {_cell(row, 'p50_us')} | {_cell(row, 'p99_us')} | "
+            f"{_cell(row, 'lock_p50_us')} | {_cell(row, 'vs_lock_p50', 2)} | "
+            f"{_cell(row, 'vs_lock_p99', 2)} | {_cell(row, 'cpu_us')} | "
+            f"{_cell(row, 'lock_cpu_us')} |"
+        )
+    counted = any("commands_per_grant" in row for row in con.values())
+    head = (
+        f"| run | processes | acq/s | vs {base} (same round) | handoff p50 (one holder) | "
+        "wait p50 (readers / permits) | wait p99 | fairness | most inside at once | "
+        "promise broken | timeouts | errors | client CPU/grant |"
+        + (" server CPU/grant | requests/grant | server cmds/grant |" if counted else "")
+    )
+    lines += [
+        "",
+        "Contended, one name: throughput, and what the holders saw. *Promise broken*: a writer "
+        "not alone, a reader beside a writer, more permit holders than the limit (must be 0); "
+        "*most inside*: the most holders seen at once. Wait: acquire called → returned.",
+        "",
+        head,
+        "|" + "---|" * (head.count("|") - 1),
+    ]
+    notes: list[str] = []
+    for key, s in scen.items():
+        row = con.get(key, {})
+        who = f"{s['label']} ({_who(s)})"
+        if "acq_per_s" not in row:
+            lines.append(f"| {who} | | {_not_measured(row)} |" + " |" * (head.count("|") - 4))
+            continue
+        shared = "read" if s["kind"] in ("read", "rw") else "permit"
+        cells = [
+            who,
+            _fmt(s["readers"] + s["writers"]),
+            _cell(row, "acq_per_s"),
+            _cell(ratios.get(key, {}), "vs_lock", 2),
+            _cell(row, "handoff_p50_us"),
+            _cell(row, f"{shared}_wait_p50_us"),
+            _cell(row, f"{shared}_wait_p99_us"),
+            _cell(row, "fairness", 2),
+            _cell(row, "max_inside"),
+            _cell(row, "overlaps"),
+            _cell(row, "timeouts"),
+            _cell(row, "errors"),
+            _cell(row, "client_cpu_us_per_grant"),
+        ]
+        if counted:
+            cells += [
+                _cell(row, "server_cpu_us_per_grant"),
+                _cell(row, "requests_per_grant", 2),
+                _cell(row, "commands_per_grant", 2),
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+        notes += [f"- {s['label']}: {e}" for e in row.get("first_errors", [])]
+        notes += [f"- {s['label']}: {e}" for e in row.get("failed_runs", [])]
+    mixed = [(k, s) for k, s in scen.items() if s["kind"] == "rw"]
+    if mixed:
+        lines += [
+            "",
+            "A writer among readers (both loop acquire → release): the writer's wait must stay "
+            "bounded as readers grow (arrival order: readers that come after a waiting writer "
+            "queue behind it).",
+            "",
+            "| run | readers | writer acq/s | writer wait p50 | p99 | max | writer timeouts | "
+            "reader acq/s | reader wait p50 | p99 |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for key, s in sorted(mixed, key=lambda ks: (ks[1]["library"], ks[1]["readers"])):
+            row = con.get(key, {})
+            if "acq_per_s" not in row:
+                lines.append(f"| {s['label']} | {s['readers']} | {_not_measured(row)} |"
+                             + " |" * 7)  # fmt: skip
+                continue
+            lines.append(
+                f"| {s['label']} | {s['readers']} | {_cell(row, 'write_acq_per_s')} | "
+                f"{_cell(row, 'write_wait_p50_us')} | {_cell(row, 'write_wait_p99_us')} | "
+                f"{_fmt(_max(row, 'write_wait_max_us'))} | {_cell(row, 'write_timeouts')} | "
+                f"{_cell(row, 'read_acq_per_s')} | {_cell(row, 'read_wait_p50_us')} | "
+                f"{_cell(row, 'read_wait_p99_us')} |"
+            )
+    return lines + (["", *notes] if notes else [])
+
+
+def _who(scenario: dict[str, Any]) -> str:
+    if scenario["kind"] == "rw":
+        return f"{scenario['writers']} writer + {scenario['readers']} readers"
+    if scenario["kind"] == "read":
+        return f"{scenario['readers']} readers"
+    return f"{scenario['readers'] + scenario['writers']} processes"
+
+
+def _not_measured(row: dict[str, Any]) -> str:
+    if "unsupported" in row:
+        return NOT_SUPPORTED
+    if row.get("failed_runs"):
+        return f"failed: {row['failed_runs'][0]}"
+    return "-"
 
 
 def _contended_md(section: dict[str, Any], procs: str) -> list[str]:

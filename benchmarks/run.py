@@ -2,9 +2,11 @@
 
 One run = spinners on every CPU, then per backend one server for the whole run, then ``rounds``
 rounds of: floor, uncontended acquire+release per library, contended runs per library and
-process count, (Redis) renewal of 1,000 locks. The library order rotates between rounds. Every
-measurement runs in forked children bounded in time and count; a child that overruns is killed
-by its PID and recorded as a failure. Results: results/latest.{json,md,png}.
+process count, (Redis) renewal of 1,000 locks, then the rwlock and semaphore scenarios
+(``_primitives``: each against tenure's plain lock in the same round, and the peers that have
+such primitives). The library order rotates between rounds. Every measurement runs in forked
+children bounded in time and count; a child that overruns is killed by its PID and recorded as a
+failure. Results: results/latest.{json,md,png} (``--primitives`` alone: results/primitives.*).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from benchmarks import report
 from benchmarks._env import (
@@ -32,6 +34,20 @@ from benchmarks._env import (
     stop_process,
 )
 from benchmarks._impls import Library, RedisCommandStats, Target, delta
+from benchmarks._primitives import (
+    PrimLibrary,
+    Scenario,
+    SharedArgs,
+    is_unsupported,
+    primitive_libraries,
+    probe,
+    scenarios,
+    shared_metrics,
+    shared_worker,
+    summarize_primitives,
+    tenure_lock_floor,
+    uncontended_roles,
+)
 from benchmarks._stats import summarize, summarize_rounds
 from benchmarks._workers import ContendedArgs, Slots, contended_worker, renewal, uncontended
 from benchmarks.backends import BACKENDS, Backend
@@ -39,7 +55,11 @@ from benchmarks.backends import BACKENDS, Backend
 __all__ = ["Config", "main"]
 
 ROOT = Path(__file__).resolve().parent.parent
-DISTS = ("tenure", "redis", "python-redis-lock", "pottery", "tooz", "fasteners", "matplotlib")
+T = TypeVar("T")
+DISTS = (
+    "tenure", "redis", "python-redis-lock", "pottery", "tooz", "fasteners", "matplotlib",
+    "kazoo", "psycopg", "filelock", "portalocker",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -60,6 +80,10 @@ class Config:
     out: Path
     chart: bool
     from_json: Path | None = None
+    locks: bool = True  # the lock rows (floor, uncontended, contended, renewal)
+    primitives: bool = True  # the rwlock and semaphore rows
+    primitive_procs: int = 8
+    rw_readers: tuple[int, ...] = (2, 32)  # readers beside one writer (and primitive_procs - 1)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -75,6 +99,10 @@ class Config:
             "renewal_repeats": self.renewal_repeats,
             "max_grants_per_worker": self.max_grants,
             "backends": list(self.backends),
+            "locks": self.locks,
+            "primitives": self.primitives,
+            "primitive_processes": self.primitive_procs,
+            "rw_readers": sorted({self.primitive_procs - 1, *self.rw_readers}),
         }
 
 
@@ -106,6 +134,24 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     parser.add_argument(
         "--from-json", type=Path, help="only re-render the Markdown and PNG from a results JSON"
     )
+    rows = parser.add_mutually_exclusive_group()
+    rows.add_argument(
+        "--primitives",
+        action="store_true",
+        help="only the rwlock and semaphore rows (written to primitives.{json,md})",
+    )
+    rows.add_argument(
+        "--no-primitives", action="store_true", help="only the lock rows (as before rwlocks)"
+    )
+    parser.add_argument(
+        "--primitive-procs", type=int, default=8, help="processes of the rwlock/semaphore runs"
+    )
+    parser.add_argument(
+        "--rw-readers",
+        type=_ints,
+        default=(2, 32),
+        help="readers beside one writer, besides primitive-procs - 1 (writer-wait sweep)",
+    )
     ns = parser.parse_args(argv)
     backends = tuple(b.strip() for b in ns.backends.split(",") if b.strip())
     unknown = [b for b in backends if b not in BACKENDS]
@@ -128,6 +174,10 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         out=ns.out,
         chart=not ns.no_chart,
         from_json=ns.from_json,
+        locks=not ns.primitives,
+        primitives=not ns.no_primitives,
+        primitive_procs=ns.primitive_procs,
+        rw_readers=ns.rw_readers,
     )
 
 
@@ -143,9 +193,69 @@ def contended(
     cfg: Config,
 ) -> dict[str, Any]:
     """``procs`` forked workers on one name for ``cfg.duration`` s; metrics of this run."""
-    shared = CTX.RawArray("q", Slots.SIZE)
-    ready, start, leave = CTX.Semaphore(0), CTX.Event(), CTX.Event()
     args = ContendedArgs(library, target, name, cfg.acquire_timeout, cfg.max_grants)
+    run = _run_workers(
+        backend, target, contended_worker, args, procs, Slots.SIZE, cfg, library.label
+    )
+    results, missing = run.results, run.missing
+    metrics = _contended_metrics(results, missing, procs, run.counter, cfg.duration)
+    metrics.update(_costs(results, metrics["grants_total"], run))
+    return metrics
+
+
+def contended_shared(
+    backend: Backend, target: Target, scenario: Scenario, name: str, cfg: Config
+) -> dict[str, Any]:
+    """A scenario with several holders at once (``_primitives.shared_worker``)."""
+    args = SharedArgs(
+        tuple(scenario.workers()), target, name, cfg.acquire_timeout, cfg.max_grants,
+        limit=scenario.limit if scenario.kind == "sem" else 0,
+    )  # fmt: skip
+    run = _run_workers(
+        backend, target, shared_worker, args, scenario.procs, args.slots, cfg, scenario.label
+    )
+    results = run.results
+    total = sum(r["grants"] for r in results)
+    metrics: dict[str, Any] = {
+        "processes": scenario.procs,
+        "workers_reported": len(results),
+        **shared_metrics(results, cfg.duration),
+        "grants_total": total,
+        "overlaps": sum(r["overlaps"] for r in results),
+        "timeouts": sum(r["timeouts"] for r in results),
+        "errors": sum(r["errors"] for r in results) + run.missing,
+    }
+    first_errors = sorted({r["first_error"] for r in results if r["first_error"]})
+    if first_errors:
+        metrics["first_errors"] = first_errors[:3]
+    metrics.update(_costs(results, total, run))
+    return metrics
+
+
+@dataclass
+class _Run:
+    results: list[dict[str, Any]]
+    missing: int  # workers that sent no result in time
+    counter: int  # the protected counter at the end
+    before: dict[str, int]  # server request counters around the run (commandstats backends)
+    after: dict[str, int]
+    server_cpu: float
+
+
+def _run_workers(
+    backend: Backend,
+    target: Target,
+    worker: Any,
+    args: Any,
+    procs: int,
+    slots: int,
+    cfg: Config,
+    label: str,
+) -> _Run:
+    """Fork ``procs`` ``worker(args, index, shared, ...)`` processes, start them together for
+    ``cfg.duration`` s, collect their results (bounded), stop them by PID."""
+    shared = CTX.RawArray("q", slots)
+    ready, start, leave = CTX.Semaphore(0), CTX.Event(), CTX.Event()
     pipes = []
     workers = []
     stats = (backend.stats or RedisCommandStats)(target) if backend.commandstats else None
@@ -153,7 +263,7 @@ def contended(
         for index in range(procs):
             recv, send = CTX.Pipe(duplex=False)
             proc = CTX.Process(
-                target=contended_worker,
+                target=worker,
                 args=(args, index, shared, ready, start, leave, send),
                 daemon=True,
             )
@@ -164,7 +274,7 @@ def contended(
         deadline = time.monotonic() + 60 + procs
         for _ in range(procs):
             if not ready.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                raise ChildFailed(f"{library.label}: workers not ready within the deadline")
+                raise ChildFailed(f"{label}: workers not ready within the deadline")
         before = stats() if stats else {}
         cpu_before = stats.cpu_seconds() if stats else math.nan
         begin = time.monotonic_ns() + 100_000_000  # 100 ms for every worker to be waiting
@@ -195,10 +305,7 @@ def contended(
             recv.close()
         if stats:
             stats.close()
-    metrics = _contended_metrics(results, missing, procs, counter, cfg.duration, before, after)
-    grants = metrics["grants_total"]
-    metrics["server_cpu_us_per_grant"] = server_cpu / grants * 1e6 if grants else math.nan
-    return metrics
+    return _Run(results, missing, counter, before, after, server_cpu)
 
 
 def _contended_metrics(
@@ -207,8 +314,6 @@ def _contended_metrics(
     procs: int,
     counter: int,
     duration: float,
-    before: dict[str, int],
-    after: dict[str, int],
 ) -> dict[str, Any]:
     grants = [r["grants_in_window"] for r in results]
     handoffs = [h for r in results for h in r["handoffs_ns"]]
@@ -237,23 +342,32 @@ def _contended_metrics(
     first_errors = sorted({r["first_error"] for r in results if r["first_error"]})
     if first_errors:
         metrics["first_errors"] = first_errors[:3]
+    return metrics
+
+
+def _costs(results: list[dict[str, Any]], total_grants: int, run: _Run) -> dict[str, Any]:
+    """Client CPU, client requests, server commands and server CPU per grant."""
+    metrics: dict[str, Any] = {}
     cpu = sum(r.get("cpu_s", 0.0) for r in results)
     metrics["client_cpu_us_per_grant"] = cpu / total_grants * 1e6 if total_grants else math.nan
     requests = sum(r.get("requests", 0) for r in results)
     if requests:
         metrics["requests_per_grant"] = requests / total_grants if total_grants else math.nan
-    if before or after:
-        moved = delta(before, after)
+    if run.before or run.after:
+        moved = delta(run.before, run.after)
         calls = sum(moved.values())
         metrics["commands"] = moved
         metrics["commands_per_grant"] = calls / total_grants if total_grants else math.nan
+    metrics["server_cpu_us_per_grant"] = (
+        run.server_cpu / total_grants * 1e6 if total_grants else math.nan
+    )
     return metrics
 
 
 # A round.
 
 
-def _rotate(items: Sequence[Library], by: int) -> list[Library]:
+def _rotate(items: Sequence[T], by: int) -> list[T]:
     if not items:
         return []
     by %= len(items)
@@ -322,6 +436,132 @@ def _contended_round(
     return out
 
 
+def _primitives_setup(
+    backend: Backend, target: Target, libs: list[PrimLibrary], cfg: Config
+) -> dict[str, Any]:
+    """Which roles work on this backend (one acquire + release each, in a child): a driver
+    without the mode yet, or a peer without the primitive, is recorded as not supported."""
+    roles = {
+        lib.key: lib
+        for s in scenarios(libs, cfg.primitive_procs, cfg.rw_readers, backend.commandstats)
+        for lib in s.roles()
+    }
+    roles.update((lib.key, lib) for lib in uncontended_roles(libs))
+    unsupported: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    for key, lib in roles.items():
+        try:
+            why = call_in_child(probe, lib, target, f"probe-{key}", timeout=60)
+        except ChildFailed as exc:
+            failed[key] = str(exc)
+            _progress(f"  {lib.label}: probe failed: {exc}")
+            continue
+        if why:
+            unsupported[key] = why
+            _progress(f"  {lib.label}: n/a (not supported): {why}")
+    runs = scenarios(libs, cfg.primitive_procs, cfg.rw_readers, backend.commandstats)
+    return {
+        "libraries": {
+            lib.key: {"label": lib.labels, "note": lib.note, "tenure": lib.is_tenure}
+            for lib in libs
+        },
+        "roles": {key: lib.label for key, lib in roles.items()},
+        "unsupported": unsupported,
+        "failed": failed,
+        "uncontended": [lib.key for lib in uncontended_roles(libs)],
+        "scenarios": {s.key: s.describe() for s in runs},
+    }
+
+
+def _primitives_round(
+    backend: Backend,
+    target: Target,
+    libs: list[PrimLibrary],
+    prim: dict[str, Any],
+    rnd: int,
+    cfg: Config,
+) -> dict[str, Any]:
+    """Uncontended read / write / limit-1 permit, each interleaved with tenure's plain lock in
+    the same child; then every scenario (rotated by round)."""
+    skip = {**prim["failed"], **prim["unsupported"]}
+
+    def not_run(keys: list[str]) -> dict[str, Any] | None:
+        for key in keys:
+            if key in prim["unsupported"]:
+                return {"unsupported": prim["unsupported"][key]}
+            if key in skip:
+                return {"error": f"probe failed: {skip[key]}"}
+        return None
+
+    out: dict[str, Any] = {"uncontended": {}, "contended": {}}
+    for lib in _rotate(uncontended_roles(libs), rnd):
+        row = not_run([lib.key])
+        if row is None:
+            try:
+                raw = call_in_child(
+                    uncontended, lib, tenure_lock_floor, target, f"pu-{rnd}-{lib.key}",
+                    cfg.iterations, 30.0, cfg.warmup, timeout=90,
+                )  # fmt: skip
+                row = summarize(raw["lock"])
+                lock = summarize(raw["floor"])
+                row["lock_p50_us"], row["lock_p99_us"] = lock["p50_us"], lock["p99_us"]
+                row["vs_lock_p50"] = row["p50_us"] / lock["p50_us"]
+                row["vs_lock_p99"] = row["p99_us"] / lock["p99_us"]
+                row["cpu_us"] = raw["lock_cpu"][0] / len(raw["lock"]) / 1000
+                row["lock_cpu_us"] = raw["floor_cpu"][0] / len(raw["floor"]) / 1000
+            except ChildFailed as exc:
+                row = {"error": str(exc)}
+        out["uncontended"][lib.key] = row
+        _progress(f"  uncontended {lib.label}: {_shown_uncontended(row)}")
+    runs = scenarios(libs, cfg.primitive_procs, cfg.rw_readers, backend.commandstats)
+    for scenario in _rotate(runs, rnd):
+        name = f"p-{rnd}-{scenario.key.replace(' ', '-').replace('+', '-')}"
+        row = not_run([lib.key for lib in scenario.roles()])
+        if row is None:
+            try:
+                if scenario.one_holder:
+                    row = contended(backend, target, scenario.roles()[0], scenario.procs, name, cfg)
+                else:
+                    row = contended_shared(backend, target, scenario, name, cfg)
+            except ChildFailed as exc:
+                row = {"error": str(exc)}
+            unsupported = [e for e in row.get("first_errors", []) if is_unsupported(e)]
+            if unsupported and not row.get("grants"):
+                row = {"unsupported": unsupported[0]}
+        out["contended"][scenario.key] = row
+        _progress(f"  {scenario.key}: {_shown_contended(row)}")
+    return out
+
+
+def _shown_uncontended(row: dict[str, Any]) -> str:
+    if "unsupported" in row:
+        return f"n/a (not supported): {row['unsupported']}"
+    if "error" in row:
+        return str(row["error"])
+    return (
+        f"p50 {row['p50_us']:.0f} µs = {row['vs_lock_p50']:.2f}x tenure's lock "
+        f"({row['lock_p50_us']:.0f} µs)"
+    )
+
+
+def _shown_contended(row: dict[str, Any]) -> str:
+    if "unsupported" in row:
+        return f"n/a (not supported): {row['unsupported']}"
+    if "error" in row:
+        return str(row["error"])
+    text = f"{row['acq_per_s']:.0f}/s, overlaps {row['overlaps']}, timeouts {row['timeouts']}"
+    if "write_wait_p50_us" in row:
+        text += (
+            f", writer {row['write_acq_per_s']:.0f}/s wait p50 {row['write_wait_p50_us']:.0f} "
+            f"p99 {row['write_wait_p99_us']:.0f} µs"
+        )
+    if "max_inside" in row:
+        text += f", most inside at once {row['max_inside']}"
+    if row.get("first_errors"):
+        text += f"; {row['first_errors'][0]}"
+    return text
+
+
 def run(cfg: Config) -> dict[str, Any]:
     t_start = time.monotonic()
     result: dict[str, Any] = {"config": cfg.describe(), "backends": {}}
@@ -338,7 +578,7 @@ def run(cfg: Config) -> dict[str, Any]:
         for backend_name in cfg.backends:
             backend = BACKENDS[backend_name]
             libs, skipped = [], {}
-            for lib in backend.libraries:
+            for lib in backend.libraries if cfg.locks else ():
                 if cfg.libraries is not None and lib.key not in cfg.libraries:
                     continue
                 missing = lib.missing()
@@ -348,6 +588,14 @@ def run(cfg: Config) -> dict[str, Any]:
                 for module in lib.requires:  # import once, before forking workers
                     importlib.import_module(module)
                 libs.append(lib)
+            prim_libs: list[PrimLibrary] = []
+            if cfg.primitives:
+                for plib in primitive_libraries(backend.name, cfg.libraries):
+                    missing = plib.library(next(iter(plib.labels))).missing()
+                    if missing:
+                        skipped[plib.key] = f"not installed: {', '.join(missing)}"
+                    else:
+                        prim_libs.append(plib)
             _progress(f"backend {backend.name}: starting")
             running = backend.start()
             pgids = {pid: _pgid(pid) for pid in running.pids}
@@ -364,14 +612,23 @@ def run(cfg: Config) -> dict[str, Any]:
             }
             result["backends"][backend.name] = section
             try:
+                if prim_libs:
+                    prim = _primitives_setup(backend, running.target, prim_libs, cfg)
+                    section["primitives"] = prim
                 for rnd in range(cfg.rounds):
                     _progress(f"backend {backend.name}: round {rnd + 1}/{cfg.rounds}")
-                    one: dict[str, Any] = {
-                        "uncontended": _uncontended_round(backend, running.target, libs, rnd, cfg),
-                        "contended": _contended_round(backend, running.target, libs, rnd, cfg),
-                    }
-                    if backend.renewal and any(lib.is_tenure for lib in libs):
+                    one: dict[str, Any] = {}
+                    if cfg.locks:
+                        one["uncontended"] = _uncontended_round(
+                            backend, running.target, libs, rnd, cfg
+                        )
+                        one["contended"] = _contended_round(backend, running.target, libs, rnd, cfg)
+                    if cfg.locks and backend.renewal and any(lib.is_tenure for lib in libs):
                         one["renewal"] = _renewal_round(running.target, cfg)
+                    if prim_libs:
+                        one["primitives"] = _primitives_round(
+                            backend, running.target, prim_libs, prim, rnd, cfg
+                        )
                     section["rounds"].append(one)
             finally:
                 running.close()
@@ -415,9 +672,12 @@ def _renewal_round(target: Target, cfg: Config) -> dict[str, Any]:
 
 def summarize_backend(section: dict[str, Any]) -> dict[str, Any]:
     rounds: list[dict[str, Any]] = section["rounds"]
-    summary: dict[str, Any] = {
-        "floor": summarize_rounds([r["uncontended"]["floor"] for r in rounds])
-    }
+    summary: dict[str, Any] = {}
+    if "primitives" in section:
+        summary["primitives"] = summarize_primitives(section["primitives"], rounds)
+    if not any("uncontended" in r for r in rounds):
+        return summary  # --primitives: no lock rows
+    summary["floor"] = summarize_rounds([r["uncontended"]["floor"] for r in rounds])
     unc: dict[str, Any] = {}
     con: dict[str, dict[str, Any]] = {}
     for key in section["libraries"]:
@@ -487,7 +747,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     cfg.out.mkdir(parents=True, exist_ok=True)
-    json_path = cfg.out / "latest.json"
+    stem = "latest" if cfg.locks else "primitives"  # latest.* only from runs with the lock rows
+    json_path = cfg.out / f"{stem}.json"
     if cfg.from_json is not None:
         result = json.loads(cfg.from_json.read_text(), parse_constant=float)
         result = _restore_nan(result)
@@ -497,11 +758,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         result = run(cfg)
     json_path.write_text(json.dumps(_clean(result), indent=1) + "\n")
-    md_path = cfg.out / "latest.md"
+    md_path = cfg.out / f"{stem}.md"
     md_path.write_text(report.markdown(result))
     written = [json_path, md_path]
-    if cfg.chart:
-        png = report.chart(result, cfg.out / "latest.png")
+    if cfg.chart and cfg.locks:
+        png = report.chart(result, cfg.out / f"{stem}.png")
         if png is not None:
             written.append(png)
     print(md_path.read_text())
