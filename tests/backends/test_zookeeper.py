@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import multiprocessing
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -470,6 +471,182 @@ def test_each_waiter_watches_only_its_predecessor(
     finally:
         for c in clients:
             c.close()
+
+
+# -- shared modes: who watches whom, and the semaphore's limit ---------------------------
+
+
+def _watches_by_session(ensemble: ZooKeeperEnsemble, parent: str) -> dict[str, set[str]]:
+    """The children of ``parent`` each session watches (session id in hex -> node names)."""
+    found: dict[str, set[str]] = {}
+    session = ""
+    for line in tcp_request(ensemble.nodes[0].port, b"wchc").decode().splitlines():
+        if line.startswith("0x"):
+            session = line.strip()[2:]
+        elif line.strip().startswith(parent + "/"):
+            found.setdefault(session, set()).add(line.strip()[len(parent) + 1 :])
+    return found
+
+
+class _Queue:
+    """Contenders queued one after the other, each in its own session, holding once granted
+    until ``done`` is set; ``calls[i]`` records what contender i's session asked about the
+    queue's nodes from the moment ``count()`` is called."""
+
+    def __init__(self, client: tenure.Client, raw: KazooClient, parent: str) -> None:
+        self.client, self.raw, self.parent = client, raw, parent
+        self.sessions: list[tenure.Session] = []
+        self.done = threading.Event()
+        self.runner = Runner()
+        self.calls: list[list[str]] = []
+
+    def add(self, make: Any) -> Any:
+        session = self.client.session()
+        self.sessions.append(session)
+        lock = make(session)
+        queued = len(self.raw.get_children(self.parent)) + 1
+
+        def hold() -> bool:
+            got = bool(lock.acquire(timeout=60))
+            self.done.wait(60)
+            if lock.held:  # (the test may have released it)
+                lock.release()
+            return got
+
+        self.runner.start(hold)
+        wait_for(lambda: len(self.raw.get_children(self.parent)) == queued)
+        return lock
+
+    def ids(self) -> list[str]:
+        return [session._lease.id for session in self.sessions]  # type: ignore[union-attr]
+
+    def count(self) -> None:
+        for session in self.sessions:
+            client = session._lease.data.client  # type: ignore[union-attr]
+            calls: list[str] = []
+            self.calls.append(calls)
+            for method in ("get_children_async", "get_async", "set_async"):
+                setattr(client, method, self._counted(getattr(client, method), method, calls))
+
+    def _counted(self, call: Any, method: str, calls: list[str]) -> Any:
+        def counted(path: str, *args: Any, **kwargs: Any) -> Any:
+            if path.startswith(self.parent):
+                calls.append(method.removesuffix("_async"))
+            return call(path, *args, **kwargs)
+
+        return counted
+
+    def nodes(self) -> list[str]:
+        return sorted(self.raw.get_children(self.parent), key=lambda c: c.rpartition("-")[2])
+
+
+def test_a_release_wakes_one_semaphore_waiter(
+    zookeeper_server: ZooKeeperEnsemble, raw: KazooClient, ns: str
+) -> None:
+    """The first waiter watches every holder, each later waiter only the one before it. A
+    release grants the first waiter without a listing; its promotion wakes the second, which
+    becomes the first waiter; nobody else hears of it."""
+    url = f"{zookeeper_server.url}?namespace={ns}"
+    with tenure.connect(url) as a, tenure.connect(url) as b, tenure.connect(url) as c:
+        holders = [a.semaphore("gpu", limit=2), b.semaphore("gpu", limit=2)]
+        for sem in holders:
+            assert sem.acquire()
+        queue = _Queue(c, raw, f"/{ns}/semaphore/gpu")
+        waiters = [queue.add(lambda s: s.semaphore("gpu", limit=2)) for _ in range(4)]
+        nodes, ids = queue.nodes(), queue.ids()
+        assert all("-permit2-" in node for node in nodes)
+
+        def watching(*watched: set[str]) -> bool:
+            expected = {session: w for session, w in zip(ids, watched, strict=True) if w}
+            return _watches_by_session(zookeeper_server, queue.parent) == expected
+
+        wait_for(lambda: watching(set(nodes[:2]), {nodes[2]}, {nodes[3]}, {nodes[4]}))
+        queue.count()
+        holders[0].release()
+        wait_for(lambda: waiters[0].held)
+        # The new first waiter watches both holders; the old one's watch on the other holder
+        # stays until that one goes (it then fires once, on nothing).
+        wait_for(lambda: watching({nodes[1]}, {nodes[1], nodes[2]}, {nodes[3]}, {nodes[4]}))
+        assert queue.calls[0] == ["set"]  # granted without listing; promoted
+        assert queue.calls[1] == ["get_children", "get", "get"]
+        assert queue.calls[2] == queue.calls[3] == []  # never woken
+        assert not any(w.held for w in waiters[1:])
+        holders[1].release()
+        wait_for(lambda: waiters[1].held)
+        wait_for(lambda: watching(set(), {nodes[2]}, {nodes[2], nodes[3]}, {nodes[4]}))
+        assert queue.calls[1] == ["get_children", "get", "get", "set"]
+        assert queue.calls[2] == ["get_children", "get", "get"]
+        assert queue.calls[3] == []
+        queue.done.set()
+        assert queue.runner.join(60) == [True] * 4
+
+
+def test_readers_watch_the_newest_writer_before_them(
+    zookeeper_server: ZooKeeperEnsemble, raw: KazooClient, ns: str
+) -> None:
+    """Queue: reader (holds), writer, reader, reader, writer, reader. Each writer watches the
+    node before it, each reader the newest writer before it; a writer's release grants the
+    run of readers behind it (their one watch each fires) and wakes no one else."""
+    url = f"{zookeeper_server.url}?namespace={ns}"
+    with tenure.connect(url) as a, tenure.connect(url) as b:
+        first = a.rwlock("catalog")
+        assert first.read.acquire()
+        queue = _Queue(b, raw, f"/{ns}/rwlock/catalog")
+        sides = ["write", "read", "read", "write", "read"]
+        locks = [
+            queue.add(lambda s, side=side: getattr(s.rwlock("catalog"), side)) for side in sides
+        ]
+        nodes, ids = queue.nodes(), queue.ids()
+        assert [node.split("-")[1] for node in nodes] == ["read", *sides]
+        watched = [{nodes[0]}, {nodes[1]}, {nodes[1]}, {nodes[3]}, {nodes[4]}]
+        wait_for(
+            lambda: (
+                _watches_by_session(zookeeper_server, queue.parent)
+                == dict(zip(ids, watched, strict=True))
+            )
+        )
+        queue.count()
+        first.read.release()
+        wait_for(lambda: locks[0].held)
+        assert queue.calls == [[], [], [], [], []]  # granted without a listing; nobody else
+        assert not any(lock.held for lock in locks[1:])
+        assert [h.mode for h in b.rwlock("catalog").holders()] == ["exclusive"]
+        # The writer's release: both readers behind it are granted, nobody else is woken.
+        locks[0].release()
+        wait_for(lambda: locks[1].held and locks[2].held)
+        assert queue.calls[1:] == [[], [], [], []]
+        assert not locks[3].held
+        assert not locks[4].held
+        queue.done.set()
+        results = queue.runner.join(60)
+        assert results == [True] * 5
+
+
+def test_a_limit_mismatch_leaves_no_node_behind(
+    zookeeper_server: ZooKeeperEnsemble, raw: KazooClient, ns: str
+) -> None:
+    url = f"{zookeeper_server.url}?namespace={ns}"
+    parent = f"/{ns}/semaphore/quota"
+    with tenure.connect(url) as a, tenure.connect(url) as b:
+        held = a.semaphore("quota", limit=2)
+        assert held.acquire()
+        for blocking in (True, False):
+            with pytest.raises(ConfigurationError, match=r"limit 2.*limit 3"):
+                b.semaphore("quota", limit=3).acquire(blocking=blocking, timeout=5)
+            assert len(raw.get_children(parent)) == 1
+        held.release()
+        # A contender admitted under the limit of an older node that has left since: the
+        # semaphore is still in use with limit 3, so a newcomer with limit 2 is refused even
+        # though its node is now the oldest.
+        admitted = "f" * 32 + "-permit3-9999999999"
+        raw.create(f"{parent}/{admitted}", ephemeral=True)
+        with pytest.raises(ConfigurationError, match=r"limit 3.*limit 2"):
+            a.semaphore("quota", limit=2).acquire(blocking=False)
+        assert raw.get_children(parent) == [admitted]
+        raw.delete(f"{parent}/{admitted}")
+        sem = b.semaphore("quota", limit=3)  # empty: any limit goes
+        assert sem.acquire(blocking=False)
+        sem.release()
 
 
 def test_forked_child_inspects_through_its_own_connection(

@@ -2,7 +2,12 @@
 
 Layout, under the URL's chroot (``zookeeper://h1:p1,h2:p2/chroot``)::
 
-    /<namespace>/<kind>/<quoted name>/<owner id>-lock-<sequence>   one contender (ephemeral)
+    /<namespace>/<kind>/<quoted name>/<owner id>-<mark>-<sequence>   one contender (ephemeral)
+
+The mark is the contender's mode: ``lock`` (a lock's or an election's), ``write`` and ``read``
+(an rwlock's sides), ``permit<limit>`` (a semaphore's, with the limit it asked for). Node names
+are made by ``_mark`` and read by ``_parse`` only. The queue is the children in sequence order;
+who is granted follows from it alone (``base.grantable``).
 
 - **Leases are ZooKeeper sessions.** ``grant_lease`` opens one kazoo client whose session timeout
   is the TTL; the server may only *negotiate* it within ``[minSessionTimeout, maxSessionTimeout]``
@@ -13,17 +18,39 @@ Layout, under the URL's chroot (``zookeeper://h1:p1,h2:p2/chroot``)::
   measured from before the last successful renewal. LOST (the server expired the session, or
   authentication failed) calls ``lease.expired`` at once and wakes every waiter of the lease, which
   then fails with ``LockLostError``. A reconnection within the session loses nothing.
-- **Acquire**: when nobody is queued, one transaction takes the lock (``_acquire_free``).
-  Otherwise create our ephemeral sequential node (its name carries the owner id, so a create
-  whose reply was lost is found again by listing the children) and list the children in the same
-  pipelined round trip. First in sequence order: granted, the token is the node's creation zxid
-  (strictly increasing across the ensemble, and sequence order is zxid order). Otherwise an
-  ``exists`` watch on **only the predecessor**: a release wakes exactly one waiter. A deadline,
+- **Acquire = enqueue + wait.** ``_enqueue``: when nobody is queued, one transaction creates our
+  node (``_create_if_empty``); otherwise create our ephemeral sequential node (its name carries
+  the owner id, so a create whose reply was lost is found again by listing the children) and list
+  the children in the same pipelined round trip. The token is the node's creation zxid (strictly
+  increasing across the ensemble, and sequence order is zxid order, so grant order too).
+  ``_wait_for_turn`` then waits on data watches, set by ``_blockers`` without a herd:
+
+  - a writer (or a lock) watches the node just before it: it is granted when that one is gone;
+  - a reader watches the newest writer before it;
+  - a semaphore waiter needs any one of the ``limit`` nodes before it gone, so the *first*
+    waiter (``limit`` nodes before it, all holders) watches all of them; every later waiter
+    watches only the node just before it. A permit granted after waiting, or with anyone listed
+    behind it, sets its own data ("promotes"): the data watch fires on that too, and the waiter
+    behind lists again and becomes the first waiter. (A permit granted at once with nobody
+    behind it needs not: whoever comes later lists it among the first ``limit``.) So a release
+    wakes one semaphore waiter; each grant costs at most ``limit`` watches, however many wait;
+    watches left on other holders fire later, once, on nothing.
+
+  Nodes ahead of us only ever leave (sequence numbers grow), so a deletion our watch reports is
+  applied to the queue as we know it without listing again (a lock's handoff costs no listing);
+  a node found already gone, or a promotion, means our picture is old: list again. A deadline,
   cancellation or error deletes our node; a delete that cannot be sent is remembered and retried.
   A waiter also wakes at its lease's local deadline and fails if no renewal moved it.
+- **Semaphore limit.** Each permit node carries its limit in its mark. A contender compares its
+  own with the oldest node's; if it is the oldest itself, with every node listed behind it (those
+  were admitted under an older node that left meanwhile: the semaphore was in use with their
+  limit). On a mismatch it deletes its node and raises ``limit_mismatch``. An empty queue takes
+  any limit.
 - **Renew**: one ``multi`` of ``check`` operations over every node the session holds (one round
-  trip however many locks it holds); nodes that are gone are reported lost. kazoo's own pings keep
-  the session alive between renewals.
+  trip however many grants it holds); nodes that are gone are reported lost. kazoo's own pings
+  keep the session alive between renewals.
+- **Release** (``release``): delete our node by its path, which is ours alone (owner id and
+  sequence), so it never deletes a newer holder's node.
 - **Auth**: ``zk://user:password@...`` adds digest auth and creates every node with the ACL
   "creator all, world read": other identities can read the queue but cannot delete our nodes
   (ZooKeeper checks DELETE on the parent, which carries the same ACL).
@@ -40,10 +67,12 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import re
 import threading
 from base64 import b64encode
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -55,7 +84,7 @@ from kazoo.security import ACL, OPEN_ACL_UNSAFE, Id, Permissions
 
 from ..._names import OwnerInfo
 from ..._types import Capabilities, Holder, utcnow
-from ..._url import ParsedURL, seconds_option
+from ..._url import ParsedURL, bool_option, seconds_option
 from ...errors import (
     BackendError,
     BackendTimeoutError,
@@ -64,7 +93,17 @@ from ...errors import (
     LockLostError,
 )
 from .. import _compat
-from .base import EXCLUSIVE, Grant, Lease, LeaseExpired, Mode
+from .base import (
+    EXCLUSIVE,
+    SHARED,
+    Grant,
+    Lease,
+    LeaseExpired,
+    Mode,
+    grantable,
+    limit_mismatch,
+    permit,
+)
 
 __all__ = ["ZooKeeperDriver"]
 
@@ -74,7 +113,6 @@ log = logging.getLogger("tenure")
 _kazoo_log = logging.getLogger("tenure.kazoo")
 _kazoo_log.addHandler(logging.NullHandler())
 
-_SEPARATOR = "-lock-"
 _FLOAT_OPTIONS = ("connect_timeout", "request_timeout")
 _BOOL_OPTIONS = ("use_ssl", "verify_certs")
 
@@ -98,7 +136,8 @@ class _LeaseState:
         self.lost_reason: str | None = None
         self.closing = False
         self.wakers: set[Callable[[], None]] = set()
-        # (parent, owner id) -> node name, or "" when a create's reply never came
+        # Nodes we may leave behind: (parent, owner id) -> node name, "" if a create's reply is
+        # missing. Deleted by acquire(), a retry of it, or the next renewal.
         self.orphans: dict[tuple[str, str], str] = {}
         self.active: set[str] = set()  # owner ids inside acquire() right now
         self.lease: Lease | None = None
@@ -125,15 +164,92 @@ class _LeaseState:
         return False
 
 
+@dataclass(frozen=True, slots=True)
 class _Held:
-    """``Grant.data`` for ZooKeeper: the node's path, and whether we deleted it ourselves."""
+    """``Grant.data`` for ZooKeeper: the node's path and its session."""
 
-    __slots__ = ("path", "releasing", "state")
+    path: str
+    state: _LeaseState
 
-    def __init__(self, path: str, state: _LeaseState) -> None:
-        self.path = path
-        self.state = state
-        self.releasing = False
+
+def _state(lease: Lease) -> _LeaseState:
+    state = lease.data
+    assert isinstance(state, _LeaseState)
+    return state
+
+
+def _held(grant: Grant) -> _Held:
+    held = grant.data
+    assert isinstance(held, _Held)
+    return held
+
+
+@dataclass(frozen=True, slots=True)
+class _Node:
+    """One contender's node, as its name ``<owner id>-<mark>-<sequence>`` tells."""
+
+    name: str
+    owner: str
+    mode: Mode
+    sequence: str
+
+
+_MODES = {"lock": EXCLUSIVE, "write": EXCLUSIVE, "read": SHARED}
+_NAME = re.compile(
+    r"(?P<owner>[^-]+)-(?P<mark>lock|write|read|permit(?P<limit>[1-9][0-9]*))"
+    r"-(?P<sequence>[0-9]{10})"
+)
+
+
+def _mark(kind: str, mode: Mode) -> str:
+    """The part of a node's name that says its mode (the inverse of ``_parse``)."""
+    if mode.limit:
+        return f"permit{mode.limit}"
+    if mode.shared:
+        return "read"
+    return "write" if kind == "rwlock" else "lock"
+
+
+def _parse(name: str) -> _Node | None:
+    """The contender a child node's name describes; None for anything else."""
+    match = _NAME.fullmatch(name)
+    if match is None:
+        return None
+    limit = match["limit"]
+    mode = permit(int(limit)) if limit else _MODES[match["mark"]]
+    return _Node(name, match["owner"], mode, match["sequence"])
+
+
+def _queue(children: Sequence[str]) -> list[_Node]:
+    """The contenders in sequence (= arrival) order."""
+    nodes = [node for node in map(_parse, children) if node is not None]
+    return sorted(nodes, key=lambda node: node.sequence)
+
+
+def _blockers(queue: list[_Node], me: _Node) -> tuple[list[_Node], bool] | None:
+    """None if ``me`` may be granted (``base.grantable``); else the nodes to watch, and whether
+    one of them setting its data (a promotion) is news too. See the module docstring."""
+    index = queue.index(me)
+    ahead = queue[:index]
+    exclusive = [node for node in ahead if not node.mode.shared]
+    if grantable(me.mode, index, bool(exclusive)):
+        return None
+    if not me.mode.shared:
+        return ahead[-1:], False  # a writer (or a lock): the node just before it
+    if exclusive:
+        return exclusive[-1:], False  # a reader: the newest writer before it
+    if index == me.mode.limit:
+        return ahead, False  # the first permit waiter: every holder
+    return ahead[-1:], True  # a later permit waiter: the one before it, until it is granted
+
+
+def _stored_limit(queue: list[_Node], me: _Node) -> int | None:
+    """The semaphore's limit if ``me`` asks for another one (see the module docstring)."""
+    asked = me.mode.limit
+    if not asked:
+        return None
+    others = queue[:1] if queue[0] != me else queue
+    return next((node.mode.limit for node in others if node.mode.limit != asked), None)
 
 
 class ZooKeeperDriver:
@@ -149,7 +265,8 @@ class ZooKeeperDriver:
         # The server expires sessions in tickTime buckets: up to one tick past the timeout
         # (2 s with ZooKeeper's default tickTime; the test servers tick every 250 ms).
         expiry_slack=2.0,
-        wakeup="exists watch on the predecessor node (one watch fired per handoff)",
+        wakeup="data watch on the node before (a reader: the newest writer; the first permit "
+        "waiter: every holder); one watch fired per handoff",
     )
     options: ClassVar[frozenset[str]] = frozenset(
         {*_FLOAT_OPTIONS, *_BOOL_OPTIONS, "ca", "certfile", "keyfile", "keyfile_password"}
@@ -169,7 +286,7 @@ class ZooKeeperDriver:
         self._tls: dict[str, Any] = {}
         for name in _BOOL_OPTIONS:
             if name in options:
-                self._tls[name] = _boolean(options, name)
+                self._tls[name] = bool_option(options, name)
         for name in ("ca", "certfile", "keyfile", "keyfile_password"):
             if name in options:
                 self._tls[name] = options[name]
@@ -353,7 +470,7 @@ class ZooKeeperDriver:
     async def renew_lease(
         self, lease: Lease, grants: Sequence[Grant], timeout: float
     ) -> Sequence[Grant]:
-        state: _LeaseState = lease.data
+        state = _state(lease)
         if state.lost_reason is not None:
             raise LeaseExpired(state.lost_reason)
         client = state.client
@@ -365,12 +482,12 @@ class ZooKeeperDriver:
             else:
                 transaction = client.transaction()
                 for grant in grants:
-                    transaction.check(grant.data.path, -1)
+                    transaction.check(_held(grant).path, -1)
                 results = await self._wait(transaction.commit_async(), timeout)
                 gone = []
                 if any(isinstance(r, Exception) for r in results):
                     # A failed multi names only its first failure: look at each node.
-                    checks = [client.exists_async(g.data.path) for g in grants]
+                    checks = [client.exists_async(_held(g).path) for g in grants]
                     for grant, result in zip(grants, checks, strict=True):
                         if await self._wait(result, timeout) is None:
                             gone.append(grant)
@@ -379,7 +496,7 @@ class ZooKeeperDriver:
         return gone
 
     async def revoke_lease(self, lease: Lease) -> None:
-        state: _LeaseState = lease.data
+        state = _state(lease)
         with state.mutex:
             state.closing = True
         await self._stop(state.client)  # closing the session deletes its ephemeral nodes
@@ -389,89 +506,36 @@ class ZooKeeperDriver:
     async def acquire(
         self, lease: Lease, key: str, owner: OwnerInfo, deadline: float | None, mode: Mode
     ) -> Grant | None:
-        if mode != EXCLUSIVE:  # not yet: [rwlock]/[semaphore] bring the shared modes here
-            raise ConfigurationError(f"{self.scheme}: {mode.name} mode is not supported yet")
-        state: _LeaseState = lease.data
+        state = _state(lease)
         name = key.partition("/")[2]
         self._raise_if_lost(state, name)
-        client = state.client
         parent = self._path(key)
-        prefix = owner.owner + _SEPARATOR
         timeout = min(self._request_timeout, lease.ttl)
+        record = {"owner": owner.owner, "host": owner.host, "pid": owner.pid,
+                  "value": owner.value}  # fmt: skip
+        data = json.dumps(record).encode()
         with state.mutex:
             state.active.add(owner.owner)
-            adopt = state.orphans.pop((parent, owner.owner), None)
-        own: str | None = None
-        own_stat: Any = None
-        done = False
+        me: _Node | None = None
+        granted = False
         try:
             with self._errors("acquire", state):
-                if adopt is not None:  # a retry: our earlier create may have reached the server
-                    children = await self._children(client, parent, timeout)
-                    own = next((c for c in children if c.startswith(prefix)), None)
-                    if own is not None:
-                        own_stat = await self._wait(
-                            client.exists_async(parent + "/" + own), timeout
-                        )
-                        if own_stat is None:
-                            own = None
-                record = {"owner": owner.owner, "host": owner.host, "pid": owner.pid,
-                          "value": owner.value}  # fmt: skip
-                data = json.dumps(record).encode()
-                if own is None and not self._contended.get(parent, False):
-                    with state.mutex:  # in case the reply is lost: found again or cleaned up
-                        state.orphans[(parent, owner.owner)] = ""
-                    granted = await self._acquire_free(client, parent, prefix, data, timeout)
-                    with state.mutex:  # we know what happened: no orphan either way
-                        state.orphans.pop((parent, owner.owner), None)
-                    if granted is not None:
-                        own, own_stat = granted
-                        children = [own]
-                if own is None:
-                    with state.mutex:
-                        state.orphans[(parent, owner.owner)] = ""
-                    created = client.create_async(
-                        parent + "/" + prefix, data, acl=self._acl, ephemeral=True,
-                        sequence=True, makepath=True, include_data=True,
-                    )  # fmt: skip
-                    listed = client.get_children_async(parent)  # pipelined behind the create
-                    path, own_stat = await self._wait(created, timeout)
-                    own = path.rpartition("/")[2]
-                    with state.mutex:
-                        state.orphans.pop((parent, owner.owner), None)
-                    try:
-                        children = _sorted(await self._wait(listed, timeout))
-                    except kazoo_errors.NoNodeError:  # the parent was made by our create
-                        children = await self._children(client, parent, timeout)
-                if len(self._contended) > 10_000:
-                    self._contended.clear()
-                self._contended[parent] = children.index(own) > 0 if own in children else True
-                try_once = deadline is not None and deadline <= _compat.monotonic()
-                while True:
-                    self._raise_if_lost(state, name)
-                    if own not in children:
-                        raise BackendUnavailableError(
-                            f"zookeeper at {self._hosts}: our queue entry for {name!r} vanished"
-                        )
-                    index = children.index(own)
-                    if index == 0:
-                        # The token is the creation zxid, fixed when the node was created.
-                        done = True
-                        return self._granted(state, lease, key, owner, parent + "/" + own, own_stat)
-                    if try_once:
-                        return None
-                    woken = await self._wait_for(
-                        state, client, parent + "/" + children[index - 1], deadline, timeout
-                    )
-                    if woken is None:
-                        return None
-                    if woken and index == 1:
-                        # Our predecessor was the first and is deleted: nothing can queue
-                        # ahead of us (sequence numbers only grow while our node exists), so
-                        # we are first without listing again. One round trip saved per handoff.
-                        children = [own]
-                        continue
-                    children = await self._children(client, parent, timeout)
+                mark = _mark(key.partition("/")[0], mode)
+                me, stat, queue = await self._enqueue(
+                    state, parent, owner.owner, mark, data, timeout
+                )
+                stored = _stored_limit(queue, me)
+                if stored is not None:
+                    raise limit_mismatch(name, stored, mode.limit)  # our node goes (finally)
+                granted = await self._wait_for_turn(
+                    state, parent, me, queue, data, name, deadline, timeout
+                )
+                if not granted:
+                    return None
+                # The token is the creation zxid, fixed when the node was created. A deleted
+                # node is noticed by the next renewal (one multi of checks per session).
+                held = _Held(parent + "/" + me.name, state)
+                return Grant(key, owner, int(stat.czxid), lease, utcnow(), held, mode=mode)
         except LeaseExpired as exc:
             raise LockLostError(
                 f"the session ended while waiting for {name!r}: {exc}", name=name
@@ -479,16 +543,70 @@ class ZooKeeperDriver:
         finally:
             with state.mutex:
                 state.active.discard(owner.owner)
-            if not done and own is not None:
+                own = me.name if me else state.orphans.get((parent, owner.owner), "")
+            if not granted and own:  # "": our create's reply never came (see _enqueue)
                 await self._leave(state, parent, owner.owner, own)
 
-    async def _acquire_free(
+    async def _enqueue(
+        self, state: _LeaseState, parent: str, owner: str, mark: str, data: bytes, timeout: float
+    ) -> tuple[_Node, Any, list[_Node]]:
+        """Our node in ``parent``'s queue: the node, its ``Stat``, and the queue as listed after
+        it was created. Until then the node is in ``state.orphans`` (its name, or "" while the
+        create's reply is due): a retry finds it there, and ``acquire`` deletes it if we fail."""
+        client = state.client
+        prefix = f"{owner}-{mark}-"
+        orphan = (parent, owner)
+        with state.mutex:
+            retried = orphan in state.orphans
+        found: tuple[str, Any] | None = None
+        if retried:  # an earlier attempt's create may have reached the server
+            listing = await self._children(client, parent, timeout)
+            own = next((name for name in listing if name.startswith(prefix)), None)
+            if own is not None:
+                stat = await self._wait(client.exists_async(parent + "/" + own), timeout)
+                found = None if stat is None else (own, stat)
+        if found is None:
+            with state.mutex:
+                state.orphans[orphan] = ""
+            if not self._contended.get(parent, False):
+                found = await self._create_if_empty(client, parent, prefix, data, timeout)
+                if found is not None:
+                    listing = [found[0]]
+        if found is None:
+            created = client.create_async(
+                parent + "/" + prefix, data, acl=self._acl, ephemeral=True,
+                sequence=True, makepath=True, include_data=True,
+            )  # fmt: skip
+            listed = client.get_children_async(parent)  # pipelined behind the create
+            path, stat = await self._wait(created, timeout)
+            found = (path.rpartition("/")[2], stat)
+            with state.mutex:
+                state.orphans[orphan] = found[0]
+            try:
+                listing = await self._wait(listed, timeout)
+            except kazoo_errors.NoNodeError:  # the parent was made by our create
+                listing = await self._children(client, parent, timeout)
+        own, stat = found
+        me, queue = _parse(own), _queue(listing)
+        if me is None or me not in queue:
+            raise BackendUnavailableError(
+                f"zookeeper at {self._hosts}: our queue entry {parent}/{own} vanished"
+            )
+        with state.mutex:  # acquire() has it now
+            state.orphans.pop(orphan, None)
+        if len(self._contended) > 10_000:
+            self._contended.clear()
+        # Queues last seen busy: their next acquires skip the fast path (it would fail).
+        self._contended[parent] = queue.index(me) > 0
+        return me, stat, queue
+
+    async def _create_if_empty(
         self, client: KazooClient, parent: str, prefix: str, data: bytes, timeout: float
     ) -> tuple[str, Any] | None:
         """The uncontended fast path: one transaction that succeeds only if nobody is queued.
 
         Deleting the parent fails unless it has no children, so ``delete parent, create parent,
-        create our node`` is "take the lock if the queue is empty" in one round trip (the slow path
+        create our node`` is "enqueue if the queue is empty" in one round trip (the slow path
         needs a create and a listing). The node gets sequence number 0 explicitly; the recreated
         parent's counter then gives later contenders 1, 2... so the queue order holds. The final
         ``set_data`` only makes the reply carry the node's ``Stat`` (its czxid is the token).
@@ -504,38 +622,89 @@ class ZooKeeperDriver:
             return None  # queue not empty, or no parent yet: nothing was changed
         return own, results[3]
 
-    def _granted(
-        self, state: _LeaseState, lease: Lease, key: str, owner: OwnerInfo, path: str, stat: Any
-    ) -> Grant:
-        # A deleted node is noticed by the next renewal (one multi of checks per session).
-        return Grant(key, owner, int(stat.czxid), lease, utcnow(), data=_Held(path, state))
-
-    async def _wait_for(
+    async def _wait_for_turn(
         self,
         state: _LeaseState,
-        client: KazooClient,
-        predecessor: str,
+        parent: str,
+        me: _Node,
+        queue: list[_Node],
+        data: bytes,
+        name: str,
         deadline: float | None,
         timeout: float,
-    ) -> bool | None:
-        """Wait until ``predecessor`` may be gone: True if it is known to be deleted, False if
-        something else woke us (the connection was suspended); None when ``deadline`` passes."""
+    ) -> bool:
+        """Wait until ``me`` may be granted (True), or ``deadline`` passes (False; a deadline
+        already past: do not wait). ``queue`` is the queue as last listed."""
+        try_once = deadline is not None and deadline <= _compat.monotonic()
+        waited = False
+        while True:
+            self._raise_if_lost(state, name)
+            blockers = _blockers(queue, me)
+            if blockers is None:
+                if me.mode.limit and (waited or queue[-1] != me):
+                    # A permit waiter behind us may watch only us: promote (module docstring).
+                    path = parent + "/" + me.name
+                    try:
+                        await self._wait(state.client.set_async(path, data), timeout)
+                    except kazoo_errors.NoNodeError:
+                        raise BackendUnavailableError(
+                            f"zookeeper at {self._hosts}: our queue entry {path} vanished"
+                        ) from None
+                return True
+            if try_once:
+                return False
+            waited = True
+            watched, promotion = blockers
+            woken = await self._wait_for_change(
+                state, [parent + "/" + node.name for node in watched], promotion, deadline, timeout
+            )
+            if woken is None:
+                return False
+            if woken:  # deletions we were told of: nobody can have queued ahead of us since
+                queue = [node for node in queue if parent + "/" + node.name not in woken]
+                continue
+            queue = _queue(await self._children(state.client, parent, timeout))
+            if me not in queue:
+                raise BackendUnavailableError(
+                    f"zookeeper at {self._hosts}: our queue entry for {name!r} vanished"
+                )
+
+    async def _wait_for_change(
+        self,
+        state: _LeaseState,
+        paths: list[str],
+        promotion: bool,
+        deadline: float | None,
+        timeout: float,
+    ) -> list[str] | None:
+        """Set a data watch on each of ``paths`` and wait until one fires. Returns the paths the
+        watches saw deleted; ``[]`` when the queue must be listed again (a node was already
+        gone, or, with ``promotion``, had set its data; a node changed; the session ended); None
+        when ``deadline`` passes. (A data watch, unlike an exists watch, is not left behind on a
+        node that is already gone: that one would never fire.)"""
         woken = _compat.Event()
-        deleted: list[bool] = []
+        deleted: list[str] = []
         call = state.call
 
         def wake() -> None:  # from any thread
             call(woken.set)
 
-        def on_event(event: WatchedEvent) -> None:  # deleted, or the connection was suspended
-            deleted.append(event.type == EventType.DELETED)
+        def on_event(event: WatchedEvent) -> None:  # deleted, changed, or the session ended
+            if event.type == EventType.DELETED:
+                deleted.append(event.path)
             wake()
 
         with state.mutex:
             state.wakers.add(wake)
         try:
-            if await self._wait(client.exists_async(predecessor, watch=on_event), timeout) is None:
-                return True
+            sent = [state.client.get_async(path, watch=on_event) for path in paths]
+            for result in sent:  # pipelined: one round trip however many
+                try:
+                    _, stat = await self._wait(result, timeout)
+                except kazoo_errors.NoNodeError:
+                    return []
+                if promotion and stat.version > 0:
+                    return []
             while True:
                 # Also wake at the lease's local deadline: if no renewal moved it, the session
                 # is lost (the core's alarm says so too) and this waiter must fail.
@@ -551,16 +720,17 @@ class ZooKeeperDriver:
                     else min(remaining, state.deadline - now)
                 )
                 if await woken.wait(wait):
-                    return bool(deleted) and deleted[0]
+                    return list(deleted)
         finally:
             with state.mutex:
                 state.wakers.discard(wake)
 
     async def _children(self, client: KazooClient, parent: str, timeout: float) -> list[str]:
         try:
-            return _sorted(await self._wait(client.get_children_async(parent), timeout))
+            children: list[str] = await self._wait(client.get_children_async(parent), timeout)
         except kazoo_errors.NoNodeError:
             return []
+        return children
 
     def _raise_if_lost(self, state: _LeaseState, name: str) -> None:
         reason = state.lost_reason
@@ -576,6 +746,8 @@ class ZooKeeperDriver:
     async def _leave(self, state: _LeaseState, parent: str, owner: str, own: str) -> None:
         """Delete our node; if that cannot be done now, remember it for the next renewal."""
         sent = state.client.delete_async(parent + "/" + own)  # sent now, even if we are cancelled
+        with state.mutex:
+            state.orphans.pop((parent, owner), None)
         if state.lost_reason is not None or _compat.monotonic() >= state.deadline:
             return  # the session is over (or about to be): the node goes with it
         try:
@@ -597,8 +769,8 @@ class ZooKeeperDriver:
             try:
                 with self._errors("clean up", state):
                     if not own:
-                        children = await self._children(state.client, parent, timeout)
-                        own = next((c for c in children if c.startswith(owner + _SEPARATOR)), "")
+                        queue = _queue(await self._children(state.client, parent, timeout))
+                        own = next((node.name for node in queue if node.owner == owner), "")
                     if own:
                         with suppress(kazoo_errors.NoNodeError):
                             await self._wait(state.client.delete_async(parent + "/" + own), timeout)
@@ -607,9 +779,7 @@ class ZooKeeperDriver:
                     state.orphans.setdefault((parent, owner), own)
 
     async def release(self, grant: Grant) -> bool:
-        held: _Held = grant.data
-        retried = held.releasing
-        held.releasing = True
+        held = _held(grant)
         try:
             with self._errors("release", held.state):
                 try:
@@ -617,9 +787,7 @@ class ZooKeeperDriver:
                         held.state.client.delete_async(held.path), self._request_timeout
                     )
                 except kazoo_errors.NoNodeError:
-                    # A retry after a lost reply finds nothing: the first attempt deleted it. The
-                    # path is ours alone (owner id + sequence): never a newer holder's node.
-                    return retried
+                    return False  # already gone; the path is ours alone, never a newer holder's
         except LeaseExpired:
             # The session ended during the release (it was not lost when the release began, or
             # the core would not have called us) and took the node with it, if our delete did
@@ -628,7 +796,7 @@ class ZooKeeperDriver:
         return True
 
     async def check(self, grant: Grant) -> bool:
-        held: _Held = grant.data
+        held = _held(grant)
         try:
             with self._errors("check", held.state):
                 stat = await self._wait(
@@ -639,7 +807,7 @@ class ZooKeeperDriver:
         return stat is not None
 
     async def set_value(self, grant: Grant, value: str) -> bool:
-        held: _Held = grant.data
+        held = _held(grant)
         client = held.state.client
         try:
             with self._errors("set value", held.state):
@@ -672,29 +840,33 @@ class ZooKeeperDriver:
         name = key.partition("/")[2]
         found: list[Holder] = []
         with self._errors("contenders"):
-            children = await self._children(client, parent, self._request_timeout)
+            queue = _queue(await self._children(client, parent, self._request_timeout))
             if first_only:
-                children = children[:1]
-            sent = [client.get_async(parent + "/" + child) for child in children]
-            for result in sent:
+                queue = queue[:1]
+            sent = [(node, client.get_async(parent + "/" + node.name)) for node in queue]
+            waiting = exclusive_ahead = False
+            for node, result in sent:
                 try:
                     data, stat = await self._wait(result, self._request_timeout)
                 except kazoo_errors.NoNodeError:
                     continue  # left meanwhile
                 record = json.loads(data)
-                first = not found
+                waiting = waiting or not grantable(node.mode, len(found), exclusive_ahead)
+                exclusive_ahead = exclusive_ahead or not node.mode.shared
                 found.append(
                     Holder(
                         name=name,
                         owner=record["owner"],
                         host=record.get("host", ""),
                         pid=int(record.get("pid", 0)),
-                        token=int(stat.czxid) if first else 0,
-                        acquired_at=dt.datetime.fromtimestamp(stat.ctime / 1000, dt.UTC)
-                        if first
-                        else None,
+                        token=0 if waiting else int(stat.czxid),
+                        acquired_at=None
+                        if waiting
+                        else dt.datetime.fromtimestamp(stat.ctime / 1000, dt.UTC),
                         expires_in=None,  # a session's expiry is known only to the server
                         value=record.get("value"),
+                        mode=node.mode.name,
+                        waiting=waiting,
                     )
                 )
         return found
@@ -711,23 +883,24 @@ class ZooKeeperDriver:
 
             with self._errors("observe"):
                 try:
-                    children = _sorted(
+                    queue = _queue(
                         await self._wait(
                             client.get_children_async(parent, watch=on_event),
                             self._request_timeout,
                         )
                     )
                 except kazoo_errors.NoNodeError:
-                    children = []
+                    queue = []
                     # No queue yet: wake when it is created.
                     await self._wait(
                         client.exists_async(parent, watch=on_event), self._request_timeout
                     )
-                if children:  # the holder's value may change too (Election.proclaim)
-                    await self._wait(
-                        client.exists_async(parent + "/" + children[0], watch=on_event),
-                        self._request_timeout,
-                    )
+                if queue:  # the holder's value may change too (Election.proclaim)
+                    with suppress(kazoo_errors.NoNodeError):  # gone: the child watch fires
+                        await self._wait(
+                            client.get_async(parent + "/" + queue[0].name, watch=on_event),
+                            self._request_timeout,
+                        )
             yield
             while not await woken.wait(self._request_timeout):
                 if self._admin is None:
@@ -748,12 +921,6 @@ def _loss_reason(client_state: str) -> str:
     # kazoo's connection loop gave up (e.g. a reply out of order: "xids do not match") and
     # will not reconnect: nothing can renew the session any more.
     return f"the ZooKeeper connection closed for good ({client_state})"
-
-
-def _sorted(children: Sequence[str]) -> list[str]:
-    """Contender nodes in sequence (= grant) order; anything else is ignored."""
-    ours = [c for c in children if _SEPARATOR in c]
-    return sorted(ours, key=lambda c: c.rpartition(_SEPARATOR)[2])
 
 
 def _measure_session_timeout(client: KazooClient) -> list[int]:
@@ -793,12 +960,3 @@ def _stop_quietly(client: KazooClient) -> None:
         client.close()
     except Exception as exc:
         log.debug("tenure: closing a kazoo client: %s", exc)
-
-
-def _boolean(options: dict[str, str], name: str) -> bool:
-    text = options[name].lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ConfigurationError(f"{name} must be true or false, got {options[name]!r}")
