@@ -1,12 +1,15 @@
 """PostgreSQL-specific behaviour: silent holders lose their locks, killed sessions, a stopped or
-killed postmaster, cancelled and timed-out waiters, schema set-up, bad input."""
+killed postmaster, cancelled and timed-out waiters, schema set-up, bad input; the rwlock's order
+in PostgreSQL's own queue and the semaphore's turnstile, slots and head waiter."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import multiprocessing
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -270,3 +273,282 @@ def test_transaction_pooling_pgbouncer_is_refused(
             tenure.connect(f"{bouncer.url}?namespace=pooled")
     finally:
         bouncer.close()
+
+
+# The shared modes: what PostgreSQL itself does with them.
+
+
+def lock_key(url: str, key: str) -> int:
+    """The advisory lock of ``key`` ("<kind>/<name>"): BLAKE2b of namespace/key, 64 bits."""
+    namespace = url.rpartition("namespace=")[2]
+    digest = hashlib.blake2b(f"{namespace}/{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def advisory(admin: psycopg.Connection[Any], key: int) -> list[tuple[str, bool, int]]:
+    """(mode, granted, backend pid) of every holder of advisory lock ``key``, then its waiters in
+    PostgreSQL's queue order."""
+    rows = admin.execute(
+        "SELECT l.mode, l.granted, l.pid FROM pg_locks l WHERE l.locktype = 'advisory'"
+        " AND l.objsubid = 1 AND l.classid = ((%(k)s::bigint >> 32) & 4294967295)::oid"
+        " AND l.objid = (%(k)s::bigint & 4294967295)::oid ORDER BY l.granted DESC, l.waitstart",
+        {"k": key},
+    ).fetchall()
+    return [(str(mode), bool(granted), int(pid)) for mode, granted, pid in rows]
+
+
+def modes(admin: psycopg.Connection[Any], key: int) -> list[tuple[str, bool]]:
+    return [(mode, granted) for mode, granted, _ in advisory(admin, key)]
+
+
+def test_a_reader_arriving_while_a_writer_waits_queues_behind_it_in_the_server(
+    url: str, admin: psycopg.Connection[Any]
+) -> None:
+    """PostgreSQL's lock queue is the grant rule: a shared request that conflicts with a queued
+    exclusive one waits behind it, and its try (the fast path) is refused; also in a session
+    whose connection already holds the lock shared (PostgreSQL would let that connection take it
+    again past the queue, so the driver must not ask there)."""
+    k = lock_key(url, "rwlock/order")
+    with tenure.connect(url) as a, tenure.connect(url) as b, tenure.connect(url) as c:
+        first = a.rwlock("order")
+        assert first.read.acquire()
+        order: list[str] = []
+        wrote, done_writing = threading.Event(), threading.Event()
+
+        def write() -> None:
+            writer = b.rwlock("order")
+            assert writer.write.acquire(timeout=30)
+            order.append("writer")
+            wrote.set()
+            assert done_writing.wait(30)
+            writer.write.release()
+
+        runner = Runner()
+        runner.start(write)
+        wait_for(lambda: len(advisory(admin, k)) == 2)
+        assert modes(admin, k) == [("ShareLock", True), ("ExclusiveLock", False)]
+        assert not c.rwlock("order").read.acquire(blocking=False)
+        tries = Runner()  # another thread: the main one holds the read side of a already
+        tries.start(lambda: a.rwlock("order").read.acquire(blocking=False))
+        assert tries.join() == [False]
+
+        for queued, client in enumerate((c, a), start=3):
+
+            def read(client: tenure.Client = client) -> None:
+                rw = client.rwlock("order")
+                assert rw.read.acquire(timeout=30)
+                order.append("reader")
+                rw.read.release()
+
+            runner.start(read)
+            wait_for(lambda queued=queued: len(advisory(admin, k)) == queued)
+        assert modes(admin, k) == [
+            ("ShareLock", True),
+            ("ExclusiveLock", False),
+            ("ShareLock", False),
+            ("ShareLock", False),
+        ]
+        assert [(h.mode, h.waiting) for h in a.rwlock("order").contenders()] == [
+            ("shared", False),
+            ("exclusive", True),
+            ("shared", True),
+            ("shared", True),
+        ]
+        first.read.release()
+        assert wrote.wait(30)
+        assert modes(admin, k) == [
+            ("ExclusiveLock", True),
+            ("ShareLock", False),
+            ("ShareLock", False),
+        ]
+        done_writing.set()
+        runner.join()
+        assert order == ["writer", "reader", "reader"]
+        assert advisory(admin, k) == []
+
+
+def test_a_writer_that_times_out_lets_the_readers_queued_behind_it_in(
+    url: str, admin: psycopg.Connection[Any]
+) -> None:
+    k = lock_key(url, "rwlock/left")
+    with tenure.connect(url) as a, tenure.connect(url) as b, tenure.connect(url) as c:
+        first = a.rwlock("left")
+        assert first.read.acquire()
+        runner = Runner()
+        runner.start(lambda: b.rwlock("left").write.acquire(timeout=3.0))
+        wait_for(lambda: len(advisory(admin, k)) == 2)
+        reader = c.rwlock("left")
+        granted = threading.Event()
+
+        def read() -> bool:
+            ok = reader.read.acquire(timeout=30)
+            granted.set()
+            return ok
+
+        runner.start(read)
+        wait_for(lambda: len(advisory(admin, k)) == 3)
+        assert modes(admin, k) == [
+            ("ShareLock", True),
+            ("ExclusiveLock", False),
+            ("ShareLock", False),
+        ]
+        assert not granted.is_set()
+        # The writer's lock_timeout ends its wait; PostgreSQL wakes the reader behind it at once,
+        # while the first reader still holds.
+        assert granted.wait(30)
+        assert runner.join() == [False, True]
+        assert first.read.held
+        assert modes(admin, k) == [("ShareLock", True), ("ShareLock", True)]
+        reader.read.release()
+        first.read.release()
+
+
+def slot_holders(admin: psycopg.Connection[Any], k: int) -> list[tuple[int, int]]:
+    """(slot lock, backend pid) of the live permit holders of the semaphore whose turnstile is k."""
+    rows = admin.execute(
+        "SELECT h.lock, h.backend_pid FROM tenure.holders h JOIN pg_locks l"
+        " ON l.pid = h.backend_pid AND l.granted AND l.locktype = 'advisory' AND l.objsubid = 1"
+        " AND l.classid = ((h.lock >> 32) & 4294967295)::oid"
+        " AND l.objid = (h.lock & 4294967295)::oid WHERE h.key = %s",
+        (k,),
+    ).fetchall()
+    return [(int(lock), int(pid)) for lock, pid in rows]
+
+
+def test_semaphore_waiters_queue_on_the_turnstile_and_a_release_notifies_the_head(
+    url: str, admin: psycopg.Connection[Any]
+) -> None:
+    k = lock_key(url, "semaphore/gpu")
+    with tenure.connect(url, ttl=30) as a:
+        held = [a.semaphore("gpu", limit=2) for _ in range(2)]
+        for sem in held:
+            assert sem.acquire(blocking=False)
+        # Two permits of one session: two slots, on two connections (one grant per key each).
+        slots = slot_holders(admin, k)
+        assert len({lock for lock, _ in slots}) == 2
+        assert len({pid for _, pid in slots}) == 2
+        assert k not in {lock for lock, _ in slots}
+        assert advisory(admin, k) == []  # nobody keeps the turnstile without waiting
+        assert not a.semaphore("gpu", limit=2).acquire(blocking=False)
+
+        waiters = [tenure.connect(url, ttl=30) for _ in range(3)]
+        try:
+            order: list[int] = []
+            granted = [threading.Event() for _ in waiters]
+            leave = threading.Event()
+            runner = Runner()
+            for i, client in enumerate(waiters):
+
+                def wait(client: tenure.Client = client, i: int = i) -> None:
+                    sem = client.semaphore("gpu", limit=2)
+                    assert sem.acquire(timeout=60)
+                    order.append(i)
+                    granted[i].set()
+                    assert leave.wait(60)
+                    sem.release()
+
+                runner.start(wait)
+                wait_for(lambda i=i: len(a.semaphore("gpu", limit=2).contenders()) == i + 3)
+            # The head holds the turnstile and listens (idle between statements); the others
+            # are blocked in PostgreSQL's queue for it, sending nothing.
+            turnstile = advisory(admin, k)
+            assert [(m, g) for m, g, _ in turnstile] == [("ExclusiveLock", True)] + [
+                ("ExclusiveLock", False)
+            ] * 2
+            states = dict(
+                admin.execute(
+                    "SELECT pid, coalesce(wait_event_type, state) FROM pg_stat_activity"
+                    " WHERE pid = ANY(%s)",
+                    ([pid for _, _, pid in turnstile],),
+                ).fetchall()
+            )
+            assert [states[pid] for _, _, pid in turnstile] == ["Client", "Lock", "Lock"]
+            contenders = a.semaphore("gpu", limit=2).contenders()
+            assert [(h.mode, h.waiting) for h in contenders] == [("permit", False)] * 2 + [
+                ("permit", True)
+            ] * 3
+            # TTL 30 s: the head's own re-check would come after 10 s, so a prompt grant can
+            # only be the release's NOTIFY.
+            started = time.monotonic()
+            held[0].release()
+            assert granted[0].wait(5)
+            print(f"head granted {time.monotonic() - started:.3f} s after a release")
+            assert not granted[1].is_set()
+            wait_for(lambda: advisory(admin, k)[:1] == [("ExclusiveLock", True, turnstile[1][2])])
+            held[1].release()
+            assert granted[1].wait(5)
+            assert not granted[2].is_set()
+            leave.set()
+            runner.join()
+            assert order == [0, 1, 2]
+            assert advisory(admin, k) == []
+            assert slot_holders(admin, k) == []
+        finally:
+            for client in waiters:
+                client.close()
+
+
+def test_a_killed_permit_holder_is_found_by_the_heads_recheck(
+    url: str, admin: psycopg.Connection[Any]
+) -> None:
+    """A holder whose session ends without a release sends no NOTIFY: the head looks again
+    every TTL/3 of its session (here 0.5 s), on the connection that holds the turnstile."""
+    k = lock_key(url, "semaphore/dead")
+    with tenure.connect(url, ttl=30) as a, tenure.connect(url, ttl=1.5) as b:
+        holder = a.semaphore("dead", limit=1)
+        assert holder.acquire()
+        waiter = b.semaphore("dead", limit=1)
+        runner = Runner()
+        runner.start(lambda: waiter.acquire(timeout=30))
+        wait_for(lambda: len(holder.contenders()) == 2)
+        [(_, _, head)] = advisory(admin, k)  # the head, holding the turnstile
+        [(slot, pid)] = slot_holders(admin, k)
+        started = time.monotonic()
+        assert admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,)).fetchone() == (True,)
+        assert runner.join(10) == [True]
+        waited = time.monotonic() - started
+        print(f"head granted {waited:.3f} s after the holder's session ended (TTL/3 = 0.5 s)")
+        # Granted to the head's own connection (not after the server ended it for silence, to a
+        # retry on a new one), well within the TTL.
+        assert slot_holders(admin, k) == [(slot, head)]
+        assert waited < 1.5
+        assert waiter.token > holder.token
+        with pytest.raises(LockLostError):
+            holder.ensure_held()
+        waiter.release()
+
+
+def test_semaphore_limit_is_compared_with_live_records_only(
+    url: str, admin: psycopg.Connection[Any]
+) -> None:
+    k = lock_key(url, "semaphore/quota")
+    with (
+        tenure.connect(url) as a,
+        tenure.connect(url) as b,
+        tenure.connect(url) as c,
+        tenure.connect(url) as d,
+    ):
+        held = a.semaphore("quota", limit=1)
+        assert held.acquire()
+        runner = Runner()
+        waiting = b.semaphore("quota", limit=1)
+        runner.start(lambda: waiting.acquire(timeout=30))
+        wait_for(lambda: len(held.contenders()) == 2)
+        before = advisory(admin, k)
+        with pytest.raises(ConfigurationError, match="has limit 1"):
+            c.semaphore("quota", limit=3).acquire(timeout=5)
+        assert advisory(admin, k) == before  # the refused contender took nothing, queued nowhere
+        assert len(held.contenders()) == 2
+        held.release()
+        assert runner.join() == [True]
+        waiting.release()
+        # A holder that ends without releasing leaves its record (limit 1) behind: not a live one.
+        dead = c.semaphore("quota", limit=1)
+        assert dead.acquire()
+        [(_, pid)] = slot_holders(admin, k)
+        assert admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,)).fetchone() == (True,)
+        row = admin.execute("SELECT count(*) FROM tenure.holders WHERE key = %s", (k,)).fetchone()
+        assert row == (1,)
+        other = d.semaphore("quota", limit=4)
+        assert other.acquire(blocking=False)
+        other.release()

@@ -21,18 +21,47 @@ PostgreSQL's lock queue (``pg_advisory_lock``: FIFO, woken by the server, no pol
 deadline as ``lock_timeout``; it holds the lock there until released, then the connection is
 kept as a spare for the next waiter. The keep-alive pings every connection that holds a lock
 (concurrently in asyncio). A connection that breaks has lost its locks: they are reported lost.
+A connection holds at most one grant per key: PostgreSQL lets a session take again a lock it
+holds, past every queued waiter, so a second reader or permit of one name in one session is
+tried and held on a connection of its own.
+
+**Read-write locks** are the same lock taken ``pg_advisory_lock_shared`` by readers and
+``pg_advisory_lock`` by writers. PostgreSQL's queue is the grant rule of ``base.grantable``: a
+request conflicting with a queued one waits behind it (so a reader that arrives while a writer
+waits queues behind the writer; the try ``pg_try_advisory_lock_shared`` is refused then too),
+and a release or a timed-out waiter wakes every waiter at the head that no earlier one blocks
+(one writer, or the run of readers).
+
+**Semaphores** (``limit`` N): PostgreSQL has no counted lock, so a permit is one of N *slot*
+locks (``hashtextextended(namespace/semaphore/name, i)``, i = 1..N), taken only by a contender
+that holds the semaphore's *turnstile* lock ``k``. The turnstile is the queue: an acquire tries
+it (and, holding it, the first free slot; it never keeps it), and a contender that must wait
+queues for it in PostgreSQL's lock queue (FIFO, no polling). The one that holds it is the head:
+it takes a slot as soon as one is free and then leaves the turnstile to the next. Waiting for
+*any* of N locks is what PostgreSQL cannot do in one queue, so the head ``LISTEN``s: every
+permit release ``NOTIFY``s in its unlock statement, and only the head listens, so a release
+wakes exactly one contender. A holder whose session ends without releasing (killed, or silent
+past its TTL) frees its slot but notifies nobody: the head re-checks the slots every TTL/3 of its
+own session. That re-check is the one poll in this backend, and it costs nothing extra: the head
+is idle between statements, so it must send one at least every TTL anyway or the server ends
+its session (which is what frees the turnstile from a paused head). Queued contenders behind it
+send nothing. The limit is in every holder and waiter record; a contender compares it with the
+live records (holders and waiters on arrival, holders again once it holds the turnstile, which
+settles every race) and leaves with ``limit_mismatch``, taking nothing.
 
 **Tokens and records.** The fencing token is ``nextval`` of a sequence (durable: its WAL is
 flushed with the granting statement's commit), bumped in the statement that grants. Holder and
-waiter records (owner id, host, pid, value) live in two UNLOGGED tables and are trusted only
-when joined with ``pg_locks`` on the backend pid that really holds (or waits for) the lock, so a
-stale record never shows a holder. Release is ``pg_advisory_unlock(k)`` on the holding
-connection: owner-checked by construction (only that server session can unlock it).
+waiter records (owner id, host, pid, mode, limit, value) live in two UNLOGGED tables and are
+trusted only when joined with ``pg_locks`` on the backend pid that really holds (or waits for)
+the lock, so a stale record never shows a holder. Release (``release()``) is
+``pg_advisory_unlock`` on the holding connection: owner-checked by construction (only that
+server session can unlock it); it deletes the holder record in the same statement.
 
-Schema objects (a schema, two tables, a sequence) are created on first use, idempotently, in the
-schema named by the ``schema`` option (default ``tenure``). A transaction-pooling proxy
-(pgbouncer) cannot carry session-level locks: the driver checks that the settings it sent at
-connection start reached the server session, and refuses with a clear error if they did not.
+Schema objects (a schema, two tables and an index, a sequence) are created on first use,
+idempotently, in the schema named by the ``schema`` option (default ``tenure``). A
+transaction-pooling proxy (pgbouncer) cannot carry session-level locks: the driver checks that
+the settings it sent at connection start reached the server session, and refuses with a clear
+error if they did not.
 """
 
 from __future__ import annotations
@@ -60,7 +89,7 @@ from ...errors import (
     ConfigurationError,
 )
 from .. import _compat
-from .base import DRIFT, EXCLUSIVE, Grant, Lease, Mode
+from .base import DRIFT, Grant, Lease, Mode, limit_mismatch
 
 __all__ = ["PostgresDriver"]
 
@@ -72,23 +101,40 @@ _Conn = psycopg.Connection[Any]
 
 
 class _Hold:
-    """A grant's place: the connection holding it."""
+    """``Grant.data``: the connection holding the grant, and the advisory lock it holds there
+    (``k`` itself, or a semaphore's slot)."""
 
-    __slots__ = ("conn", "release_sent")
+    __slots__ = ("conn", "k", "lock", "shared")
 
-    def __init__(self, conn: _Conn) -> None:
+    def __init__(self, conn: _Conn, k: int, lock: int, shared: bool) -> None:
         self.conn = conn
-        self.release_sent = False
+        self.k = k
+        self.lock = lock
+        self.shared = shared
 
 
 class _Pool:
-    """A session's connections: the primary one, those waiting or holding, spares."""
+    """``Lease.data``: a session's connections: primary, waiting or holding, spares."""
 
     def __init__(self) -> None:
         self.primary: _Conn | None = None
+        self.on_primary: set[int] = set()  # keys with a grant (or a try under way) on the primary
         self.spares: list[_Conn] = []
-        self.busy: set[_Conn] = set()  # waiting in a lock queue, or holding a waited-for lock
+        self.busy: set[_Conn] = set()  # waiting, or holding a grant off the primary
         self.closed = False
+        self.state = _compat.StateLock()  # guards the above: sync callers are threads
+
+
+def _pool(lease: Lease) -> _Pool:
+    pool = lease.data
+    assert isinstance(pool, _Pool)
+    return pool
+
+
+def _hold(grant: Grant) -> _Hold:
+    hold = grant.data
+    assert isinstance(hold, _Hold)
+    return hold
 
 
 class PostgresDriver:
@@ -100,7 +146,7 @@ class PostgresDriver:
         fifo=True,
         min_ttl=0.5,
         expiry_slack=0.1,
-        wakeup="PostgreSQL's own lock queue (pg_advisory_lock)",
+        wakeup="PostgreSQL's own lock queue (pg_advisory_lock); a semaphore's head: NOTIFY",
     )
     options: ClassVar[frozenset[str]] = frozenset(
         {
@@ -293,8 +339,8 @@ class PostgresDriver:
         return Lease(id=new_owner_id()[:16], ttl=ttl, data=pool)
 
     def renew_lease(self, lease: Lease, grants: Sequence[Grant], timeout: float) -> Sequence[Grant]:
-        pool: _Pool = lease.data
-        conns = {grant.data.conn for grant in grants}
+        pool = _pool(lease)
+        conns = {_hold(grant).conn for grant in grants}
         if pool.primary is not None:
             conns.add(pool.primary)
         conns.update(pool.spares)
@@ -308,10 +354,10 @@ class PostgresDriver:
             if conn in pool.spares:
                 pool.spares.remove(conn)
             pool.busy.discard(conn)
-        return [grant for grant in grants if grant.data.conn in dead]
+        return [grant for grant in grants if _hold(grant).conn in dead]
 
     def revoke_lease(self, lease: Lease) -> None:
-        pool: _Pool = lease.data
+        pool = _pool(lease)
         pool.closed = True
         conns = [*pool.spares, *pool.busy]
         if pool.primary is not None:
@@ -326,7 +372,7 @@ class PostgresDriver:
         digest = hashlib.blake2b(f"{self._namespace}/{key}".encode(), digest_size=8).digest()
         return int.from_bytes(digest, "big", signed=True)
 
-    def _args(self, key: str, owner: OwnerInfo, ttl: float) -> dict[str, Any]:
+    def _args(self, key: str, owner: OwnerInfo, ttl: float, mode: Mode) -> dict[str, Any]:
         return {
             "k": self._lock_key(key),
             "ns": self._namespace,
@@ -337,50 +383,91 @@ class PostgresDriver:
             "ttl": ttl,
             "value": json.dumps(owner.value),
             "channel": self._notify_channel(key),
+            "mode": mode.name,
+            "shared": mode.shared and not mode.limit,  # a permit holds its slot exclusively
+            "limit": mode.limit,
+            "slots": f"{self._namespace}/{key}",  # hashed with i = 1..limit: the slot locks
         }
 
     def _notify_channel(self, key: str) -> str:
-        """The channel grants and releases of ``key`` notify: only elections do (observe())."""
-        return self._channel(key) if key.startswith("election/") else ""
+        """The channel notified by grants and releases of an election (for observe()) and by
+        releases of a semaphore's permits (for its head waiter); "" for other keys."""
+        return self._channel(key) if key.startswith(("election/", "semaphore/")) else ""
 
     def _channel(self, key: str) -> str:
-        """The NOTIFY channel of ``key`` (only elections notify, for observe())."""
         return "tenure_" + format(self._lock_key(key) & 0xFFFFFFFFFFFFFFFF, "016x")
 
     def acquire(
         self, lease: Lease, key: str, owner: OwnerInfo, deadline: float | None, mode: Mode
     ) -> Grant | None:
-        if mode != EXCLUSIVE:  # not yet: [rwlock]/[semaphore] bring the shared modes here
-            raise ConfigurationError(f"{self.scheme}: {mode.name} mode is not supported yet")
-        pool: _Pool = lease.data
+        pool = _pool(lease)
         if pool.closed:
             raise BackendError("the session's connections are closed")
-        args = self._args(key, owner, lease.ttl)
+        args = self._args(key, owner, lease.ttl, mode)
+        k = args["k"]
         if pool.primary is None or pool.primary.closed:
-            pool.primary = self._open(lease.ttl)
-        primary = pool.primary
+            self._new_primary(pool, lease.ttl)
         try_once = deadline is not None and deadline <= _compat.monotonic()
-        # If we will have to wait, it will be on a spare connection: queue its record now.
-        args["wpid"] = pool.spares[-1].info.backend_pid if pool.spares and not try_once else 0
+        with pool.state:
+            primary = pool.primary if k not in pool.on_primary else None
+            if primary is not None:
+                pool.on_primary.add(k)
+            # If we will have to wait, it will be on a spare connection: take it now, so that
+            # the try statement can write its queue record.
+            spare = pool.spares.pop() if pool.spares and not (try_once and primary) else None
+        if primary is not None:
+            conn, waiter = primary, spare
+        else:  # this session holds k on the primary already: try (and wait) on another one
+            conn = waiter = spare or self._open(lease.ttl)
+            pool.busy.add(conn)
+        args["wpid"] = 0 if waiter is None or try_once else waiter.info.backend_pid
+        statement = self._sql.try_permit if mode.limit else self._sql.try_lock
         sent = _compat.monotonic()
         try:
             with self._errors("acquire"):
-                row = (primary.execute(self._sql.try_acquire, args)).fetchone()
-        except BackendError:
-            self._after_failed_try(pool, primary, args)
+                row = (conn.execute(statement, args)).fetchone()
+        except BaseException:
+            self._after_failed_try(pool, conn, args)
+            if spare is not None and spare is not conn:
+                self._recycle(pool, spare)
             raise
         assert row is not None
-        got, token, acquired_at, _ = row
+        got, lock, token, acquired_at, _, stored, _ = row
         if got:
-            return Grant(
-                key, owner, int(token), lease, acquired_at, _Hold(primary), _by(sent, 0, lease)
-            )
-        if try_once:
+            if conn is primary and spare is not None:
+                self._recycle(pool, spare)
+            hold = _Hold(conn, k, lock, args["shared"])
+            by = _by(sent, 0, lease)
+            return Grant(key, owner, int(token), lease, acquired_at, hold, by, mode)
+        if conn is primary:
+            pool.on_primary.discard(k)
+        if stored is not None or try_once:
+            if waiter is not None:
+                self._recycle(pool, waiter)
+            if stored is not None:
+                raise limit_mismatch(key.partition("/")[2], int(stored), mode.limit)
             return None
-        return self._wait(pool, lease, key, owner, args, deadline)
+        return self._wait(pool, lease, key, owner, mode, args, deadline, waiter)
+
+    def _new_primary(self, pool: _Pool, ttl: float) -> None:
+        conn = self._open(ttl)
+        with pool.state:
+            if pool.primary is None or pool.primary.closed:
+                pool.primary, pool.on_primary = conn, set()
+                return
+        # Another caller replaced it meanwhile: keep ours as a spare.
+        self._recycle(pool, conn)
+
+    def _recycle(self, pool: _Pool, conn: _Conn) -> None:
+        """Keep a connection that holds nothing for the next wait (closed if the pool is)."""
+        pool.busy.discard(conn)
+        if pool.closed or conn.closed:
+            _close_quietly(conn)
+        else:
+            pool.spares.append(conn)
 
     def _after_failed_try(self, pool: _Pool, conn: _Conn, args: dict[str, Any]) -> None:
-        """The try statement failed: it may have taken the lock (its reply lost); undo that."""
+        """The try statement failed: it may have taken locks (its reply lost); undo that."""
         try:
             with self._errors("undo acquire"):
                 conn.execute(self._sql.undo_try, args)
@@ -389,6 +476,14 @@ class PostgresDriver:
             # every grant on it is reported lost at the next renewal.
             if pool.primary is conn:
                 pool.primary = None
+            else:
+                pool.busy.discard(conn)
+                _close_quietly(conn)
+            return
+        if conn is pool.primary:
+            pool.on_primary.discard(args["k"])
+        else:
+            self._recycle(pool, conn)
 
     def _wait(
         self,
@@ -396,18 +491,18 @@ class PostgresDriver:
         lease: Lease,
         key: str,
         owner: OwnerInfo,
+        mode: Mode,
         args: dict[str, Any],
         deadline: float | None,
+        conn: _Conn | None,
     ) -> Grant | None:
-        """Queue in PostgreSQL's lock queue on a connection of our own until granted."""
-        queued = [c for c in pool.spares if args["wpid"] and c.info.backend_pid == args["wpid"]]
-        if queued:
-            conn = queued[0]  # the try statement wrote its queue record
-            pool.spares.remove(conn)
-        else:
-            conn = pool.spares.pop() if pool.spares else self._open(lease.ttl)
+        """Queue in PostgreSQL's lock queue on a connection of our own until granted (for a
+        permit: until we hold the turnstile, then as its head until a slot is free)."""
+        queued = conn is not None  # the try statement wrote its queue record
+        if conn is None:
+            conn = self._open(lease.ttl)
         pool.busy.add(conn)
-        done = False
+        done = listening = False
         try:
             if not queued:
                 with self._errors("queue"):
@@ -421,19 +516,49 @@ class PostgresDriver:
                         return None
                     args["ms"] = f"{max(1, math.ceil(remaining * 1000))}ms"
                 sent = _compat.monotonic()
+                statement = self._sql.wait_permit if mode.limit else self._sql.wait_lock
                 try:
                     with self._errors("wait"):
-                        row = (conn.execute(self._sql.wait, args)).fetchone()
+                        row = (conn.execute(statement, args)).fetchone()
                 except BackendTimeoutError as exc:
                     if isinstance(exc.__cause__, pg_errors.LockNotAvailable):
                         return None  # our lock_timeout: the deadline passed
                     raise
                 assert row is not None
-                token, acquired_at, waited, _ = row
+                got, lock, token, acquired_at, waited, stored, _ = row
+                while not got and stored is None:
+                    # We hold the turnstile and no permit is free: listen (then look again, so
+                    # that a release in between is not missed) and wait for a release's NOTIFY,
+                    # looking again every TTL/3 for holders that ended without one.
+                    if listening:
+                        wait = lease.ttl / 3
+                        if deadline is not None:
+                            wait = min(wait, deadline - _compat.monotonic())
+                            if wait <= 0:
+                                return None
+                        with self._errors("wait for a permit"):
+                            for _ in conn.notifies(timeout=wait, stop_after=1):
+                                pass
+                    else:
+                        with self._errors("listen"):
+                            conn.execute(self._listen("LISTEN", key))
+                        listening = True
+                    sent = _compat.monotonic()
+                    with self._errors("wait for a permit"):
+                        row = (conn.execute(self._sql.head_permit, args)).fetchone()
+                    assert row is not None
+                    got, lock, token, acquired_at, waited, stored, _ = row
+                if listening:
+                    with self._errors("unlisten"):
+                        conn.execute(self._listen("UNLISTEN", key))
+                    listening = False
+                if stored is not None:
+                    raise limit_mismatch(key.partition("/")[2], int(stored), mode.limit)
                 renew_by = _by(sent, float(waited), lease)
                 if _compat.monotonic() < renew_by - lease.ttl / 3:
                     done = True
-                    return Grant(key, owner, int(token), lease, acquired_at, _Hold(conn), renew_by)
+                    hold = _Hold(conn, args["k"], lock, args["shared"])
+                    return Grant(key, owner, int(token), lease, acquired_at, hold, renew_by, mode)
                 # The grant sat in our socket so long (a paused process) that the server may end
                 # the session for silence before we can renew it: give it back, queue again.
                 log.warning("tenure: the grant of %r came too late to trust; queueing again", key)
@@ -442,98 +567,103 @@ class PostgresDriver:
                     conn.execute(self._sql.enqueue, args)
         finally:
             if not done:
-                self._give_back(pool, conn, args)
+                self._give_back(pool, conn, key, listening)
 
-    def _give_back(self, pool: _Pool, conn: _Conn, args: dict[str, Any]) -> None:
+    def _listen(self, verb: str, key: str) -> sql.Composed:
+        return sql.SQL("{} {}").format(sql.SQL(verb), sql.Identifier(self._channel(key)))
+
+    def _give_back(self, pool: _Pool, conn: _Conn, key: str, listening: bool) -> None:
         """A waiting connection is done without a grant: unlock anything, keep it as a spare."""
-        pool.busy.discard(conn)
         try:
             with self._errors("leave"):
                 # Also undoes a grant whose reply we never read (cancelled just as it came).
-                conn.execute(self._sql.undo_wait, args)
+                conn.execute(self._sql.undo_wait, {"channel": self._notify_channel(key)})
+                if listening:
+                    conn.execute(self._listen("UNLISTEN", key))
         except BackendError:
+            pool.busy.discard(conn)
             _close_quietly(conn)  # the server ends the session and frees its locks
             return
         except BaseException:
+            pool.busy.discard(conn)
             _close_quietly(conn)
             raise
-        if pool.closed:
-            _close_quietly(conn)
-        else:
-            pool.spares.append(conn)
+        self._recycle(pool, conn)
 
     def release(self, grant: Grant) -> bool:
-        pool: _Pool = grant.lease.data
-        hold: _Hold = grant.data
-        retried, hold.release_sent = hold.release_sent, True
+        """Unlock the grant's advisory lock on the connection holding it (owner-checked: no
+        other server session can unlock it), deleting its holder record; a permit's release
+        also wakes the semaphore's head waiter (NOTIFY)."""
+        pool, hold = _pool(grant.lease), _hold(grant)
         if hold.conn.closed:
-            # Its server session ended (or is ending), which frees its locks: released if that
-            # happened under our first attempt, lost before it otherwise.
-            return retried
-        args = {"k": self._lock_key(grant.key), "channel": self._notify_channel(grant.key)}
+            return False  # its server session ended (or is ending), which frees the lock
+        args = {
+            "k": hold.k,
+            "lock": hold.lock,
+            "shared": hold.shared,
+            "channel": self._notify_channel(grant.key),
+        }
         with self._errors("release"):
             row = (hold.conn.execute(self._sql.release, args)).fetchone()
-        if hold.conn is not pool.primary and hold.conn in pool.busy:
-            pool.busy.discard(hold.conn)
-            if pool.closed:
-                _close_quietly(hold.conn)
-            else:
-                pool.spares.append(hold.conn)
+        if hold.conn is pool.primary:
+            pool.on_primary.discard(hold.k)
+        elif hold.conn in pool.busy:
+            self._recycle(pool, hold.conn)
         return bool(row and row[0])
 
     def check(self, grant: Grant) -> bool:
-        conn = grant.data.conn
-        if conn.closed:
+        hold = _hold(grant)
+        if hold.conn.closed:
             return False
         try:
             with self._errors("check"):
-                row = (conn.execute(self._sql.check, {"k": self._lock_key(grant.key)})).fetchone()
+                row = (hold.conn.execute(self._sql.check, {"lock": hold.lock})).fetchone()
         except BackendUnavailableError:
-            if conn.closed:
+            if hold.conn.closed:
                 return False
             raise
         return bool(row and row[0])
 
     def set_value(self, grant: Grant, value: str) -> bool:
-        conn = grant.data.conn
-        if conn.closed:
+        hold = _hold(grant)
+        if hold.conn.closed:
             return False
-        args = self._args(grant.key, grant.owner, grant.lease.ttl)
+        args = self._args(grant.key, grant.owner, grant.lease.ttl, grant.mode)
         args["value"] = json.dumps(value)
+        args["lock"] = hold.lock
         with self._errors("set value"):
-            row = (conn.execute(self._sql.set_value, args)).fetchone()
+            row = (hold.conn.execute(self._sql.set_value, args)).fetchone()
         return row is not None
 
     # Inspection, on the driver's own connection (it holds no locks).
 
-    def _rows(self, what: str, query: Any, args: dict[str, Any]) -> list[Any]:
+    def _contenders(self, key: str, waiters: bool) -> list[Holder]:
         conn = self._inspector()
-        with self._errors(what):
-            return (conn.execute(query, args)).fetchall()
+        args = {"k": self._lock_key(key), "waiters": waiters}
+        with self._errors("contenders"):
+            rows = (conn.execute(self._sql.contenders, args)).fetchall()
+        return [
+            Holder(
+                name=key.partition("/")[2],
+                owner=owner,
+                host=host,
+                pid=int(pid),
+                token=int(token),
+                acquired_at=acquired_at if isinstance(acquired_at, dt.datetime) else None,
+                expires_in=None if expires_in is None else float(expires_in),
+                value=value,  # psycopg loads jsonb
+                mode=mode,
+                waiting=waiting,
+            )
+            for owner, host, pid, token, acquired_at, value, expires_in, mode, waiting in rows
+        ]
 
     def holder(self, key: str) -> Holder | None:
-        rows = self._rows("holder", self._sql.holder, {"k": self._lock_key(key)})
-        return _holder(key, rows[0]) if rows else None
+        found = self._contenders(key, waiters=False)
+        return found[0] if found else None
 
     def contenders(self, key: str) -> list[Holder]:
-        args = {"k": self._lock_key(key)}
-        held = self._rows("contenders", self._sql.holder, args)
-        queued = self._rows("contenders", self._sql.waiters, args)
-        found = [_holder(key, row) for row in held]
-        for owner, host, pid, value in queued:
-            found.append(
-                Holder(
-                    name=key.partition("/")[2],
-                    owner=owner,
-                    host=host,
-                    pid=int(pid),
-                    token=0,
-                    acquired_at=None,
-                    expires_in=None,
-                    value=value,  # psycopg loads jsonb
-                )
-            )
-        return found
+        return self._contenders(key, waiters=True)
 
     def changes(self, key: str) -> Iterator[None]:
         conn = self._open(None)  # LISTEN needs a connection of its own
@@ -556,7 +686,11 @@ class PostgresDriver:
 
 
 class _Statements:
-    """The SQL, composed once per schema (prepared by psycopg on first use)."""
+    """The SQL, composed once per schema (prepared by psycopg on first use).
+
+    Result rows of the acquiring statements: ``got, lock, token, acquired_at, waited, stored,
+    notified`` (``lock``: the advisory lock held; ``stored``: a live contender's other limit).
+    """
 
     def __init__(self, schema: str) -> None:
         s = sql.Identifier(schema)
@@ -569,91 +703,168 @@ class _Statements:
             "SELECT current_setting('idle_session_timeout'),"
             " current_setting('tenure.session', true)"
         )
-        self.exists = (
-            sql.SQL(
-                "SELECT to_regclass({h}) IS NOT NULL AND to_regclass({w}) IS NOT NULL"
-                " AND to_regclass({t}) IS NOT NULL"
-            )
-            .format(
-                h=sql.Literal(f'"{schema}".holders'),
-                w=sql.Literal(f'"{schema}".waiters'),
-                t=sql.Literal(f'"{schema}".tokens'),
-            )
+        self.exists = "SELECT " + " AND ".join(
+            sql.SQL("to_regclass({}) IS NOT NULL")
+            .format(sql.Literal(f'"{schema}".{name}'))
             .as_string(None)
+            for name in ("holders", "waiters", "waiters_key", "tokens")
         )
         self.create = [
             q("CREATE SCHEMA IF NOT EXISTS {s}"),
             q(
                 "CREATE UNLOGGED TABLE IF NOT EXISTS {s}.holders ("
-                " key bigint PRIMARY KEY, namespace text NOT NULL, name text NOT NULL,"
-                " owner text NOT NULL, host text NOT NULL, pid int NOT NULL,"
+                " key bigint NOT NULL, backend_pid int NOT NULL, lock bigint NOT NULL,"
+                " mode text NOT NULL, lim int NOT NULL, namespace text NOT NULL,"
+                " name text NOT NULL, owner text NOT NULL, host text NOT NULL, pid int NOT NULL,"
                 " token bigint NOT NULL, acquired_at timestamptz NOT NULL, ttl float8 NOT NULL,"
-                " value jsonb, backend_pid int NOT NULL) WITH (fillfactor = 50)"
+                " value jsonb, PRIMARY KEY (key, backend_pid)) WITH (fillfactor = 50)"
             ),
             q(
                 "CREATE UNLOGGED TABLE IF NOT EXISTS {s}.waiters ("
-                " backend_pid int PRIMARY KEY, key bigint NOT NULL, owner text NOT NULL,"
-                " host text NOT NULL, pid int NOT NULL, value jsonb)"
+                " backend_pid int PRIMARY KEY, key bigint NOT NULL, mode text NOT NULL,"
+                " lim int NOT NULL, owner text NOT NULL, host text NOT NULL, pid int NOT NULL,"
+                " value jsonb)"
             ),
+            q("CREATE INDEX IF NOT EXISTS waiters_key ON {s}.waiters (key)"),
             q("CREATE SEQUENCE IF NOT EXISTS {s}.tokens"),
         ]
-        upsert = (
-            "INSERT INTO {s}.holders AS h (key, namespace, name, owner, host, pid, token,"
-            " acquired_at, ttl, value, backend_pid)"
-            " SELECT %(k)s, %(ns)s, %(name)s, %(owner)s, %(host)s, %(pid)s,"
-            " nextval('{s}.tokens'), clock_timestamp(), %(ttl)s, %(value)s::jsonb,"
-            " pg_backend_pid() FROM g WHERE g.got"
-            " ON CONFLICT (key) DO UPDATE SET namespace = EXCLUDED.namespace,"
-            " name = EXCLUDED.name, owner = EXCLUDED.owner, host = EXCLUDED.host,"
-            " pid = EXCLUDED.pid, token = EXCLUDED.token, acquired_at = EXCLUDED.acquired_at,"
-            " ttl = EXCLUDED.ttl, value = EXCLUDED.value, backend_pid = EXCLUDED.backend_pid"
-            " RETURNING h.token, h.acquired_at"
+
+        def upsert(columns: str) -> str:
+            return ", ".join(f"{c} = EXCLUDED.{c}" for c in columns.split(", "))
+
+        record = (
+            "lock, mode, lim, namespace, name, owner, host, pid, token, acquired_at, ttl, value"
         )
-        # One round trip: try; on success take a token and write the holder record, else write
-        # the queue record of the spare connection we will wait on (wpid), if there is one.
-        self.try_acquire = q(
-            "WITH g AS MATERIALIZED (SELECT pg_try_advisory_lock(%(k)s) AS got),"
-            " u AS (" + upsert + "),"
-            " w AS (INSERT INTO {s}.waiters (backend_pid, key, owner, host, pid, value)"
-            " SELECT %(wpid)s, %(k)s, %(owner)s, %(host)s, %(pid)s, %(value)s::jsonb FROM g"
-            " WHERE NOT g.got AND %(wpid)s <> 0 ON CONFLICT (backend_pid) DO UPDATE SET"
-            " key = EXCLUDED.key, owner = EXCLUDED.owner, host = EXCLUDED.host,"
-            " pid = EXCLUDED.pid, value = EXCLUDED.value)"
-            " SELECT g.got, u.token, u.acquired_at,"
+        queued = "key, mode, lim, owner, host, pid, value"
+
+        def holder(lock: str, source: str) -> str:
+            """Write the holder record of a grant of ``lock`` here, taking its token."""
+            return (
+                "INSERT INTO {s}.holders AS h (key, backend_pid, " + record + ")"
+                " SELECT %(k)s, pg_backend_pid(), " + lock + ", %(mode)s, %(limit)s, %(ns)s,"
+                " %(name)s, %(owner)s, %(host)s, %(pid)s, nextval('{s}.tokens'),"
+                " clock_timestamp(), %(ttl)s, %(value)s::jsonb FROM "
+                + source
+                + " ON CONFLICT (key, backend_pid) DO UPDATE SET "
+                + upsert(record)
+                + " RETURNING h.token, h.acquired_at"
+            )
+
+        def waiter(backend_pid: str, source: str) -> str:
+            """Write the queue record of the connection ``backend_pid``."""
+            return (
+                "INSERT INTO {s}.waiters (backend_pid, "
+                + queued
+                + ") SELECT "
+                + backend_pid
+                + ", %(k)s, %(mode)s, %(limit)s, %(owner)s, %(host)s, %(pid)s, %(value)s::jsonb"
+                + source
+                + " ON CONFLICT (backend_pid) DO UPDATE SET "
+                + upsert(queued)
+            )
+
+        def take(function: str) -> str:
+            return f"CASE WHEN %(shared)s THEN {function}_shared(%(k)s) ELSE {function}(%(k)s) END"
+
+        # With the deadline as lock_timeout (local to this statement's transaction).
+        timeout = "c AS MATERIALIZED (SELECT set_config('lock_timeout', %(ms)s, true) AS t)"
+        waited = "extract(epoch FROM clock_timestamp() - statement_timestamp())"
+        unqueue = "DELETE FROM {s}.waiters WHERE backend_pid = pg_backend_pid()"
+
+        # Locks, elections, rwlocks. One round trip: try; on success take a token and write
+        # the holder record, else the queue record of the spare connection we will wait on
+        # (wpid), if there is one.
+        self.try_lock = q(
+            "WITH g AS MATERIALIZED (SELECT " + take("pg_try_advisory_lock") + " AS got),"
+            " u AS (" + holder("%(k)s", "g WHERE g.got") + "),"
+            " w AS (" + waiter("%(wpid)s", " FROM g WHERE NOT g.got AND %(wpid)s <> 0") + ")"
+            " SELECT g.got, %(k)s, u.token, u.acquired_at, 0, NULL::int,"
             " CASE WHEN g.got AND %(channel)s <> '' THEN pg_notify(%(channel)s, '') END"
             " FROM g LEFT JOIN u ON true"
         )
+        # Wait in PostgreSQL's queue; on the grant take a token and write the holder record.
+        self.wait_lock = q(
+            "WITH " + timeout + ", g AS MATERIALIZED (SELECT (" + take("pg_advisory_lock") + ")"
+            " IS NOT NULL AS got, " + waited + " AS waited FROM c),"
+            " u AS (" + holder("%(k)s", "g") + "), d AS (" + unqueue + ")"
+            " SELECT true, %(k)s, u.token, u.acquired_at, g.waited, NULL::int, "
+            + _NOTIFY
+            + " FROM g, u"
+        )
+
+        def permit(turnstile: str, arriving: bool) -> str:
+            """Semaphores: holding the turnstile ``t`` (got, waited), compare the limit with the
+            live records (an arriving contender: waiters' too), take the first free slot and
+            write the holder record, then leave the turnstile (an arriving contender always)."""
+            holders = "FROM {s}.holders WHERE key = %(k)s AND lim <> %(limit)s"
+            waiters = "FROM {s}.waiters WHERE key = %(k)s AND lim <> %(limit)s"
+            seen = f"EXISTS (SELECT 1 {holders})"
+            live = f"SELECT lim, backend_pid, lock {holders}"
+            if arriving:
+                seen += f" OR EXISTS (SELECT 1 {waiters})"
+                live += f" UNION ALL SELECT lim, backend_pid, key {waiters}"
+            ctes = [
+                turnstile,
+                # The other limit of a live contender; pg_locks is read only if a record has one.
+                f"m AS MATERIALIZED (SELECT CASE WHEN {seen} THEN (SELECT x.lim FROM ({live}) x"
+                " (lim, backend_pid, lock) JOIN pg_locks l ON l.pid = x.backend_pid AND "
+                + _lock_of("x.lock")
+                + " LIMIT 1) END AS stored)",
+                # Holding the turnstile, with no other limit: the first free slot, if any.
+                "s AS MATERIALIZED (SELECT x.slot FROM (SELECT hashtextextended(%(slots)s, i)"
+                " AS slot FROM generate_series(1, CASE WHEN (SELECT got FROM t)"
+                " AND (SELECT stored FROM m) IS NULL THEN %(limit)s ELSE 0 END) AS i) AS x"
+                " WHERE pg_try_advisory_lock(x.slot) LIMIT 1)",
+                "g AS MATERIALIZED (SELECT (SELECT slot FROM s) AS slot)",
+                "u AS (" + holder("g.slot", "g WHERE g.slot IS NOT NULL") + ")",
+                "d AS (" + unqueue + " AND (SELECT slot FROM g) IS NOT NULL)",
+                "r AS MATERIALIZED (SELECT pg_advisory_unlock(%(k)s) FROM t, g WHERE t.got AND "
+                + ("true)" if arriving else "g.slot IS NOT NULL)"),
+            ]
+            if arriving:  # not granted: the queue record of the spare we will wait on (wpid)
+                where = " FROM g, m WHERE g.slot IS NULL AND m.stored IS NULL AND %(wpid)s <> 0"
+                ctes.append("w AS (" + waiter("%(wpid)s", where) + ")")
+            return (
+                "WITH " + ", ".join(ctes) + " SELECT g.slot IS NOT NULL, g.slot, u.token,"
+                " u.acquired_at, t.waited, m.stored, (SELECT count(*) FROM r)"
+                " FROM t, m, g LEFT JOIN u ON true"
+            )
+
+        tried = "t AS MATERIALIZED (SELECT pg_try_advisory_lock(%(k)s) AS got, 0 AS waited)"
+        queued_for = "pg_advisory_lock(%(k)s) IS NOT NULL AS got, " + waited + " AS waited"
+        self.try_permit = q(permit(tried, arriving=True))
+        self.wait_permit = q(
+            permit(f"{timeout}, t AS MATERIALIZED (SELECT {queued_for} FROM c)", arriving=False)
+        )
+        self.head_permit = q(permit("t AS (SELECT true AS got, 0 AS waited)", arriving=False))
+        self.enqueue = q(waiter("pg_backend_pid()", ""))
+        # The try failed: unlock whatever of k (or of its slots) it took here (and notify: it
+        # may have been a permit).
         self.undo_try = q(
-            "SELECT pg_advisory_unlock(%(k)s) FROM pg_locks WHERE pid = pg_backend_pid()"
-            " AND locktype = 'advisory' AND granted AND objsubid = 1"
-            " AND classid = ((%(k)s::bigint >> 32) & 4294967295)::oid"
-            " AND objid = (%(k)s::bigint & 4294967295)::oid"
+            "WITH h AS (DELETE FROM {s}.holders WHERE key = %(k)s"
+            " AND backend_pid = pg_backend_pid()) SELECT CASE WHEN l.mode = 'ShareLock'"
+            " THEN pg_advisory_unlock_shared(x.lock) ELSE pg_advisory_unlock(x.lock) END"
+            " FROM (SELECT %(k)s::bigint UNION ALL"
+            " SELECT hashtextextended(%(slots)s, i) FROM generate_series(1, %(limit)s) AS i)"
+            " AS x (lock) JOIN pg_locks l ON l.pid = pg_backend_pid() AND l.granted AND "
+            + _lock_of("x.lock")
+            + " UNION ALL SELECT "
+            + _NOTIFY
+            + " IS NULL"
         )
-        self.enqueue = q(
-            "INSERT INTO {s}.waiters (backend_pid, key, owner, host, pid, value)"
-            " VALUES (pg_backend_pid(), %(k)s, %(owner)s, %(host)s, %(pid)s, %(value)s::jsonb)"
-            " ON CONFLICT (backend_pid) DO UPDATE SET key = EXCLUDED.key,"
-            " owner = EXCLUDED.owner, host = EXCLUDED.host, pid = EXCLUDED.pid,"
-            " value = EXCLUDED.value"
-        )
-        # Wait in PostgreSQL's queue with the deadline as lock_timeout (local to this statement's
-        # transaction); on the grant take a token and write the holder record, in one statement.
-        self.wait = q(
-            "WITH c AS MATERIALIZED (SELECT set_config('lock_timeout', %(ms)s, true) AS t),"
-            " g AS MATERIALIZED (SELECT pg_advisory_lock(%(k)s) IS NOT NULL AS got,"
-            " extract(epoch FROM clock_timestamp() - statement_timestamp()) AS waited FROM c),"
-            " u AS (" + upsert + "),"
-            " d AS (DELETE FROM {s}.waiters WHERE backend_pid = pg_backend_pid())"
-            " SELECT u.token, u.acquired_at, g.waited, " + _NOTIFY + " FROM g, u"
-        )
-        # A waiting connection holds no other lock: unlock all (a grant we did not read) and
-        # leave the queue record.
+        # A waiting connection holds nothing else: unlock all (a grant we did not read: notify,
+        # it may have been a permit) and delete its records.
         self.undo_wait = q(
-            "WITH d AS (DELETE FROM {s}.waiters WHERE backend_pid = pg_backend_pid())"
-            " SELECT pg_advisory_unlock_all()"
+            "WITH d AS (" + unqueue + "), h AS (DELETE FROM {s}.holders WHERE"
+            " backend_pid = pg_backend_pid()) SELECT pg_advisory_unlock_all(), " + _NOTIFY
         )
         # pg_advisory_unlock is False (with a WARNING notice) when this session did not hold it.
-        self.release = "SELECT pg_advisory_unlock(%(k)s), " + _NOTIFY
+        self.release = q(
+            "WITH d AS (DELETE FROM {s}.holders WHERE key = %(k)s"
+            " AND backend_pid = pg_backend_pid()) SELECT CASE WHEN %(shared)s"
+            " THEN pg_advisory_unlock_shared(%(lock)s) ELSE pg_advisory_unlock(%(lock)s) END, "
+            + _NOTIFY
+        )
         self.check = "SELECT " + _HELD
         self.set_value = q(
             "WITH u AS (UPDATE {s}.holders SET value = %(value)s::jsonb"
@@ -661,25 +872,34 @@ class _Statements:
             " AND " + _HELD + " RETURNING 1)"
             " SELECT 1, " + _NOTIFY + " FROM u"
         )
-        lock_of = (
-            "l.locktype = 'advisory' AND l.objsubid = 1"
-            " AND l.classid = ((%(k)s::bigint >> 32) & 4294967295)::oid"
-            " AND l.objid = (%(k)s::bigint & 4294967295)::oid"
-            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        )
-        self.holder = q(
+        # Holders in grant order, then (if asked) waiters: a semaphore's head (it holds the
+        # turnstile), then the queue in PostgreSQL's order.
+        self.contenders = q(
+            "SELECT owner, host, pid, token, acquired_at, value, expires_in, mode, waiting FROM ("
             "SELECT h.owner, h.host, h.pid, h.token, h.acquired_at, h.value,"
             " CASE WHEN a.state = 'idle' THEN greatest(0, h.ttl"
-            " - extract(epoch FROM clock_timestamp() - a.state_change)) END"
-            " FROM pg_locks l JOIN {s}.holders h ON h.key = %(k)s AND h.backend_pid = l.pid"
-            " LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
-            " WHERE l.granted AND " + lock_of
+            " - extract(epoch FROM clock_timestamp() - a.state_change)) END AS expires_in,"
+            " h.mode, false AS waiting, 0 AS rank, h.token AS n, NULL::timestamptz AS since"
+            " FROM {s}.holders h JOIN pg_locks l ON l.pid = h.backend_pid AND l.granted"
+            " AND " + _lock_of("h.lock") + " LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE h.key = %(k)s UNION ALL"
+            " SELECT w.owner, w.host, w.pid, 0, NULL, w.value, NULL, w.mode, true,"
+            " CASE WHEN l.granted THEN 1 ELSE 2 END, 0, l.waitstart"
+            " FROM {s}.waiters w JOIN pg_locks l ON l.pid = w.backend_pid"
+            " AND " + _lock_of("w.key") + " WHERE w.key = %(k)s AND %(waiters)s"
+            ") AS c ORDER BY rank, n, since NULLS LAST"
         )
-        self.waiters = q(
-            "SELECT w.owner, w.host, w.pid, w.value"
-            " FROM pg_locks l JOIN {s}.waiters w ON w.key = %(k)s AND w.backend_pid = l.pid"
-            " WHERE NOT l.granted AND " + lock_of + " ORDER BY l.waitstart NULLS LAST"
-        )
+
+
+def _lock_of(key: str) -> str:
+    """SQL: the ``pg_locks`` row ``l`` is of the advisory lock on the bigint ``key`` (an SQL
+    expression), in this database (``granted`` says whether held or waited for)."""
+    return (
+        "l.locktype = 'advisory' AND l.objsubid = 1"
+        f" AND l.classid = (({key}::bigint >> 32) & 4294967295)::oid"
+        f" AND l.objid = ({key}::bigint & 4294967295)::oid"
+        " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
 
 
 #: Connection failures that are the caller's configuration, not the server's availability.
@@ -691,13 +911,13 @@ _CONFIG_ERRORS = (
     "SSL",
     "certificate",
 )
-#: notify observers of an election (lazily: CASE evaluates only the branch it takes)
+#: notify observers (lazily: CASE evaluates only the branch it takes)
 _NOTIFY = "CASE WHEN %(channel)s <> '' THEN pg_notify(%(channel)s, '') END"
-#: "this connection holds advisory lock k" (as an SQL boolean)
+#: "this connection holds advisory lock ``lock``" (as an SQL boolean)
 _HELD = (
-    "EXISTS (SELECT 1 FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory'"
-    " AND granted AND objsubid = 1 AND classid = ((%(k)s::bigint >> 32) & 4294967295)::oid"
-    " AND objid = (%(k)s::bigint & 4294967295)::oid)"
+    "EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = pg_backend_pid() AND l.granted AND "
+    + _lock_of("%(lock)s")
+    + ")"
 )
 
 
