@@ -8,6 +8,7 @@ import json
 import multiprocessing
 import re
 import subprocess
+import threading
 import time
 import urllib.request
 import uuid
@@ -63,6 +64,24 @@ def metric(node: EtcdNode, name: str, method: str) -> int:
         text = reply.read().decode()
     pattern = re.compile(rf'^{name}\{{[^}}]*grpc_method="{method}"[^}}]*\}} (\S+)$', re.M)
     return int(sum(float(value) for value in pattern.findall(text)))
+
+
+def counter(node: EtcdNode, name: str) -> int:
+    """An unlabelled counter of the member's /metrics."""
+    with urllib.request.urlopen(f"{node.client_url}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    found = re.search(rf"^{name} (\S+)$", text, re.M)
+    assert found, f"no metric {name}"
+    return int(float(found.group(1)))
+
+
+def server_counts(node: EtcdNode) -> list[int]:
+    """Txns handled, messages received on Watch streams, and watch events sent to watchers."""
+    return [
+        metric(node, "grpc_server_handled_total", "Txn"),
+        metric(node, "grpc_server_msg_received_total", "Watch"),
+        counter(node, "etcd_debugging_mvcc_events_total"),
+    ]
 
 
 def start_node(tmp: Path, *extra: str) -> EtcdCluster:
@@ -276,8 +295,17 @@ def test_queued_waiter_fails_as_soon_as_its_session_is_lost(
                 except (LockLostError, BackendError) as exc:
                     return exc
 
+            watches = metric(etcd_server.nodes[0], "grpc_server_msg_received_total", "Watch")
             runner.start(wait)
             wait_for(lambda: len(keys_under(stub, f"{ns}/lock/q//")) == 2)
+            # Queued and watching (not still in its acquire's call, which only its 30 s timeout
+            # would end).
+            wait_for(
+                lambda: (
+                    metric(etcd_server.nodes[0], "grpc_server_msg_received_total", "Watch")
+                    > watches
+                )
+            )
             proxy.blackhole()
             assert session.lost.wait(10), "the waiter's session was not lost"
             # Still cut off from etcd: the acquire ends now, well before any call could.
@@ -568,7 +596,9 @@ def test_retried_release_never_deletes_a_newer_entry(etcd_server: EtcdCluster, n
         assert lock.acquire()  # same session, same key name, a newer create revision
         assert lock.token > old.token
         # The first release's reply "was lost" and it is sent again: it must not delete this one.
-        assert client._driver.release(old) is True
+        # The driver finds nothing of its own (the core counts that as released).
+        assert client._driver.release(old) is False
+        assert session._release_once(old) is True
         lock.ensure_held()
         lock.release()
 
@@ -716,5 +746,235 @@ async def test_asyncio_holder_cut_off_loses_then_recovers(
             await lock.release()
         finally:
             await cut.close()
+    finally:
+        proxy.close()
+
+
+# -- shared modes ------------------------------------------------------------------------------
+
+
+def test_keys_keep_gos_mutex_layout_and_carry_the_mode_otherwise(
+    etcd_server: EtcdCluster, kv: Any, ns: str
+) -> None:
+    stub, _ = kv
+    with tenure.connect(f"{etcd_server.url}?namespace={ns}") as client:
+        lock, sem = client.lock("x"), client.semaphore("x", limit=3)
+        reader, writer = client.rwlock("x"), client.rwlock("y")
+        for held in (lock, sem, reader.read, writer.write):
+            assert held.acquire(blocking=False)
+        # Plain locks: etcdctl lock's layout, <prefix>/<lease-hex>, so that they interoperate.
+        (plain,) = keys_under(stub, f"{ns}/lock/x//")
+        assert plain.key.decode() == f"{ns}/lock/x//{plain.lease:016x}"
+        # The others: <prefix>/<mode>/<lease-hex>/<owner> (a session may hold several).
+        for prefix, tag in [
+            (f"{ns}/semaphore/x//", "permit"),
+            (f"{ns}/rwlock/x//", "read"),
+            (f"{ns}/rwlock/y//", "write"),
+        ]:
+            (entry,) = keys_under(stub, prefix)
+            owner = json.loads(entry.value)["owner"]
+            assert entry.key.decode() == f"{prefix}{tag}/{entry.lease:016x}/{owner}"
+        (permit,) = keys_under(stub, f"{ns}/semaphore/x//")
+        assert json.loads(permit.value)["limit"] == 3
+        for held in (lock, sem, reader.read, writer.write):
+            held.release()
+
+
+def test_a_permit_release_wakes_exactly_one_waiter(etcd_server: EtcdCluster, ns: str) -> None:
+    """Two holders, four waiters: one release wakes the first waiter only; it is granted and
+    wakes the next, which takes its place. The server's counts prove it, whatever the timing:
+    etcd sends a revision's events to every watcher before the next revision's."""
+    node = etcd_server.nodes[0]
+    url = f"{etcd_server.url}?namespace={ns}"
+    clients = [tenure.connect(url) for _ in range(6)]
+    finish = threading.Event()
+    try:
+        holders = [client.semaphore("pool", limit=2) for client in clients[:2]]
+        for sem in holders:
+            assert sem.acquire(blocking=False)
+        before = server_counts(node)
+        runner = Runner()
+        waiters = [client.semaphore("pool", limit=2) for client in clients[2:]]
+        for i, sem in enumerate(waiters):
+
+            def hold(sem: tenure.Semaphore = sem) -> bool:
+                got = sem.acquire(timeout=60)
+                assert finish.wait(60)
+                sem.release()
+                return got
+
+            runner.start(hold)
+            wait_for(lambda n=i + 3: len(holders[0].contenders()) == n)
+        # Each waiter watches one thing: the first the holders' deletes, the others their
+        # predecessor.
+        wait_for(lambda: server_counts(node)[1] - before[1] == 4)
+        quiet = server_counts(node)
+        holders[0].release()
+        wait_for(lambda: waiters[0].held)
+        # The first waiter stops its watch; the second stops its own and watches the holders.
+        wait_for(lambda: server_counts(node)[1] - quiet[1] >= 3)
+        txns, messages, events = (b - a for a, b in zip(quiet, server_counts(node), strict=True))
+        assert messages == 3
+        # The release, the first waiter's look and touch (its grant, for the next waiter), the
+        # next waiter's look.
+        assert txns == 4
+        # The release's delete to the first waiter, the touch to the second: nobody else woke.
+        assert events == 2
+        assert not any(sem.held for sem in waiters[1:])
+        queue = holders[0].contenders()
+        assert [(h.mode, h.waiting) for h in queue] == [("permit", False)] * 2 + [
+            ("permit", True)
+        ] * 3
+        assert queue[1].token == waiters[0].token
+        finish.set()
+        holders[1].release()
+        assert runner.join(60) == [True] * 4
+    finally:
+        finish.set()
+        for client in clients:
+            client.close()
+
+
+def test_a_writers_release_wakes_exactly_the_run_of_readers(
+    etcd_server: EtcdCluster, ns: str
+) -> None:
+    node = etcd_server.nodes[0]
+    url = f"{etcd_server.url}?namespace={ns}"
+    clients = [tenure.connect(url) for _ in range(6)]
+    finish = threading.Event()
+    try:
+        first = clients[0].rwlock("rw")
+        assert first.write.acquire(blocking=False)
+        before = server_counts(node)
+        runner = Runner()
+        queued = [client.rwlock("rw") for client in clients[1:]]
+        # Three readers, a writer, a reader.
+        sides = [rw.write if i == 3 else rw.read for i, rw in enumerate(queued)]
+        for i, side in enumerate(sides):
+
+            def hold(side: tenure.Lock = side) -> bool:
+                got = side.acquire(timeout=60)
+                assert finish.wait(60)
+                side.release()
+                return got
+
+            runner.start(hold)
+            wait_for(lambda n=i + 2: len(first.contenders()) == n)
+        wait_for(lambda: server_counts(node)[1] - before[1] == 5)  # one watch each
+        quiet = server_counts(node)
+        first.write.release()
+        wait_for(lambda: all(side.held for side in sides[:3]))
+        wait_for(lambda: server_counts(node)[1] - quiet[1] >= 3)
+        txns, messages, events = (b - a for a, b in zip(quiet, server_counts(node), strict=True))
+        assert messages == 3  # their watches stopped
+        assert txns == 4  # the release, and each reader's look
+        assert events == 3  # the three readers watched the writer; the others did not wake
+        assert not sides[3].held
+        assert not sides[4].held
+        assert [(h.mode, h.waiting) for h in first.contenders()] == [
+            ("shared", False),
+            ("shared", False),
+            ("shared", False),
+            ("exclusive", True),
+            ("shared", True),
+        ]
+        finish.set()
+        assert runner.join(60) == [True] * 5
+    finally:
+        finish.set()
+        for client in clients:
+            client.close()
+
+
+def test_the_first_permit_waiter_sleeps_through_later_waiters_leaving(
+    etcd_server: EtcdCluster, ns: str
+) -> None:
+    """It watches the deletes of every key in the queue, but only those of the holders (keys
+    older than its own) wake it."""
+    url = f"{etcd_server.url}?namespace={ns}"
+    with tenure.connect(url) as a, tenure.connect(url) as b, tenure.connect(url) as c:
+        holder, other = a.semaphore("pool", limit=2), a.semaphore("pool", limit=2)
+        assert holder.acquire(blocking=False)
+        assert other.acquire(blocking=False)
+        looks = []
+        look = b._driver._look
+        b._driver._look = lambda *args: looks.append(args) or look(*args)  # type: ignore[method-assign]
+        first = b.semaphore("pool", limit=2)
+        runner = Runner()
+        runner.start(lambda: first.acquire(timeout=60))
+        wait_for(lambda: len(holder.contenders()) == 3)
+        for _ in range(3):  # later waiters come and go
+            assert not c.semaphore("pool", limit=2).acquire(timeout=0.1)
+        assert len(holder.contenders()) == 3
+        holder.release()  # after their deletes: a wake-up by one of them would look first
+        assert runner.join(30) == [True]
+        assert len(looks) == 1, "the first waiter was woken by a later waiter's delete"
+        first.release()
+        other.release()
+
+
+def test_a_limit_mismatch_leaves_nothing_behind(etcd_server: EtcdCluster, kv: Any, ns: str) -> None:
+    stub, _ = kv
+    prefix = f"{ns}/semaphore/quota//"
+    with (
+        tenure.connect(f"{etcd_server.url}?namespace={ns}") as a,
+        tenure.connect(f"{etcd_server.url}?namespace={ns}") as b,
+    ):
+        held = a.semaphore("quota", limit=1)
+        assert held.acquire(blocking=False)
+        queued = a.semaphore("quota", limit=1)
+        runner = Runner()
+        runner.start(lambda: queued.acquire(timeout=60))
+        wait_for(lambda: len(keys_under(stub, prefix)) == 2)
+        keys = [e.key for e in keys_under(stub, prefix)]
+        for blocking in (False, True):
+            other = b.semaphore("quota", limit=2)
+            with pytest.raises(ConfigurationError, match=r"limit 1.*limit 2"):
+                other.acquire(blocking=blocking, timeout=60)
+            assert not other.held
+            assert [e.key for e in keys_under(stub, prefix)] == keys
+        held.release()
+        assert runner.join(30) == [True]
+        # The waiter, now the oldest, keeps the limit.
+        with pytest.raises(ConfigurationError, match=r"limit 1.*limit 2"):
+            b.semaphore("quota", limit=2).acquire(blocking=False)
+        queued.release()
+        assert keys_under(stub, prefix) == []
+        new = b.semaphore("quota", limit=2)
+        assert new.acquire(blocking=False)  # empty: a new limit
+        assert json.loads(keys_under(stub, prefix)[0].value)["limit"] == 2
+        new.release()
+
+
+def test_a_clean_up_that_failed_is_done_by_a_later_renewal(
+    etcd_server: EtcdCluster, kv: Any, ns: str
+) -> None:
+    """A permit waiter times out while etcd is out of reach: its key (never reused, unlike a
+    plain lock's) must not stay in the queue for as long as its session lives."""
+    stub, _ = kv
+    prefix = f"{ns}/semaphore/pool//"
+    proxy = TcpProxy(etcd_server.nodes[0].host, etcd_server.nodes[0].port)
+    try:
+        query = f"?namespace={ns}&request_timeout=0.5"
+        with (
+            tenure.connect(etcd_server.url + query) as direct,
+            tenure.connect(proxy.url_for("etcd") + query) as cut,
+        ):
+            holder = direct.semaphore("pool", limit=1)
+            assert holder.acquire()
+            session = cut.session(ttl=10)
+            waiter = session.semaphore("pool", limit=1)
+            runner = Runner()
+            runner.start(lambda: waiter.acquire(timeout=3.0))
+            wait_for(lambda: len(keys_under(stub, prefix)) == 2)
+            proxy.blackhole()
+            assert runner.join(30) == [False]  # timed out; its clean-up could not reach etcd
+            assert len(keys_under(stub, prefix)) == 2
+            proxy.heal()
+            assert session._renew()
+            assert [e.create_revision for e in keys_under(stub, prefix)] == [holder.token]
+            assert not session.lost.is_set()
+            holder.release()
+            session.close()
     finally:
         proxy.close()

@@ -7,19 +7,42 @@ same stubs serve ``grpc`` (sync) and ``grpc.aio`` (asyncio).
   request on the member's long-lived ``LeaseKeepAlive`` stream (plus, when locks are held, one
   ``LeaseTimeToLive`` listing the lease's keys, sent alongside, so a deleted entry is noticed);
   etcd answers TTL 0 for a lease it no longer has.
-- **Lock keys** are ``<ns>/<kind>/<name>//<lease-id-hex>`` (``//`` cannot occur in a name, so
-  the prefix of ``a`` never covers the keys of ``a/b``), attached to the lease, with the owner's
-  metadata (JSON) as the value. The queue is the keys under the prefix in create-revision order.
-- **Acquire** is one ``Txn``: create my key if absent (else read it), and read the newest two
-  keys (the second is my predecessor). If there is none before mine, the lock is held and the
-  **fencing token is my key's create revision**. Otherwise I watch only my predecessor for a
-  delete, then look again: a release wakes exactly one waiter. All waiters of a driver share
-  one long-lived ``Watch`` stream per member (watch ids of our choosing route the replies). A
-  waiter whose key vanished because its lease expired fails (``LockLostError``), never
-  succeeds.
+- **Keys.** A contender is one key under ``<ns>/<kind>/<name>//``, attached to its session's
+  lease, with the owner's metadata (JSON) as the value (``//`` cannot occur in a name, so the
+  prefix of ``a`` never covers the keys of ``a/b``). Plain locks and elections keep Go's Mutex
+  layout, ``<prefix><lease-id-hex>`` (one per session: the core coalesces them), so that
+  ``etcdctl lock`` contends with them. A rwlock's or a semaphore's key is
+  ``<prefix><mode>/<lease-id-hex>/<owner-id>`` with mode ``write``, ``read`` or ``permit`` (a
+  session may hold several readers or permits; ``read``/``write`` is the split of etcd's recipes
+  RWMutex), and a semaphore's key records its limit in the value. The queue is the keys under
+  the prefix in create-revision order; the **fencing token is my key's create revision** (etcd's
+  one revision counter: strictly increasing across every mode).
+- **The grant rule** (``base.grantable``) is one range read: I hold the key when fewer than
+  ``window`` *blocking* keys are older than mine. A lock, an election, a writer: 1 of all the
+  keys; a reader: 1 of the writers' keys; a permit: ``limit`` of all the keys.
+- **Acquire** is one ``Txn``: create my key if absent (else read it), read the newest blocking
+  keys (older than my new key) and the oldest key, whose limit a semaphore contender must share
+  (else its key is deleted and ``limit_mismatch`` raised). Held: done. Else I watch, then look
+  again (a ``Txn`` guarded by my key) until I hold it:
+
+  - a lock, an election, a writer watch the newest older key's delete (Go's Mutex); a reader
+    the newest older writer's (the recipes RWMutex). So a writer's release wakes exactly the run
+    of readers behind it, and any other release at most the one contender behind it.
+  - one permit is a lock. With more, a permit may be granted by the release of *any* older
+    holder, so one predecessor is not enough, and every waiter watching all of them is a herd.
+    The first waiter (exactly ``limit`` older keys: holders) watches the deletes of the whole
+    queue, firing only for keys older than its own (``prev_kv``, filtered on the stream). Every
+    later waiter watches its predecessor for any change; a waiter that is granted touches its
+    key (a put that changes nothing) so its successor looks again and becomes the first
+    waiter. One release wakes one waiter; a grant costs the same few requests however many
+    wait.
+
+  All waiters of a driver share one long-lived ``Watch`` stream per member (watch ids of our
+  choosing route the replies). A waiter whose key vanished because its lease expired fails
+  (``LockLostError``), never succeeds.
 - **Release** deletes my key only if its create revision is still my token, so a retried
-  release after a lost reply cannot delete a newer entry. Try-once, a passed deadline and
-  cancellation delete my key at once.
+  release after a lost reply finds nothing (the core counts that as released) and cannot delete
+  a newer entry. Try-once, a passed deadline and cancellation delete my key at once.
 
 Several endpoints fail over to the next on ``UNAVAILABLE``; every call has a deadline
 (``request_timeout``); user/password authentication sends the token as metadata and gets a new
@@ -30,7 +53,9 @@ from __future__ import annotations
 
 import asyncio  # tenure: async-only
 import contextlib
+import dataclasses
 import datetime as dt
+import enum
 import json
 import math
 from collections import deque
@@ -57,7 +82,17 @@ from ...errors import (
     LockLostError,
 )
 from .. import _compat
-from .base import EXCLUSIVE, Grant, Lease, LeaseExpired, Mode
+from .base import (
+    EXCLUSIVE,
+    SHARED,
+    Grant,
+    Lease,
+    LeaseExpired,
+    Mode,
+    grantable,
+    limit_mismatch,
+    permit,
+)
 
 __all__ = ["EtcdDriver"]
 
@@ -82,29 +117,50 @@ _ASCEND = pb.RangeRequest.SortOrder.ASCEND
 _DESCEND = pb.RangeRequest.SortOrder.DESCEND
 
 
-class _Entry:
-    """A contender's key, as ``Grant.data``."""
-
-    __slots__ = ("key", "release_sent")
-
-    def __init__(self, key: bytes) -> None:
-        self.key = key
-        self.release_sent = False
+#: The first path segment of a rwlock's or a semaphore's key, by mode (plain locks and elections
+#: keep Go's Mutex layout, ``<prefix><lease-hex>``, so that ``etcdctl lock`` still interoperates).
+_TAGS = {"exclusive": b"write", "shared": b"read", "permit": b"permit"}
+_MODES = {tag: name for name, tag in _TAGS.items()}
 
 
-class _Older:
-    """My predecessor in the queue: its key and create revision, and the revision read at."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Queue:
+    """My key (``me``) in the queue of all keys under ``prefix``, and the rule that grants it.
 
-    __slots__ = ("key", "read_at", "revision")
+    The grant rule (``base.grantable``) as etcd ranges: I hold the key when fewer than ``window``
+    keys of the range ``blocking`` (``start`` to ``end``) are older than mine. A plain lock, an
+    election or a writer: ``window`` 1 over the whole queue; a reader: 1 over the writers' keys
+    only; a permit: ``limit`` over the whole queue.
+    """
 
-    def __init__(self, key: bytes, revision: int, read_at: int) -> None:
-        self.key = key
-        self.revision = revision
-        self.read_at = read_at
+    prefix: bytes
+    me: bytes
+    mode: Mode
+    start: bytes
+    end: bytes
+    window: int
 
 
-_UNKNOWN = object()  # the predecessor is to be looked up
-_GONE = object()  # my own key is gone
+class _Place(enum.Enum):
+    """Where my key stands when there is nothing to wait for."""
+
+    OWNER = "owner"  # fewer than ``window`` blocking keys are older: I hold it
+    GONE = "gone"  # my key is gone: my lease expired, or someone deleted it
+    UNKNOWN = "unknown"  # not looked at yet (a retried acquire found my key): look
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Wait:
+    """What I wait for, as a look found it: the delete of ``key``, or of any key older than mine
+    in ``key`` to ``range_end`` (a semaphore's first waiter); with ``puts``, any change of
+    ``key`` (a permit waiter's predecessor touches its key once granted). Two looks that find
+    the same wait (``read_at`` aside) saw nothing change that matters."""
+
+    key: bytes
+    range_end: bytes = b""
+    puts: bool = False
+    mod_revision: int = 0
+    read_at: int = dataclasses.field(default=0, compare=False)
 
 
 class _StreamError(grpc.RpcError):  # type: ignore[misc]  # grpc has no type hints
@@ -196,15 +252,17 @@ class _Stream:
 
 
 class _Watch:
-    """A waiter's watch on one key, as the waiter sees it."""
+    """A waiter's watch, as the waiter sees it; ``older_than``: only the deletes of keys created
+    before this revision fire it (0: any event)."""
 
-    __slots__ = ("created", "error", "fired", "id", "revision")
+    __slots__ = ("created", "error", "fired", "id", "older_than", "revision")
 
-    def __init__(self, watch_id: int) -> None:
+    def __init__(self, watch_id: int, older_than: int) -> None:
         self.id = watch_id
+        self.older_than = older_than
         self.revision = 0  # the revision the watch was created at
         self.created = _compat.Event()  # the watch is in place
-        self.fired = _compat.Event()  # the key was deleted, the watch cancelled, or an error
+        self.fired = _compat.Event()  # the event came, the watch was cancelled, or an error
         self.error: _StreamError | None = None
 
     def wake(self) -> None:
@@ -229,20 +287,25 @@ class _Watches(_Stream):
     def _open(self, endpoint: _Endpoint, requests: Any, metadata: Metadata) -> Any:
         return endpoint.watch.Watch(requests, metadata=metadata)
 
-    def start(self, key: bytes) -> _Watch:
-        """Watch ``key`` for a delete, from the revision at which the watch is created."""
+    def start(self, wait: _Wait, older_than: int) -> _Watch:
+        """Watch what ``wait`` says, from the revision at which the watch is created; a range's
+        deletes fire it only for keys created before ``older_than``."""
         with self._state:
             if self.error is not None:
                 raise self.error
-            watch = self._watching[self._next_id] = _Watch(self._next_id)
-            self._next_id += 1
-            self._send(
-                pb.WatchRequest(
-                    create_request=pb.WatchCreateRequest(
-                        key=key, filters=[pb.WatchCreateRequest.NOPUT], watch_id=watch.id
-                    )
-                )
+            ranged = bool(wait.range_end)
+            watch = self._watching[self._next_id] = _Watch(
+                self._next_id, older_than if ranged else 0
             )
+            self._next_id += 1
+            create = pb.WatchCreateRequest(
+                key=wait.key,
+                range_end=wait.range_end,
+                filters=[] if wait.puts else [pb.WatchCreateRequest.NOPUT],
+                prev_kv=ranged,  # a delete's previous value says when that key was created
+                watch_id=watch.id,
+            )
+            self._send(pb.WatchRequest(create_request=create))
             return watch
 
     def stop(self, watch: _Watch) -> None:
@@ -264,7 +327,11 @@ class _Watches(_Stream):
             if reply.cancel_reason:
                 watch.error = _cancelled(reply.cancel_reason)
             watch.wake()
-        elif reply.events:
+        elif reply.events and (
+            not watch.older_than
+            # (A delete whose previous value etcd no longer has reads as created at 0: it fires.)
+            or any(e.prev_kv.create_revision < watch.older_than for e in reply.events)
+        ):
             watch.fired.set()
 
     def _fail(self, error: _StreamError) -> None:
@@ -371,7 +438,8 @@ class EtcdDriver:
         fifo=True,
         min_ttl=1.0,  # etcd lease TTLs are whole seconds (and a server may enforce more)
         expiry_slack=1.0,  # the leader's lessor revokes expired leases every 500 ms
-        wakeup="watch on the newest older key's delete (one waiter woken per release)",
+        wakeup="watch on the newest older (writer's) key; a permit's first waiter on the holders"
+        " (one waiter, or one run of readers, woken per release)",
     )
     options: ClassVar[frozenset[str]] = frozenset({"request_timeout", "cacert", "cert", "key"})
 
@@ -399,7 +467,9 @@ class EtcdDriver:
             raise ConfigurationError("etcd authentication needs both a user and a password")
         self._endpoints: dict[str, _Endpoint] = {}
         self._retired: list[Any] = []  # channels given up on, closed a little later
-        self._ops_cache: dict[bytes, tuple[Any, Any, Any]] = {}
+        self._ops_cache: dict[tuple[bytes, Mode], tuple[Any, Any]] = {}
+        # Keys whose clean-up failed (key -> create revision): the next renewal deletes them.
+        self._leftovers: dict[bytes, int] = {}
         self._current = 0
         self._token: str | None = None
         self._state = _compat.StateLock()
@@ -512,8 +582,26 @@ class EtcdDriver:
     def _prefix(self, key: str) -> bytes:
         return f"{self._namespace}/{key}//".encode()
 
-    def _key(self, key: str, lease: Lease) -> bytes:
-        return self._prefix(key) + lease.id.encode()
+    def _key(self, key: str, lease: Lease, owner: str, mode: Mode) -> bytes:
+        """A contender's key: Go's Mutex layout for plain locks and elections (one per session:
+        the core coalesces them); a rwlock's or a semaphore's carries its mode and owner id (a
+        session may hold several permits or readers of one name)."""
+        if key.startswith(("lock/", "election/")):
+            return self._prefix(key) + lease.id.encode()
+        return self._prefix(key) + b"%s/%s/%s" % (
+            _TAGS[mode.name],
+            lease.id.encode(),
+            owner.encode(),
+        )
+
+    def _key_of(self, grant: Grant) -> bytes:
+        return self._key(grant.key, grant.lease, grant.owner.owner, grant.mode)
+
+    def _queue(self, key: str, lease: Lease, owner: str, mode: Mode) -> _Queue:
+        prefix = self._prefix(key)
+        start = prefix + _TAGS["exclusive"] + b"/" if mode == SHARED else prefix
+        me = self._key(key, lease, owner, mode)
+        return _Queue(prefix, me, mode, start, _prefix_end(start), mode.limit or 1)
 
     async def _txn(
         self, what: str, compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()
@@ -555,7 +643,7 @@ class EtcdDriver:
 
     def forget_after_fork(self) -> None:
         # The parent's channels belong to the parent; the child opens its own.
-        self._endpoints, self._retired = {}, []
+        self._endpoints, self._retired, self._leftovers = {}, [], {}
         self._state = _compat.StateLock()
 
     # Leases.
@@ -569,7 +657,7 @@ class EtcdDriver:
             )
 
         reply = await self._call("grant lease", call)
-        lease = Lease(id=f"{reply.ID:016x}", ttl=ttl, data=reply.ID)
+        lease = Lease(id=f"{reply.ID:016x}", ttl=ttl)  # (its number: _lease_number)
         granted = int(reply.TTL)
         if granted > seconds:
             # etcd raises a TTL below its minimum silently; we refuse instead.
@@ -586,14 +674,15 @@ class EtcdDriver:
         """One keep-alive on the member's keep-alive stream; with locks held, one
         ``LeaseTimeToLive`` listing the lease's keys runs alongside it (a key deleted behind our
         back is reported gone). However many locks: one round trip, at most two requests."""
+        number = _lease_number(lease)
 
         async def call(endpoint: _Endpoint, metadata: Metadata) -> tuple[int, set[bytes] | None]:
             keep_alives = await endpoint.stream(_KeepAlives, metadata)
-            renewal = keep_alives.send(lease.data)
+            renewal = keep_alives.send(number)
             keys = None
             if grants:
                 reply = await endpoint.lease.LeaseTimeToLive(
-                    pb.LeaseTimeToLiveRequest(ID=lease.data, keys=True),
+                    pb.LeaseTimeToLiveRequest(ID=number, keys=True),
                     timeout=timeout,
                     metadata=metadata,
                 )
@@ -607,14 +696,16 @@ class EtcdDriver:
         ttl, keys = await self._call("renew", call)
         if ttl <= 0:
             raise LeaseExpired(f"etcd has no lease {lease.id}")
+        if self._leftovers:
+            await self._delete_leftovers()
         if keys is None:
             return []
-        return [grant for grant in grants if _entry(grant).key not in keys]
+        return [grant for grant in grants if self._key_of(grant) not in keys]
 
     async def revoke_lease(self, lease: Lease) -> None:
         async def call(endpoint: _Endpoint, metadata: Metadata) -> Any:
             return await endpoint.lease.LeaseRevoke(
-                pb.LeaseRevokeRequest(ID=lease.data),
+                pb.LeaseRevokeRequest(ID=_lease_number(lease)),
                 timeout=self._request_timeout,
                 metadata=metadata,
             )
@@ -627,22 +718,18 @@ class EtcdDriver:
     async def acquire(
         self, lease: Lease, key: str, owner: OwnerInfo, deadline: float | None, mode: Mode
     ) -> Grant | None:
-        if mode != EXCLUSIVE:  # not yet: [rwlock]/[semaphore] bring the shared modes here
-            raise ConfigurationError(f"{self.scheme}: {mode.name} mode is not supported yet")
-        prefix = self._prefix(key)
-        me = self._key(key, lease)
+        q = self._queue(key, lease, owner.owner, mode)
         acquired_at = utcnow()
-        value = _value(owner, acquired_at, owner.value)
+        value = _value(owner, acquired_at, owner.value, mode.limit)
         try_once = deadline is not None and deadline <= _compat.monotonic()
         try:
-            mine, older = await self._enqueue(prefix, me, lease, owner, value)
+            mine, place = await self._enqueue(q, key, lease, owner, value)
         except LeaseExpired as exc:
             raise self._lost_while_waiting(lease, key) from exc
-        entry = _Entry(me)
-        if older is None:
-            return Grant(key, owner, mine, lease, acquired_at, entry)
+        if place is _Place.OWNER:
+            return Grant(key, owner, mine, lease, acquired_at, mode=mode)
         if try_once:
-            await self._leave_quietly(me, mine)
+            await self._leave_quietly(q.me, mine)
             return None
         done = False
         failing_since: float | None = None  # since when the connection has been failing us
@@ -657,26 +744,30 @@ class EtcdDriver:
                 if remaining <= 0:
                     return None
                 try:
-                    if older is _UNKNOWN:
-                        older = await self._predecessor(prefix, me, mine)
-                    if older is _GONE:
+                    if place is _Place.UNKNOWN:
+                        place = await self._look(q, mine)
+                    if place is _Place.GONE:
                         # My key is gone: my lease expired (fail), or someone deleted it (queue
                         # again).
                         if not await self._lease_alive(lease):
                             raise self._lost_while_waiting(lease, key)
                         try:
-                            mine, older = await self._enqueue(prefix, me, lease, owner, value)
+                            mine, place = await self._enqueue(q, key, lease, owner, value)
                         except LeaseExpired as exc:
                             raise self._lost_while_waiting(lease, key) from exc
                         continue
-                    if older is None:
+                    if place is _Place.OWNER:
+                        # A permit granted after a wait wakes the waiter that watches it.
+                        if q.window > 1 and not await self._touch(q.me, mine):
+                            place = _Place.GONE
+                            continue
                         done = True
-                        return Grant(key, owner, mine, lease, acquired_at, entry)
-                    # Woken by the predecessor's delete, or the session's end (its lease
-                    # expired: the keep-alive says so); at least every TTL, to notice my own
-                    # key deleted behind my back.
-                    assert isinstance(older, _Older)
-                    await self._wait_for_delete(lease, older, me, mine, min(remaining, lease.ttl))
+                        return Grant(key, owner, mine, lease, acquired_at, mode=mode)
+                    # Woken by what I wait for, or the session's end (its lease expired: the
+                    # keep-alive says so); at least every TTL, to notice my own key deleted
+                    # behind my back.
+                    assert isinstance(place, _Wait)  # (a look is never UNKNOWN)
+                    await self._wait(lease, q, mine, place, min(remaining, lease.ttl))
                     failing_since = None
                 except (BackendUnavailableError, BackendTimeoutError):
                     # Queued, and the connection fails (a member restarting, a new leader, a
@@ -687,13 +778,13 @@ class EtcdDriver:
                     if now - failing_since >= lease.ttl and not lease.ended:
                         raise
                     await _compat.sleep(min(_RETRY_DELAY, remaining))
-                older = _UNKNOWN
+                place = _Place.UNKNOWN
         finally:
             # (An ended session's key goes with its lease: no round trip to a server that may be
             # out of reach.)
             if not done and not lease.ended:
-                await asyncio.shield(self._leave_quietly(me, mine))  # tenure: async-only
-                # tenure: sync self._leave_quietly(me, mine)
+                await asyncio.shield(self._leave_quietly(q.me, mine))  # tenure: async-only
+                # tenure: sync self._leave_quietly(q.me, mine)
 
     def _lost_while_waiting(self, lease: Lease, key: str) -> LockLostError:
         reason = f"etcd lease {lease.id} expired while waiting for {key!r}"
@@ -701,102 +792,104 @@ class EtcdDriver:
         return LockLostError(reason, name=key.partition("/")[2])
 
     async def _enqueue(
-        self, prefix: bytes, me: bytes, lease: Lease, owner: OwnerInfo, value: bytes
-    ) -> tuple[int, _Older | object | None]:
-        """One Txn: create my key unless it exists, and read the newest two keys (mine and my
-        predecessor; an existing key of mine is read with the oldest instead).
+        self, q: _Queue, key: str, lease: Lease, owner: OwnerInfo, value: bytes
+    ) -> tuple[int, _Place | _Wait]:
+        """One Txn: create my key unless it exists (else read it), read the newest blocking keys
+        (all older than my new key) and the oldest key (a semaphore's stored limit).
 
-        Returns my create revision and my predecessor: None if I am first, ``_UNKNOWN`` if my
-        key already existed (a retry; the caller looks it up).
+        Returns my create revision and where I stand (``UNKNOWN`` if my key already existed: a
+        retry; the caller looks).
         """
-        absent, newest_two, read_me = self._enqueue_ops(prefix, me)
-        put = pb.RequestOp(request_put=pb.PutRequest(key=me, value=value, lease=lease.data))
+        newest, oldest = self._enqueue_ops(q)
+        put = pb.RequestOp(
+            request_put=pb.PutRequest(key=q.me, value=value, lease=_lease_number(lease))
+        )
+        read_me = pb.RequestOp(request_range=pb.RangeRequest(key=q.me))
         for _ in range(3):
-            reply = await self._txn("acquire", absent, [put, newest_two], read_me)
+            reply = await self._txn(
+                "acquire", [_created_at(q.me, 0)], [put, newest, oldest], [read_me, oldest]
+            )
             if reply.succeeded:
-                # My new key is the newest: the one before it, if any, is my predecessor.
                 mine = reply.header.revision
-                kvs = reply.responses[1].response_range.kvs
-                if len(kvs) < 2:
-                    return mine, None
-                return mine, _Older(kvs[1].key, kvs[1].create_revision, mine)
-            kv = reply.responses[0].response_range.kvs[0]
-            mine = kv.create_revision
-            if _owner_of(kv.value) != owner.owner:
-                # A stale entry of this session (an earlier contender whose clean-up failed):
-                # replace it, so nothing that still knows its revision touches ours.
-                await self._delete_if(me, mine)
-                continue
-            kvs = reply.responses[1].response_range.kvs
-            return mine, (None if not kvs or kvs[0].create_revision == mine else _UNKNOWN)
-        raise BackendError(f"etcd: could not replace a stale entry {me!r}")
+                place = _place(q, mine, reply.responses[1].response_range, mine)
+            else:
+                kv = reply.responses[0].response_range.kvs[0]
+                mine, place = kv.create_revision, _Place.UNKNOWN
+                if _owner_of(kv.value) != owner.owner:
+                    # A stale entry of this session (an earlier contender whose clean-up failed):
+                    # replace it, so nothing that still knows its revision touches ours.
+                    await self._delete_if(q.me, mine)
+                    continue
+            oldest_kvs = reply.responses[-1].response_range.kvs
+            stored = _limit_of(oldest_kvs[0].value) if oldest_kvs else 0
+            if q.mode.limit and stored and stored != q.mode.limit:
+                await self._leave_quietly(q.me, mine)  # nothing left behind
+                raise limit_mismatch(key.partition("/")[2], stored, q.mode.limit)
+            return mine, place
+        raise BackendError(f"etcd: could not replace a stale entry {q.me!r}")
 
-    def _enqueue_ops(self, prefix: bytes, me: bytes) -> tuple[Any, Any, Any]:
-        """The parts of the acquire Txn that never change for one key (built once, cached)."""
-        ops = self._ops_cache.get(me)
+    def _enqueue_ops(self, q: _Queue) -> tuple[Any, Any]:
+        """The acquire Txn's reads, the same for every contender of one key and mode (cached):
+        the newest ``window + 1`` blocking keys (mine among them), and the oldest key."""
+        ops = self._ops_cache.get((q.prefix, q.mode))
         if ops is None:
-            end = _prefix_end(prefix)
+            newest = pb.RequestOp(
+                request_range=pb.RangeRequest(key=q.start, range_end=q.end, sort_order=_DESCEND,
+                                              sort_target=_CREATE, limit=q.window + 1,
+                                              keys_only=True)
+            )  # fmt: skip
             oldest = pb.RequestOp(
-                request_range=pb.RangeRequest(key=prefix, range_end=end, sort_order=_ASCEND,
-                                              sort_target=_CREATE, limit=1, keys_only=True)
+                request_range=pb.RangeRequest(key=q.prefix, range_end=_prefix_end(q.prefix),
+                                              sort_order=_ASCEND, sort_target=_CREATE, limit=1,
+                                              keys_only=not q.mode.limit)
             )  # fmt: skip
-            newest_two = pb.RequestOp(
-                request_range=pb.RangeRequest(key=prefix, range_end=end, sort_order=_DESCEND,
-                                              sort_target=_CREATE, limit=2, keys_only=True)
-            )  # fmt: skip
-            read_me = [pb.RequestOp(request_range=pb.RangeRequest(key=me)), oldest]
-            ops = ([_created_at(me, 0)], newest_two, read_me)
+            ops = (newest, oldest)
             if len(self._ops_cache) >= _OPS_CACHE:
                 self._ops_cache.clear()
-            self._ops_cache[me] = ops
+            self._ops_cache[q.prefix, q.mode] = ops
         return ops
 
-    async def _predecessor(self, prefix: bytes, me: bytes, mine: int) -> _Older | object | None:
-        """The newest key older than mine (None: I am first; ``_GONE``: my key is gone)."""
-        reply = await self._txn(
-            "wait",
-            [_created_at(me, mine)],
-            [
-                pb.RequestOp(
-                    request_range=pb.RangeRequest(
-                        key=prefix,
-                        range_end=_prefix_end(prefix),
-                        sort_order=_DESCEND,
-                        sort_target=_CREATE,
-                        max_create_revision=mine - 1,
-                        limit=1,
-                        keys_only=True,
-                    )
-                )
-            ],
+    def _look_request(self, q: _Queue, mine: int) -> Any:
+        """The Txn that says where my key stands: if it is still mine, the newest ``window``
+        blocking keys older than it (Go's ``waitDeletes`` reads the newest one)."""
+        newest_older = pb.RangeRequest(
+            key=q.start,
+            range_end=q.end,
+            sort_order=_DESCEND,
+            sort_target=_CREATE,
+            max_create_revision=mine - 1,
+            limit=q.window,
+            keys_only=True,
         )
-        if not reply.succeeded:
-            return _GONE
-        kvs = reply.responses[0].response_range.kvs
-        if not kvs:
-            return None
-        return _Older(kvs[0].key, kvs[0].create_revision, reply.header.revision)
+        return pb.TxnRequest(
+            compare=[_created_at(q.me, mine)],
+            success=[pb.RequestOp(request_range=newest_older)],
+        )
 
-    async def _wait_for_delete(
-        self, lease: Lease, older: _Older, me: bytes, mine: int, timeout: float
-    ) -> None:
-        """Return once ``older`` may be gone, ``lease`` ended, or at ``timeout``.
+    async def _look(self, q: _Queue, mine: int) -> _Place | _Wait:
+        request = self._look_request(q, mine)
 
-        One watch, on ``older`` only, on the member's shared watch stream, from the server's
-        current revision (a watch from an older revision is served by etcd's catch-up loop, up
-        to 100 ms late). If anything was written since ``older`` was read, one Txn checks that
-        it (and my own key) is still there before waiting. My own key is not watched: it goes
-        when my lease does, which the session learns from its keep-alive and ends the wait
-        with (``wake_on_end``); a key deleted by hand is noticed at the next look.
+        async def call(endpoint: _Endpoint, metadata: Metadata) -> Any:
+            return await endpoint.kv.Txn(request, timeout=self._request_timeout, metadata=metadata)
+
+        return _looked(q, mine, await self._call("wait", call))
+
+    async def _wait(self, lease: Lease, q: _Queue, mine: int, wait: _Wait, timeout: float) -> None:
+        """Return once what ``wait`` names may have happened, ``lease`` ended, or at ``timeout``.
+
+        One watch on the member's shared watch stream, from the server's current revision (a
+        watch from an older revision is served by etcd's catch-up loop, up to 100 ms late). If
+        anything was written since the look, one more look checks that it still finds the same
+        wait before waiting. My own key is not watched: it goes when my lease does, which the
+        session learns from its keep-alive and ends the wait with (``wake_on_end``); a key
+        deleted by hand is noticed at the next look.
         """
         until = _compat.monotonic() + timeout
-        both_there = pb.TxnRequest(
-            compare=[_created_at(older.key, older.revision), _created_at(me, mine)]
-        )
+        look = self._look_request(q, mine)
 
         async def call(endpoint: _Endpoint, metadata: Metadata) -> None:
             watches = await endpoint.stream(_Watches, metadata)
-            watch = watches.start(older.key)
+            watch = watches.start(wait, older_than=mine)
             call_soon = _compat.thread_safe_caller()
             forget = lease.wake_on_end(lambda: call_soon(watch.wake))
             try:
@@ -806,11 +899,11 @@ class EtcdDriver:
                         raise _StreamError(grpc.StatusCode.DEADLINE_EXCEEDED, "no watch created")
                     return
                 if watch.error is None and not watch.fired.is_set():
-                    if watch.revision > older.read_at:
-                        check = await endpoint.kv.Txn(
-                            both_there, timeout=self._request_timeout, metadata=metadata
+                    if watch.revision > wait.read_at:
+                        again = await endpoint.kv.Txn(
+                            look, timeout=self._request_timeout, metadata=metadata
                         )
-                        if not check.succeeded:
+                        if _looked(q, mine, again) != wait:
                             return
                     await watch.fired.wait(until - _compat.monotonic())
                 if watch.error is not None:
@@ -821,10 +914,19 @@ class EtcdDriver:
 
         await self._call("wait", call)
 
+    async def _touch(self, me: bytes, mine: int) -> bool:
+        """Write my key again, unchanged (a put event for the waiter that watches it); False if
+        it is gone."""
+        touch = pb.PutRequest(key=me, ignore_value=True, ignore_lease=True)
+        reply = await self._txn(
+            "acquire", [_created_at(me, mine)], [pb.RequestOp(request_put=touch)]
+        )
+        return bool(reply.succeeded)
+
     async def _lease_alive(self, lease: Lease) -> bool:
         async def call(endpoint: _Endpoint, metadata: Metadata) -> Any:
             return await endpoint.lease.LeaseTimeToLive(
-                pb.LeaseTimeToLiveRequest(ID=lease.data),
+                pb.LeaseTimeToLiveRequest(ID=_lease_number(lease)),
                 timeout=self._request_timeout,
                 metadata=metadata,
             )
@@ -841,32 +943,40 @@ class EtcdDriver:
         return bool(reply.succeeded)
 
     async def _leave_quietly(self, me: bytes, revision: int) -> None:
-        with contextlib.suppress(BackendError, LeaseExpired):  # the key goes with the lease
+        try:
             await self._delete_if(me, revision)
+        except LeaseExpired:
+            pass  # the key went with the lease
+        except BackendError:
+            # Else it would stay in the queue as long as its session lives (a reader's or a
+            # permit's key is never reused): a later renewal deletes it.
+            self._leftovers[me] = revision
+
+    async def _delete_leftovers(self) -> None:
+        for me, revision in list(self._leftovers.items()):
+            with contextlib.suppress(BackendError, LeaseExpired):
+                await self._delete_if(me, revision)
+                self._leftovers.pop(me, None)
 
     async def release(self, grant: Grant) -> bool:
-        entry = _entry(grant)
-        retried, entry.release_sent = entry.release_sent, True
-        released = await self._delete_if(entry.key, grant.token)
-        # A retry after a lost reply finds nothing: the first attempt released it.
-        return released or retried
+        # Only my key, and only while its create revision is still my token: a retry after a
+        # lost reply finds nothing (the core counts that as released) and deletes nobody else's.
+        return await self._delete_if(self._key_of(grant), grant.token)
 
     async def check(self, grant: Grant) -> bool:
-        reply = await self._range("check", pb.RangeRequest(key=_entry(grant).key, keys_only=True))
+        reply = await self._range("check", pb.RangeRequest(key=self._key_of(grant), keys_only=True))
         return bool(reply.kvs) and reply.kvs[0].create_revision == grant.token
 
     async def set_value(self, grant: Grant, value: str) -> bool:
-        entry = _entry(grant)
+        me = self._key_of(grant)
         put = pb.PutRequest(
-            key=entry.key,
-            value=_value(grant.owner, grant.acquired_at, value),
-            lease=grant.lease.data,
+            key=me,
+            value=_value(grant.owner, grant.acquired_at, value, grant.mode.limit),
+            lease=_lease_number(grant.lease),
         )
         try:
             reply = await self._txn(
-                "set value",
-                [_created_at(entry.key, grant.token)],
-                [pb.RequestOp(request_put=put)],
+                "set value", [_created_at(me, grant.token)], [pb.RequestOp(request_put=put)]
             )
         except LeaseExpired:
             return False  # the lease, and so the entry, is gone
@@ -875,13 +985,15 @@ class EtcdDriver:
     # Inspection.
 
     async def holder(self, key: str) -> Holder | None:
-        found = await self._queue(key, limit=1)
+        found = await self._inspect(key, limit=1)  # the oldest key always holds
         return found[0] if found else None
 
     async def contenders(self, key: str) -> list[Holder]:
-        return await self._queue(key, limit=0)
+        return await self._inspect(key, limit=0)
 
-    async def _queue(self, key: str, limit: int) -> list[Holder]:
+    async def _inspect(self, key: str, limit: int) -> list[Holder]:
+        """The keys in create order, and each holder's ``expires_in`` (its lease's TTL: one
+        request per holders' lease)."""
         prefix = self._prefix(key)
         reply = await self._range(
             "inspect",
@@ -893,29 +1005,24 @@ class EtcdDriver:
                 limit=limit,
             ),
         )
-        found = [_holder(key, kv, first=i == 0) for i, kv in enumerate(reply.kvs)]
-        if found:
-            lease_id = reply.kvs[0].lease
+        found = _holders(key, prefix, reply.kvs)
+        ttls: dict[int, float] = {}
+        for i, kv in enumerate(reply.kvs):
+            if found[i].waiting:
+                break
+            if kv.lease not in ttls:
 
-            async def call(endpoint: _Endpoint, metadata: Metadata) -> Any:
-                return await endpoint.lease.LeaseTimeToLive(
-                    pb.LeaseTimeToLiveRequest(ID=lease_id),
-                    timeout=self._request_timeout,
-                    metadata=metadata,
-                )
+                async def call(
+                    endpoint: _Endpoint, metadata: Metadata, lease: int = kv.lease
+                ) -> Any:
+                    return await endpoint.lease.LeaseTimeToLive(
+                        pb.LeaseTimeToLiveRequest(ID=lease),
+                        timeout=self._request_timeout,
+                        metadata=metadata,
+                    )
 
-            ttl = (await self._call("inspect", call)).TTL
-            first = found[0]
-            found[0] = Holder(
-                name=first.name,
-                owner=first.owner,
-                host=first.host,
-                pid=first.pid,
-                token=first.token,
-                acquired_at=first.acquired_at,
-                expires_in=float(max(ttl, 0)),
-                value=first.value,
-            )
+                ttls[kv.lease] = float(max((await self._call("inspect", call)).TTL, 0))
+            found[i] = dataclasses.replace(found[i], expires_in=ttls[kv.lease])
         return found
 
     async def changes(self, key: str) -> AsyncIterator[None]:
@@ -960,50 +1067,104 @@ def _prefix_end(prefix: bytes) -> bytes:
     return prefix[:-1] + bytes([prefix[-1] + 1])
 
 
-def _entry(grant: Grant) -> _Entry:
-    entry = grant.data
-    assert isinstance(entry, _Entry)
-    return entry
+def _looked(q: _Queue, mine: int, reply: Any) -> _Place | _Wait:
+    """Where my key stands, from a look's reply (``GONE``: my key is not there any more)."""
+    if not reply.succeeded:
+        return _Place.GONE
+    return _place(q, mine, reply.responses[0].response_range, reply.header.revision)
 
 
-def _value(owner: OwnerInfo, acquired_at: dt.datetime, value: str | None) -> bytes:
-    return json.dumps(
-        {
-            "owner": owner.owner,
-            "host": owner.host,
-            "pid": owner.pid,
-            "acquired_at": acquired_at.isoformat(),
-            "value": value,
-        }
-    ).encode()
+def _place(q: _Queue, mine: int, newest: Any, read_at: int) -> _Place | _Wait:
+    """Where my key stands, from the newest blocking keys (newest first; my own key, read with
+    them when it was created, is skipped) and whether there are ``more`` older ones.
+
+    Fewer than ``window`` older: I hold it. Else I wait for the newest of them to go, as Go's
+    Mutex does (exact when ``window`` is 1: a lock, a reader, a writer, one permit). With more
+    permits, a waiter also waits for it to be touched (granted: my place may be next), and the
+    first waiter (exactly ``window`` older: all holders) for any of them to go.
+    """
+    older = [kv for kv in newest.kvs if kv.create_revision < mine]
+    if len(older) < q.window:
+        return _Place.OWNER
+    if q.window > 1 and not newest.more:
+        return _Wait(q.start, q.end, read_at=read_at)
+    newer = older[0]
+    return _Wait(newer.key, puts=q.window > 1, mod_revision=newer.mod_revision, read_at=read_at)
+
+
+def _lease_number(lease: Lease) -> int:
+    """The etcd lease's id (``Lease.id`` is its 16 hex digits)."""
+    return int(lease.id, 16)
+
+
+def _value(owner: OwnerInfo, acquired_at: dt.datetime, value: str | None, limit: int) -> bytes:
+    """A key's value: the owner's metadata (JSON), and a semaphore's limit."""
+    data = {
+        "owner": owner.owner,
+        "host": owner.host,
+        "pid": owner.pid,
+        "acquired_at": acquired_at.isoformat(),
+        "value": value,
+    }
+    if limit:
+        data["limit"] = limit
+    return json.dumps(data).encode()
+
+
+def _json(value: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(value)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _owner_of(value: bytes) -> str | None:
-    try:
-        owner = json.loads(value).get("owner")
-    except (ValueError, AttributeError):
-        return None
+    owner = _json(value).get("owner")
     return owner if isinstance(owner, str) else None
 
 
-def _holder(key: str, kv: kv_pb2.KeyValue, first: bool) -> Holder:
-    try:
-        data = json.loads(kv.value)
-    except ValueError:
-        data = {}
-    if not isinstance(data, dict):
-        data = {}
-    acquired_at = data.get("acquired_at")
-    return Holder(
-        name=key.partition("/")[2],
-        owner=str(data.get("owner", "")),
-        host=str(data.get("host", "")),
-        pid=int(data.get("pid", 0)),
-        token=kv.create_revision if first else 0,
-        acquired_at=dt.datetime.fromisoformat(acquired_at) if first and acquired_at else None,
-        expires_in=None,
-        value=data.get("value"),
-    )
+def _limit_of(value: bytes) -> int:
+    """A semaphore key's limit (0: none recorded)."""
+    limit = _json(value).get("limit")
+    return limit if isinstance(limit, int) else 0
+
+
+def _mode_of(prefix: bytes, kv: kv_pb2.KeyValue) -> Mode:
+    """A key's mode: its first path segment under the prefix (none: a plain lock's key)."""
+    tag, slash, _ = kv.key[len(prefix) :].partition(b"/")
+    name = _MODES.get(tag) if slash else None
+    if name == "permit":
+        return permit(_limit_of(kv.value))
+    return SHARED if name == "shared" else EXCLUSIVE
+
+
+def _holders(key: str, prefix: bytes, kvs: Sequence[kv_pb2.KeyValue]) -> list[Holder]:
+    """The queue as ``Holder`` records: ``grantable`` decides who holds, in create order."""
+    found = []
+    holding, exclusive_ahead = True, False
+    for ahead, kv in enumerate(kvs):
+        mode = _mode_of(prefix, kv)
+        holding = holding and grantable(mode, ahead, exclusive_ahead)
+        exclusive_ahead = exclusive_ahead or not mode.shared
+        data = _json(kv.value)
+        acquired_at = data.get("acquired_at")
+        found.append(
+            Holder(
+                name=key.partition("/")[2],
+                owner=str(data.get("owner", "")),
+                host=str(data.get("host", "")),
+                pid=int(data.get("pid", 0)),
+                token=kv.create_revision if holding else 0,
+                acquired_at=dt.datetime.fromisoformat(acquired_at)
+                if holding and acquired_at
+                else None,
+                value=data.get("value"),
+                mode=mode.name,
+                waiting=not holding,
+            )
+        )
+    return found
 
 
 def _deadline_exceeded(exc: grpc.RpcError) -> bool:
