@@ -4,21 +4,34 @@
 Layout under ``<root>/<namespace>/<kind>/`` (``root`` from the URL path, default the user's state
 dir)::
 
-    <stem>.lock      the lock target, never renamed or deleted; held with an OFD write lock
-    <stem>.json      holder record and fencing counter, replaced atomically (rename) by the holder
-    <stem>.wait/     one file per waiting process, OFD-locked while it waits (for ``contenders``)
+    <stem>.lock                  the key's queue file: sequence counter and semaphore limit
+    <stem>.queue/<seq>-<m>-<id>  one entry per contender (holder or waiter), in arrival order;
+                                 m is x (exclusive), s (shared) or p (permit); its content is
+                                 the grant time (20 digits, zeros while waiting) and a JSON
+                                 record {"host", "pid", "value"}
 
-- **Exclusion** comes from open-file-description locks (``F_OFD_SETLK``): owned by one open file,
-  not by the process, so two clients in one process exclude each other too, and the kernel frees
-  them the moment a holder dies. A paused holder keeps its lock: this backend has no lease.
-- **Tokens**: ``<stem>.json`` holds the last token; a new holder writes ``token + 1`` while holding
-  the lock, so tokens strictly increase (they survive process crashes, not a lost file system).
-- **Waiting** without polling: a waiter watches ``<stem>.lock`` with inotify. Every release closes
-  the holder's file (also when the kernel closes it for a dead process), which wakes the waiting
-  processes; each tries once more. Grants across processes are not FIFO (every waiting process
-  wakes and one wins); inside one process the core's queue is FIFO. Where inotify is missing
-  (not Linux) waiters re-check with a bounded back-off instead.
-- Release closes our own file: it can never unlock another holder's.
+- **Entries.** A contender takes a short open-file-description lock (``F_OFD_SETLKW``) on
+  ``<stem>.lock``, bumps the sequence counter in place, and creates its entry (``O_EXCL``) with
+  an OFD write lock held for the entry's whole life. OFD locks belong to one open file, not to a
+  process, so two clients in one process are two contenders, and the kernel frees them the
+  moment a process dies: an entry without its lock is dead, and any contender behind it unlinks
+  it. A paused process keeps its entries: this backend has no leases (and one paused inside
+  the queue file's few-microsecond lock holds up that key's new contenders until it resumes).
+- **Grants** follow ``base.grantable`` over the live entries in sequence order (FIFO). The
+  fencing token is the entry's sequence number, as etcd's create revision or ZooKeeper's zxid:
+  grants happen in sequence order, so each token exceeds every one granted before it, and the
+  counter survives crashes.
+- **Waiting** without polling or herd: a waiter watches (inotify ``IN_CLOSE_WRITE``, which the
+  kernel also sends when a dead process's files are closed) only the entry it depends on: an
+  exclusive waiter its nearest live predecessor, a reader the nearest live exclusive entry
+  before it, the first permit waiter the ``limit`` holders, a later permit waiter its
+  predecessor, which writes its grant time when granted (``IN_MODIFY``) so the next one moves
+  up. So a release wakes the contenders that can now be granted, and only them. Inotify
+  instances are kept and reused: closing one that had watches waits for an RCU grace period
+  (milliseconds). Without inotify (not Linux, or out of instances or watches) waiters re-check
+  with a bounded back-off instead.
+- **Release** unlinks our own entry (while still locked) and closes it: it can never delete
+  another contender's. Deleting an entry, or the queue file, by hand makes its holders lost.
 """
 
 from __future__ import annotations
@@ -33,37 +46,51 @@ import hashlib
 import json
 import os
 import struct
+import time
 import weakref
+from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import quote
 
 from ..._names import OwnerInfo, new_owner_id
-from ..._types import Capabilities, Holder, utcnow
+from ..._types import Capabilities, Holder
 from ..._url import ParsedURL
 from ...errors import BackendError, ConfigurationError
 from .. import _compat
-from .base import EXCLUSIVE, KINDS, Grant, Lease, Mode
+from .base import KINDS, Grant, Lease, Mode, grantable, limit_mismatch
 
 __all__ = ["FileDriver", "default_root"]
 
 _OFD = hasattr(fcntl, "F_OFD_SETLK")
 _SETLK = fcntl.F_OFD_SETLK if _OFD else fcntl.F_SETLK
+_SETLKW = fcntl.F_OFD_SETLKW if _OFD else fcntl.F_SETLKW
 _GETLK = fcntl.F_OFD_GETLK if _OFD else fcntl.F_GETLK
 _FLOCK = "hhqqi4x"  # struct flock on 64-bit Linux: type, whence, start, len, pid
+_WRLCK = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+_UNLCK = struct.pack(_FLOCK, fcntl.F_UNLCK, os.SEEK_SET, 0, 0, 0)
+_HEADER = struct.Struct("<QQ")  # <stem>.lock: last sequence number, semaphore limit (0: none)
+_WAITING = b"0" * 20  # an entry's grant time until it is granted
+_MODE_CHARS = {"exclusive": "x", "shared": "s", "permit": "p"}
+_MODE_NAMES = {v: k for k, v in _MODE_CHARS.items()}
 _MAX_STEM = 200
+_OPEN_QUEUES = 64  # queue files kept open per driver (the most recently opened keys)
 
-# Every lock file this process holds, so a forked child can close its copies (without unlocking:
-# the lock belongs to the parent's open file, which the child shares).
-_HELD_FDS: set[int] = set()
+_IN_MODIFY, _IN_CLOSE_WRITE, _IN_DELETE = 0x02, 0x08, 0x200
+
+# Files this process holds open (entries, queue files, inotify instances): a forked child closes
+# its copies (without unlocking: an OFD lock belongs to the open file, which the child shares).
+_INHERITED: set[int] = set()
+_IDLE_INOTIFY: list[int] = []
 
 
 def _close_inherited() -> None:
-    for fd in list(_HELD_FDS):
+    for fd in list(_INHERITED):
         with contextlib.suppress(OSError):
             os.close(fd)
-    _HELD_FDS.clear()
+    _INHERITED.clear()
+    _IDLE_INOTIFY.clear()
 
 
 os.register_at_fork(after_in_child=_close_inherited)
@@ -84,82 +111,132 @@ def _stem(name: str) -> str:
     return stem
 
 
-def _try_lock(fd: int) -> bool:
-    try:
-        fcntl.fcntl(fd, _SETLK, struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
-    except OSError as exc:
-        if exc.errno in (errno.EAGAIN, errno.EACCES):
-            return False
-        raise
-    return True
+def _locked(fd: int) -> bool:
+    """Whether anyone holds a write lock on ``fd``'s file, without taking it."""
+    return bool(struct.unpack(_FLOCK, fcntl.fcntl(fd, _GETLK, _WRLCK))[0] != fcntl.F_UNLCK)
 
 
-def _unlock(fd: int) -> None:
-    fcntl.fcntl(fd, _SETLK, struct.pack(_FLOCK, fcntl.F_UNLCK, os.SEEK_SET, 0, 0, 0))
+class _Queue:
+    """One key's queue file (kept open) and entries directory."""
+
+    __slots__ = ("dir", "fd", "ino", "lock_path", "pid")
+
+    def __init__(self, lock_path: str, dir: str) -> None:
+        self.lock_path, self.dir, self.pid, self.fd = lock_path, dir, os.getpid(), -1
+        self.fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        _INHERITED.add(self.fd)
+        self.ino = os.fstat(self.fd).st_ino
+
+    def replaced(self) -> bool:
+        """Whether ``lock_path`` no longer names our file (deleted by hand)."""
+        try:
+            return os.stat(self.lock_path).st_ino != self.ino
+        except FileNotFoundError:
+            return True
+
+    def __del__(self) -> None:
+        # Closed once no cache, entry or caller uses it any more; in a forked child the fork
+        # hook closed it already (and the number may be reused).
+        if self.pid == os.getpid() and self.fd in _INHERITED:
+            _INHERITED.discard(self.fd)
+            os.close(self.fd)
 
 
-def _is_locked(path: Path) -> bool:
-    """Whether anyone holds ``path``'s lock, without taking it."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        probe = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
-        reply = fcntl.fcntl(fd, _GETLK, probe)
-        return bool(struct.unpack(_FLOCK, reply)[0] != fcntl.F_UNLCK)
-    finally:
+class _Entry:
+    """Our own entry: its file (OFD write-locked while it lives) and place in the queue."""
+
+    __slots__ = ("fd", "mode", "name", "path", "queue", "seq")
+
+    def __init__(self, queue: _Queue, seq: int, mode: Mode, owner: str) -> None:
+        self.queue, self.seq, self.mode = queue, seq, mode
+        self.name = f"{seq:020d}-{_MODE_CHARS[mode.name]}-{owner}"
+        self.path = os.path.join(queue.dir, self.name)
+        self.fd = -1
+
+    def ours(self) -> bool:
+        """Still in place: not unlinked, and its queue file not replaced."""
+        return self.fd >= 0 and os.fstat(self.fd).st_nlink > 0 and not self.queue.replaced()
+
+    def leave(self) -> None:
+        """Leave the queue: unlink while still locked (so nobody sees it unlocked but
+        present), then close, which frees the lock and wakes whoever watches this entry."""
+        fd, self.fd = self.fd, -1
+        if fd < 0:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        _INHERITED.discard(fd)
         os.close(fd)
 
 
 class _Watch:
-    """An inotify watch on a few paths; ``wait`` returns when one of them is closed or replaced."""
+    """An inotify watch on a few paths, on an instance borrowed from the process's idle ones."""
 
     _libc: ClassVar[Any] = None
-    _IN_CLOSE = 0x08 | 0x10  # IN_CLOSE_WRITE | IN_CLOSE_NOWRITE
-    _IN_MOVED_TO = 0x80
+    #: How many times a wait ended because a watched file changed (tests count wake-ups).
+    wakeups: ClassVar[int] = 0
 
-    def __init__(self, paths: Sequence[tuple[Path, int]]) -> None:
-        self.fd = -1
-        libc = self._load()
-        if libc is None:
+    def __init__(self, targets: Sequence[tuple[str, int]]) -> None:
+        self.targets = tuple(targets)
+        self.wds: list[int] = []
+        self.gone = False  # a target vanished before it could be watched: look again
+        try:
+            self.fd = _IDLE_INOTIFY.pop()
+        except IndexError:
+            self.fd = self._new_instance()
+        if self.fd < 0:
             return
-        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if fd < 0:
-            return
-        self.fd = fd
-        for path, mask in paths:
-            if libc.inotify_add_watch(fd, os.fsencode(path), mask) < 0:
-                err = ctypes.get_errno()
+        for path, mask in self.targets:
+            wd = self._libc.inotify_add_watch(self.fd, os.fsencode(path), mask)
+            if wd >= 0:
+                self.wds.append(wd)
+            elif ctypes.get_errno() == errno.ENOENT:
+                self.gone = True
+            else:  # out of watches (ENOSPC...): back off instead, like without inotify
                 self.close()
-                raise OSError(err, os.strerror(err), str(path))
+                return
 
     @classmethod
-    def _load(cls) -> Any:
+    def _new_instance(cls) -> int:
         if cls._libc is None:
-            name = ctypes.util.find_library("c")
             try:
-                libc = ctypes.CDLL(name, use_errno=True)
+                libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
                 libc.inotify_init1  # noqa: B018 - probe: missing outside Linux
             except (OSError, AttributeError):
                 cls._libc = False
             else:
                 cls._libc = libc
-        return cls._libc or None
+        if not cls._libc:
+            return -1
+        fd = int(cls._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC))
+        if fd >= 0:
+            _INHERITED.add(fd)
+        return fd
 
     def wait(self, timeout: float | None) -> None:
+        if self.gone:
+            return
         if self.fd < 0:  # no inotify: bounded back-off, the documented exception
             _compat.sleep(0.02 if timeout is None else min(timeout, 0.02))
             return
         if _compat.wait_readable(self.fd, timeout):
-            with contextlib.suppress(BlockingIOError):
-                while os.read(self.fd, 65536):
-                    pass
+            _Watch.wakeups += 1
+            self._drain()
+
+    def _drain(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.fd, 65536):
+                pass
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        if self.fd < 0:
+            return
+        for wd in self.wds:
+            self._libc.inotify_rm_watch(self.fd, wd)
+        self._drain()
+        if self.fd in _INHERITED:  # not closed by a fork meanwhile
+            _IDLE_INOTIFY.append(self.fd)
+        self.fd = -1
 
 
 class FileDriver:
@@ -168,10 +245,10 @@ class FileDriver:
     scheme: ClassVar[str] = "file"
     capabilities: ClassVar[Capabilities] = Capabilities(
         leases=False,
-        fifo=False,
+        fifo=True,
         min_ttl=0.0,
         expiry_slack=0.0,
-        wakeup="inotify on the lock file",
+        wakeup="inotify on the one entry a waiter depends on (its predecessor's close)",
     )
     options: ClassVar[frozenset[str]] = frozenset()
 
@@ -187,15 +264,31 @@ class FileDriver:
             raise ConfigurationError("file:/// names the root directory; give a directory path")
         self._dir = self.root / namespace
         self._grants: weakref.WeakSet[Grant] = weakref.WeakSet()
+        self._queues: dict[str, _Queue] = {}
 
     def __repr__(self) -> str:
         return f"FileDriver({str(self._dir)!r})"
 
-    def _paths(self, key: str) -> tuple[Path, Path, Path]:
+    def _paths(self, key: str) -> tuple[str, str]:
         kind, _, name = key.partition("/")
-        base = self._dir / kind
-        stem = _stem(name)
-        return base / f"{stem}.lock", base / f"{stem}.json", base / f"{stem}.wait"
+        base = os.path.join(self._dir, kind, _stem(name))
+        return base + ".lock", base + ".queue"
+
+    def _queue(self, key: str, stale: _Queue | None = None) -> _Queue:
+        """The key's open queue file (``stale``: ours, found deleted by hand: reopen it)."""
+        queue = self._queues.get(key)
+        if queue is None or queue is stale:
+            if len(self._queues) >= _OPEN_QUEUES:
+                # Drop the oldest (closed once unused); another thread may be doing the same.
+                with contextlib.suppress(RuntimeError, StopIteration):
+                    self._queues.pop(next(iter(self._queues)), None)
+            lock_path, queue_dir = self._paths(key)
+            try:
+                os.makedirs(queue_dir, exist_ok=True)
+                queue = self._queues[key] = _Queue(lock_path, queue_dir)
+            except OSError as exc:
+                raise BackendError(f"cannot open lock file {lock_path}: {exc.strerror}") from exc
+        return queue
 
     def connect(self) -> None:
         for kind in KINDS:
@@ -209,7 +302,7 @@ class FileDriver:
             raise ConfigurationError(f"cannot use {self._dir} for file locks: not writable")
 
     def close(self) -> None:
-        return None
+        self._queues = {}
 
     # Leases: the kernel frees a dead process's locks, so a session needs no lease here.
 
@@ -217,7 +310,7 @@ class FileDriver:
         return Lease(id=new_owner_id(), ttl=ttl)
 
     def renew_lease(self, lease: Lease, grants: Sequence[Grant], timeout: float) -> Sequence[Grant]:
-        return [grant for grant in grants if not self._still_ours(grant)]
+        return [grant for grant in grants if not self._ours(grant)]
 
     def revoke_lease(self, lease: Lease) -> None:
         for grant in list(self._grants):
@@ -229,149 +322,187 @@ class FileDriver:
     def acquire(
         self, lease: Lease, key: str, owner: OwnerInfo, deadline: float | None, mode: Mode
     ) -> Grant | None:
-        if mode != EXCLUSIVE:  # not yet: [rwlock]/[semaphore] bring the shared modes here
-            raise ConfigurationError(f"{self.scheme}: {mode.name} mode is not supported yet")
-        lock_path, state_path, wait_dir = self._paths(key)
-        fd = self._open(lock_path)
+        entry = self._enqueue(key, owner, mode)
+        watch: _Watch | None = None
         granted = False
         try:
-            if not _try_lock(fd):
-                if deadline is not None and deadline <= _compat.monotonic():
-                    return None
-                if not self._wait_for_lock(fd, lock_path, wait_dir, owner, deadline):
-                    return None
-            grant = self._grant(fd, key, state_path, owner, lease)
-            granted = True
-            return grant
-        finally:
-            if not granted:
-                os.close(fd)
-
-    def _wait_for_lock(
-        self, fd: int, lock_path: Path, wait_dir: Path, owner: OwnerInfo, deadline: float | None
-    ) -> bool:
-        # Watch first, then try again: a release between our try and the watch is not missed.
-        watch = _Watch([(lock_path, _Watch._IN_CLOSE)])
-        waiter_fd, waiter_path = self._register_waiter(wait_dir, owner)
-        try:
-            while not _try_lock(fd):
+            while (plan := self._plan(entry)) is not None:
                 remaining = None if deadline is None else deadline - _compat.monotonic()
                 if remaining is not None and remaining <= 0:
-                    return False
+                    return None
+                if watch is None or watch.targets != plan or watch.gone:
+                    # Watch, then look again: a change before the watch was set is not missed.
+                    if watch is not None:
+                        watch.close()
+                    watch = _Watch(plan)
+                    continue
                 watch.wait(remaining)
-            return True
-        finally:
-            watch.close()
-            with contextlib.suppress(OSError):
-                waiter_path.unlink()
-            os.close(waiter_fd)
-
-    def _open(self, path: Path) -> int:
-        try:
-            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            now = time.time_ns()
+            # Writing the grant time is also the signal a later permit waiter watches for.
+            os.pwrite(entry.fd, b"%020d" % now, 0)
+            acquired_at = dt.datetime.fromtimestamp(now / 1e9, dt.UTC)
+            grant = Grant(key, owner, entry.seq, lease, acquired_at, data=entry, mode=mode)
+            self._grants.add(grant)
+            granted = True
+            return grant
         except OSError as exc:
-            raise BackendError(f"cannot open lock file {path}: {exc.strerror}") from exc
+            raise BackendError(f"file lock {key!r}: {exc}") from exc
+        finally:
+            if watch is not None:
+                watch.close()
+            if not granted:
+                entry.leave()
 
-    def _register_waiter(self, wait_dir: Path, owner: OwnerInfo) -> tuple[int, Path]:
-        wait_dir.mkdir(exist_ok=True)
-        record = _record(owner, token=0, acquired_at=None)
-        final = wait_dir / f"{_compat.monotonic_ns():020d}-{owner.owner}.json"
-        tmp = final.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        _try_lock(fd)  # lock before it becomes visible, so a listed waiter is always locked
-        os.write(fd, json.dumps(record).encode())
-        os.rename(tmp, final)
-        return fd, final
+    def _enqueue(self, key: str, owner: OwnerInfo, mode: Mode) -> _Entry:
+        """Append our entry: number it and create it under the queue file's short lock, so
+        entries appear in sequence order and each is locked before anyone can list it."""
+        record = _WAITING + b"\n" + owner.meta.encode()
+        queue = self._queue(key)
+        try:
+            fcntl.fcntl(queue.fd, _SETLKW, _WRLCK)
+            while os.fstat(queue.fd).st_nlink == 0:  # deleted by hand: use the new one
+                fcntl.fcntl(queue.fd, _SETLK, _UNLCK)
+                queue = self._queue(key, stale=queue)
+                fcntl.fcntl(queue.fd, _SETLKW, _WRLCK)
+        except OSError as exc:
+            raise BackendError(f"cannot lock {queue.lock_path}: {exc.strerror}") from exc
+        try:
+            seq, limit = _HEADER.unpack(os.pread(queue.fd, _HEADER.size, 0).ljust(16, b"\0"))
+            if seq == 0:  # a new (or hand-recreated) queue file: continue after what is left
+                seq = max([int(n[:20]) for n in _listdir(queue.dir)] + [_old_token(queue)])
+            if mode.limit and limit != mode.limit:
+                if limit and any(self._live(queue.dir, n) for n in _listdir(queue.dir)):
+                    raise limit_mismatch(key.partition("/")[2], limit, mode.limit)
+                limit = mode.limit
+            entry = _Entry(queue, seq + 1, mode, owner.owner)
+            os.pwrite(queue.fd, _HEADER.pack(entry.seq, limit), 0)
+            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            try:
+                fd = os.open(entry.path, flags, 0o644)
+            except FileNotFoundError:  # the queue directory was deleted by hand
+                os.makedirs(queue.dir, exist_ok=True)
+                fd = os.open(entry.path, flags, 0o644)
+            entry.fd = fd
+            _INHERITED.add(fd)
+            try:
+                fcntl.fcntl(fd, _SETLK, _WRLCK)
+                os.write(fd, record)
+            except OSError:
+                entry.leave()
+                raise
+            return entry
+        except OSError as exc:
+            raise BackendError(f"cannot queue for {key!r} in {queue.dir}: {exc}") from exc
+        finally:
+            fcntl.fcntl(queue.fd, _SETLK, _UNLCK)
 
-    def _grant(self, fd: int, key: str, state_path: Path, owner: OwnerInfo, lease: Lease) -> Grant:
-        previous = _read_json(state_path)
-        token = int(previous.get("token", 0)) + 1 if previous else 1
-        acquired_at = utcnow()
-        record = _record(owner, token=token, acquired_at=acquired_at)
-        record["name"] = key.partition("/")[2]
-        _write_json(state_path, record)
-        grant = Grant(key, owner, token, lease, acquired_at, data=fd)
-        _HELD_FDS.add(fd)
-        self._grants.add(grant)
-        return grant
+    def _plan(self, entry: _Entry) -> tuple[tuple[str, int], ...] | None:
+        """None if ``entry`` may be granted (``base.grantable``), else the entries to watch."""
+        names = sorted(_listdir(entry.queue.dir))
+        ahead = names[: bisect_left(names, entry.name)]
+        live: list[str] = []  # live entries before ours that matter to us, nearest first
+        for name in reversed(ahead):
+            if entry.mode.shared and not entry.mode.limit and name[21] != "x":
+                continue  # a reader waits only for writers
+            if self._live(entry.queue.dir, name):
+                live.append(name)
+                if len(live) > entry.mode.limit:  # enough to decide
+                    break
+        exclusive_ahead = any(name[21] == "x" for name in live)
+        if grantable(entry.mode, len(live), exclusive_ahead):
+            return None
+        path = os.path.join(entry.queue.dir, live[0])
+        if entry.mode.limit and len(live) == entry.mode.limit:
+            # The first permit waiter: any holder's departure grants it.
+            return tuple((os.path.join(entry.queue.dir, n), _IN_CLOSE_WRITE) for n in live)
+        if entry.mode.limit:
+            # A later permit waiter moves up when its predecessor leaves or is granted.
+            return ((path, _IN_CLOSE_WRITE | _IN_MODIFY),)
+        return ((path, _IN_CLOSE_WRITE),)
+
+    @staticmethod
+    def _live(queue_dir: str, name: str) -> bool:
+        """Whether the entry ``name`` (before ours) is alive; a dead one is unlinked."""
+        path = os.path.join(queue_dir, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            if _locked(fd):
+                return True
+        finally:
+            os.close(fd)
+        # Entries are locked from creation until unlinked: unlocked and present means its
+        # process died (the kernel dropped the lock). Its name is never reused.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return False
 
     def release(self, grant: Grant) -> bool:
-        fd = grant.data
-        if fd is None:
+        """Delete our own entry (the release path): unlink, then close, which frees the lock
+        and wakes exactly the contenders watching this entry."""
+        entry: _Entry | None = grant.data
+        if entry is None:
             return False
         grant.data = None
         self._grants.discard(grant)
-        _HELD_FDS.discard(fd)
-        ours = self._still_ours_fd(fd, grant.key)
         try:
-            _unlock(fd)
-        finally:
-            os.close(fd)  # the close is what wakes the waiters (inotify IN_CLOSE_WRITE)
+            try:
+                ours = entry.ours()
+            finally:
+                entry.leave()
+        except OSError as exc:
+            raise BackendError(f"cannot release {grant.key!r}: {exc}") from exc
         return ours
 
     def check(self, grant: Grant) -> bool:
-        return self._still_ours(grant)
+        return self._ours(grant)
 
-    def _still_ours(self, grant: Grant) -> bool:
-        fd = grant.data
-        return fd is not None and self._still_ours_fd(fd, grant.key)
-
-    def _still_ours_fd(self, fd: int, key: str) -> bool:
-        # Ours while the path still names the file we locked (nobody deleted or replaced it).
+    def _ours(self, grant: Grant) -> bool:
+        entry: _Entry | None = grant.data
         try:
-            mine = os.fstat(fd)
-            current = os.stat(self._paths(key)[0])
-        except OSError:
-            return False
-        return (mine.st_dev, mine.st_ino) == (current.st_dev, current.st_ino)
+            return entry is not None and entry.ours()
+        except OSError as exc:
+            raise BackendError(f"cannot check {grant.key!r}: {exc}") from exc
 
     def set_value(self, grant: Grant, value: str) -> bool:
-        if not self._still_ours(grant):
+        entry: _Entry | None = grant.data
+        if entry is None or not self._ours(grant):
             return False
-        state_path = self._paths(grant.key)[1]
-        record = _read_json(state_path) or {}
-        if record.get("owner") != grant.owner.owner:
-            return False
-        record["value"] = value
-        _write_json(state_path, record)
+        owner = grant.owner
+        record = json.dumps({"host": owner.host, "pid": owner.pid, "value": value}).encode()
+        try:
+            # One write, padded with blanks (which JSON ignores) over a longer old record, so a
+            # reader never sees half of it.
+            old = os.fstat(entry.fd).st_size - len(_WAITING) - 1
+            os.pwrite(entry.fd, record.ljust(old), len(_WAITING) + 1)
+        except OSError as exc:
+            raise BackendError(f"cannot write {entry.path}: {exc}") from exc
         return True
 
     # Inspection.
 
     def holder(self, key: str) -> Holder | None:
-        lock_path, state_path, _ = self._paths(key)
-        if not _is_locked(lock_path):
-            return None
-        record = _read_json(state_path)
-        if not record:
-            return None
-        return _holder(key, record)
+        found = self.contenders(key)
+        return found[0] if found and not found[0].waiting else None
 
     def contenders(self, key: str) -> list[Holder]:
-        wait_dir = self._paths(key)[2]
+        queue_dir = self._paths(key)[1]
         found: list[Holder] = []
-        current = self.holder(key)
-        if current is not None:
-            found.append(current)
         try:
-            entries = sorted(wait_dir.glob("*.json"))
-        except OSError:
-            entries = []
-        for entry in entries:
-            if not _is_locked(entry):
-                continue  # its process died or just stopped waiting
-            record = _read_json(entry)
-            if record and (current is None or record.get("owner") != current.owner):
-                found.append(_holder(key, record))
-        return found
+            for name in sorted(_listdir(queue_dir)):
+                data = _read_live(os.path.join(queue_dir, name))
+                if data is not None:  # None: its process died, or it is leaving
+                    found.append(_holder(key, name, data))
+        except OSError as exc:
+            raise BackendError(f"cannot read {queue_dir}: {exc}") from exc
+        return sorted(found, key=lambda h: h.waiting)  # holders first (a stable sort)
 
     def changes(self, key: str) -> Iterator[None]:
-        lock_path, state_path, _ = self._paths(key)
-        os.close(self._open(lock_path))  # so the watch has a file to watch
-        watch = _Watch([(lock_path, _Watch._IN_CLOSE), (state_path.parent, _Watch._IN_MOVED_TO)])
+        queue_dir = self._queue(key).dir
+        # Any entry granted (its grant time written), given a new value, closed or deleted.
+        watch = _Watch([(queue_dir, _IN_MODIFY | _IN_CLOSE_WRITE | _IN_DELETE)])
         try:
             while True:
                 yield
@@ -380,54 +511,58 @@ class FileDriver:
             watch.close()
 
     def forget_after_fork(self) -> None:
-        # The at-fork hook already closed the child's copies of our lock files.
+        # The at-fork hook already closed the child's copies of our files.
         for grant in list(self._grants):
             grant.data = None
         self._grants = weakref.WeakSet()
+        self._queues = {}  # the fork hook closed the inherited files
 
 
-def _record(owner: OwnerInfo, *, token: int, acquired_at: dt.datetime | None) -> dict[str, Any]:
-    return {
-        "owner": owner.owner,
-        "host": owner.host,
-        "pid": owner.pid,
-        "token": token,
-        "acquired_at": None if acquired_at is None else acquired_at.isoformat(),
-        "value": owner.value,
-    }
-
-
-def _holder(key: str, record: dict[str, Any]) -> Holder:
-    acquired = record.get("acquired_at")
-    return Holder(
-        name=key.partition("/")[2],
-        owner=str(record.get("owner", "")),
-        host=str(record.get("host", "")),
-        pid=int(record.get("pid", 0)),
-        token=int(record.get("token", 0)),
-        acquired_at=None if acquired is None else dt.datetime.fromisoformat(acquired),
-        expires_in=None,
-        value=record.get("value"),
-    )
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _listdir(path: str) -> list[str]:
     try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read() or b"null")
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
+def _read_live(path: str) -> bytes | None:
+    """An entry's content, or None if it is gone or its lock is (its process died)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
-        raise BackendError(f"cannot read {path}: {exc}") from exc
-    return data if isinstance(data, dict) else None
-
-
-def _write_json(path: Path, record: dict[str, Any]) -> None:
-    # Only the lock holder writes, so one temp name per file is enough.
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(json.dumps(record).encode())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise BackendError(f"cannot write {path}: {exc.strerror}") from exc
+        return os.pread(fd, os.fstat(fd).st_size, 0) if _locked(fd) else None
+    finally:
+        os.close(fd)
+
+
+def _old_token(queue: _Queue) -> int:
+    """The last token of the layout before the queue (``<stem>.json``), so that tokens keep
+    increasing across the upgrade."""
+    try:
+        with open(queue.lock_path.removesuffix(".lock") + ".json", "rb") as f:
+            return int(json.loads(f.read()).get("token", 0))
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
+def _holder(key: str, name: str, data: bytes) -> Holder:
+    head, _, meta = data.partition(b"\n")
+    granted = int(head or b"0")
+    try:
+        record: dict[str, Any] = json.loads(meta or b"{}")
+    except ValueError:  # its owner is writing it (first write): no record yet
+        record = {}
+    return Holder(
+        name=key.partition("/")[2],
+        owner=name[23:],
+        host=str(record.get("host", "")),
+        pid=int(record.get("pid", 0)),
+        token=int(name[:20]) if granted else 0,
+        acquired_at=dt.datetime.fromtimestamp(granted / 1e9, dt.UTC) if granted else None,
+        expires_in=None,
+        value=record.get("value"),
+        mode=_MODE_NAMES[name[21]],
+        waiting=not granted,
+    )

@@ -1,0 +1,467 @@
+"""File-backend specifics, with real processes: FIFO across processes, one wake-up per grant (no
+herd), and SIGKILL at several points (holder, waiters, inside the queue file's short lock, an
+entry created but never locked) never leaves anything that blocks the next acquire. Run on the
+disk (``tmp_path``) and on tmpfs (``/dev/shm``) where there is one."""
+
+from __future__ import annotations
+
+import fcntl
+import multiprocessing
+import os
+import shutil
+import signal
+import struct
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tenure
+from tenure._async.backends.file import _stem
+from tenure._sync.backends import file as file_backend
+
+SPAWN = multiprocessing.get_context("spawn")
+DEADLINE = 30.0
+
+
+@pytest.fixture(params=["disk", "tmpfs"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "disk":
+        yield f"file://{tmp_path / 'locks'}"
+        return
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no tmpfs at /dev/shm")
+    root = tempfile.mkdtemp(prefix="tenure-test-", dir="/dev/shm")
+    try:
+        yield f"file://{root}"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# Worker processes (spawned: they import this module).
+
+
+def _contend(url: str, kind: str, name: str, log: str, index: int, hold: bool) -> None:
+    """Queue for ``name`` (lock, read, write or permit:N); once granted log ``index token
+    wakeups``; then release at once, or (``hold``) keep it until killed."""
+    watch = file_backend._Watch
+    with tenure.connect(url) as client:
+        if kind == "lock":
+            lock = client.lock(name)
+        elif kind in ("read", "write"):
+            lock = getattr(client.rwlock(name), kind)
+        else:
+            lock = client.semaphore(name, limit=int(kind.partition(":")[2]))
+        before = watch.wakeups
+        assert lock.acquire(timeout=DEADLINE)
+        with open(log, "a") as f:
+            f.write(f"{index} {lock.token} {watch.wakeups - before}\n")
+        if hold:
+            signal.pause()  # until the test kills us
+        lock.release()
+
+
+def _loop(url: str, kind: str, name: str, rounds: int, done: Any) -> None:
+    """Acquire and release ``rounds`` times, counting in ``done`` (killed anywhere on the way)."""
+    with tenure.connect(url) as client:
+        for _ in range(rounds):
+            if kind == "lock":
+                lock = client.lock(name)
+            elif kind == "permit":
+                lock = client.semaphore(name, limit=2)
+            else:  # rwlock: a writer one round in three
+                lock = getattr(client.rwlock(name), "write" if done.value % 3 == 0 else "read")
+            assert lock.acquire(timeout=DEADLINE)
+            lock.release()
+            done.value += 1
+
+
+def _hold_queue_lock(lock_path: str, marker: str) -> None:
+    """Die (when killed) inside the queue file's critical section."""
+    os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT)
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 0, 0, 0))
+    Path(marker).touch()
+    signal.pause()
+
+
+# Helpers.
+
+
+class Procs:
+    def __init__(self, url: str, log: Path) -> None:
+        self.url, self.log = url, log
+        self.started: list[multiprocessing.process.BaseProcess] = []
+
+    def start(self, kind: str, name: str, index: int, hold: bool = False) -> int:
+        proc = SPAWN.Process(
+            target=_contend, args=(self.url, kind, name, str(self.log), index, hold)
+        )
+        proc.start()
+        self.started.append(proc)
+        assert proc.pid is not None
+        return proc.pid
+
+    def kill(self, pid: int) -> None:
+        os.kill(pid, signal.SIGKILL)
+        for proc in self.started:
+            if proc.pid == pid:
+                proc.join(DEADLINE)
+                assert proc.exitcode == -signal.SIGKILL
+
+    def join(self) -> None:
+        for proc in self.started:
+            proc.join(DEADLINE)
+        for proc in self.started:
+            assert proc.exitcode in (0, -signal.SIGKILL), f"worker ended with {proc.exitcode}"
+
+    def stop(self) -> None:
+        for proc in self.started:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(10)
+
+    def logged(self) -> list[tuple[int, int, int]]:
+        if not self.log.exists():
+            return []
+        rows = [line.split() for line in self.log.read_text().splitlines()]
+        return [(int(a), int(b), int(c)) for a, b, c in rows]
+
+
+@pytest.fixture
+def procs(url: str, tmp_path: Path) -> Iterator[Procs]:
+    made = Procs(url, tmp_path / "log")
+    try:
+        yield made
+    finally:
+        made.stop()
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    delay = 0.001
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def queued(client: tenure.Client, key: str, n: int, waiting: int | None = None) -> None:
+    """Wait until ``key`` (``kind/name``) has ``n`` live contenders (``waiting`` of them queued)."""
+    kind, _, name = key.partition("/")
+
+    def reached() -> bool:
+        found = client._driver.contenders(key)  # type: ignore[attr-defined]
+        return len(found) == n and (waiting is None or sum(h.waiting for h in found) == waiting)
+
+    wait_until(reached, f"{n} contenders of {kind} {name!r}")
+
+
+def queue_dir(url: str, kind: str, name: str) -> Path:
+    return Path(url.removeprefix("file://")) / "tenure" / kind / f"{_stem(name)}.queue"
+
+
+# FIFO and waking.
+
+
+def test_waiting_processes_are_granted_in_arrival_order_one_wakeup_each(
+    url: str, procs: Procs
+) -> None:
+    with tenure.connect(url) as client:
+        holder = client.lock("fifo")
+        assert holder.acquire()
+        first_token = holder.token
+        for i in range(5):
+            procs.start("lock", "fifo", i)
+            queued(client, "lock/fifo", i + 2)
+        holder.release()
+        procs.join()
+        log = procs.logged()
+        assert [i for i, _, _ in log] == [0, 1, 2, 3, 4]
+        tokens = [t for _, t, _ in log]
+        assert tokens == sorted(tokens)
+        assert tokens[0] > first_token
+        # Each waiter watched only its predecessor: one release, one wake-up (no herd).
+        assert [w for _, _, w in log] == [1] * 5
+
+
+def test_a_release_wakes_exactly_the_run_of_readers(url: str, procs: Procs) -> None:
+    with tenure.connect(url) as client:
+        writer = client.rwlock("books").write
+        assert writer.acquire()
+        for i in range(3):
+            procs.start("read", "books", i, hold=True)
+            queued(client, "rwlock/books", i + 2)
+        procs.start("write", "books", 3)  # behind the readers: not woken by our release
+        queued(client, "rwlock/books", 5)
+        writer.release()
+        queued(client, "rwlock/books", 4, waiting=1)  # three readers in, the writer waits
+        wait_until(lambda: len(procs.logged()) == 3, "the readers to log their grants")
+        rows = procs.logged()
+        assert sorted(i for i, _, _ in rows) == [0, 1, 2]
+        assert [w for _, _, w in rows] == [1, 1, 1]
+        for pid in [p.pid for p in procs.started[:3]]:
+            assert pid is not None
+            procs.kill(pid)  # killed readers free the read side at once
+        procs.join()
+        assert procs.logged()[-1][0] == 3
+
+
+def test_semaphore_waiters_move_up_without_a_herd(url: str, procs: Procs) -> None:
+    with tenure.connect(url) as a, tenure.connect(url) as b:
+        first, second = a.semaphore("gpu", limit=2), b.semaphore("gpu", limit=2)
+        assert first.acquire()
+        assert second.acquire()
+        for i in range(4):
+            procs.start("permit:2", "gpu", i)
+            queued(a, "semaphore/gpu", i + 3)
+        first.release()
+        procs.join()
+        log = procs.logged()
+        assert [i for i, _, _ in log] == [0, 1, 2, 3]
+        # The first waiter wakes once (a holder left); a later one at most twice (its
+        # predecessor was granted, then a holder left). A herd would wake all on each release.
+        assert log[0][2] == 1
+        assert all(w <= 2 for _, _, w in log), log
+        second.release()
+
+
+# Crashes (SIGKILL) at several points.
+
+
+def test_killed_holder_hands_over_in_order(url: str, procs: Procs) -> None:
+    with tenure.connect(url) as client:
+        pid = procs.start("lock", "crash", 0, hold=True)
+        queued(client, "lock/crash", 1, waiting=0)
+        for i in (1, 2):
+            procs.start("lock", "crash", i)
+            queued(client, "lock/crash", i + 1)
+        procs.kill(pid)
+        procs.join()
+        log = procs.logged()
+        assert [i for i, _, _ in log] == [0, 1, 2]
+        assert [t for _, t, _ in log] == sorted(t for _, t, _ in log)  # tokens survive it
+        assert client.lock("crash").acquire(blocking=False)
+
+
+def test_killed_waiters_are_skipped(url: str, procs: Procs) -> None:
+    with tenure.connect(url) as client:
+        holder = client.lock("skip")
+        assert holder.acquire()
+        pids = []
+        for i in range(4):
+            pids.append(procs.start("lock", "skip", i))
+            queued(client, "lock/skip", i + 2)
+        procs.kill(pids[1])  # in the middle of the queue
+        procs.kill(pids[3])  # at its tail
+        queued(client, "lock/skip", 3)
+        holder.release()
+        procs.join()
+        assert [i for i, _, _ in procs.logged()] == [0, 2]
+        later = client.lock("skip")
+        assert later.acquire(blocking=False)
+        later.release()
+        assert not any(queue_dir(url, "lock", "skip").iterdir())  # dead entries were removed
+
+
+def test_killed_first_permit_waiter_is_skipped(url: str, procs: Procs) -> None:
+    with tenure.connect(url) as client:
+        held = client.semaphore("pool", limit=1)
+        assert held.acquire()
+        first = procs.start("permit:1", "pool", 0)
+        queued(client, "semaphore/pool", 2)
+        procs.start("permit:1", "pool", 1)
+        queued(client, "semaphore/pool", 3)
+        procs.kill(first)
+        held.release()
+        procs.join()
+        assert [i for i, _, _ in procs.logged()] == [1]
+        # The key is empty again: a new limit is taken.
+        other = client.semaphore("pool", limit=3)
+        assert other.acquire(blocking=False)
+        other.release()
+
+
+def test_killed_reader_lets_the_waiting_writer_in(url: str, procs: Procs) -> None:
+    with tenure.connect(url) as client:
+        reader = procs.start("read", "shelf", 0, hold=True)
+        queued(client, "rwlock/shelf", 1, waiting=0)
+        writer = client.rwlock("shelf").write
+        assert not writer.acquire(blocking=False)
+        procs.start("write", "shelf", 1)
+        queued(client, "rwlock/shelf", 2)
+        procs.kill(reader)
+        procs.join()
+        assert [i for i, _, _ in procs.logged()] == [0, 1]
+        assert writer.acquire(blocking=False)
+        writer.release()
+
+
+@pytest.mark.parametrize("kind", ["lock", "permit", "rwlock"])
+def test_kills_at_random_points_never_block_the_survivors(url: str, kind: str) -> None:
+    workers, rounds = 6, 150
+    done = [SPAWN.Value("i", 0, lock=False) for _ in range(workers)]
+    # The even ones run until killed (their bound is only a safety net), the odd ones `rounds`.
+    bounds = [rounds * 1000 if i % 2 == 0 else rounds for i in range(workers)]
+    started = [
+        SPAWN.Process(target=_loop, args=(url, kind, "stress", bounds[i], done[i]))
+        for i in range(workers)
+    ]
+    for proc in started:
+        proc.start()
+    try:
+        # Kill half of them at different moments of their loops: queueing, waiting, holding,
+        # releasing, wherever each happens to be.
+        for i, after in zip(range(0, workers, 2), (5, 40, 90), strict=True):
+            wait_until(lambda i=i, after=after: done[i].value >= after, f"worker {i} to run")
+            os.kill(started[i].pid or 0, signal.SIGKILL)
+        for proc in started:
+            proc.join(DEADLINE * 2)
+        assert [p.exitcode for p in started] == [-signal.SIGKILL, 0] * (workers // 2)
+        assert [done[i].value for i in range(1, workers, 2)] == [rounds] * (workers // 2)
+    finally:
+        for proc in started:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(10)
+    key_kind = "semaphore" if kind == "permit" else kind
+    with tenure.connect(url) as client:
+        lock = (
+            client.lock("stress")
+            if kind == "lock"
+            else client.semaphore("stress", limit=2)
+            if kind == "permit"
+            else client.rwlock("stress").write
+        )
+        assert lock.acquire(blocking=False)
+        assert len(list(queue_dir(url, key_kind, "stress").iterdir())) == 1  # only ours is left
+        lock.release()
+
+
+def test_death_inside_the_queue_lock_blocks_nobody(url: str, tmp_path: Path) -> None:
+    lock_path = Path(url.removeprefix("file://")) / "tenure" / "lock" / "mid.lock"
+    marker = tmp_path / "in"
+    proc = SPAWN.Process(target=_hold_queue_lock, args=(str(lock_path), str(marker)))
+    proc.start()
+    try:
+        wait_until(marker.exists, "the child to take the queue lock")
+        os.kill(proc.pid or 0, signal.SIGKILL)
+        proc.join(DEADLINE)
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join(10)
+    with tenure.connect(url) as client:
+        lock = client.lock("mid")
+        assert lock.acquire(timeout=DEADLINE)
+        lock.release()
+
+
+def test_an_entry_created_but_never_locked_is_dead(url: str) -> None:
+    with tenure.connect(url) as client:
+        lock = client.lock("orphan")
+        assert lock.acquire()
+        first = lock.token
+        lock.release()
+        # What a process killed between creating its entry and locking it leaves behind.
+        entries = queue_dir(url, "lock", "orphan")
+        stale = entries / f"{first + 1:020d}-x-{'0' * 32}"
+        stale.write_bytes(b"0" * 20 + b"\n{}")
+        assert client.contenders("orphan") == []
+        bumped = Path(str(entries).removesuffix(".queue") + ".lock")
+        bumped.write_bytes(struct.pack("<QQ", first + 1, 0))
+        assert lock.acquire(blocking=False)
+        assert lock.token == first + 2
+        assert not stale.exists()
+        lock.release()
+
+
+# Inspection, loss, and the documented exception.
+
+
+def test_contenders_in_grant_order_with_modes(url: str, procs: Procs) -> None:
+    with tenure.connect(url) as client:
+        reader = client.rwlock("desk").read
+        assert reader.acquire()
+        procs.start("write", "desk", 0)
+        queued(client, "rwlock/desk", 2)
+        procs.start("read", "desk", 1)
+        queued(client, "rwlock/desk", 3)
+        found = client.rwlock("desk").contenders()
+        assert [(h.mode, h.waiting) for h in found] == [
+            ("shared", False),
+            ("exclusive", True),
+            ("shared", True),
+        ]
+        assert found[0].token == reader.token
+        assert [h.token for h in found[1:]] == [0, 0]
+        assert len({h.pid for h in found}) == 3
+        reader.release()
+        procs.join()
+        assert [i for i, _, _ in procs.logged()] == [0, 1]
+
+
+def test_deleting_the_holders_entry_makes_it_lost(url: str) -> None:
+    with tenure.connect(url) as a, tenure.connect(url) as b:
+        lock = a.lock("taken")
+        assert lock.acquire()
+        token = lock.token
+        (entry,) = queue_dir(url, "lock", "taken").iterdir()
+        entry.unlink()
+        with pytest.raises(tenure.LockLostError):
+            lock.ensure_held()
+        other = b.lock("taken")
+        assert other.acquire(blocking=False)
+        assert other.token > token
+        other.release()
+
+
+def test_waiting_without_inotify_backs_off(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(file_backend._Watch, "_libc", False)
+    monkeypatch.setattr(file_backend, "_IDLE_INOTIFY", [])
+    with tenure.connect(url) as a, tenure.connect(url) as b:
+        holder = a.lock("plain")
+        assert holder.acquire()
+        waiter = b.lock("plain")
+        assert not waiter.acquire(timeout=0.1)
+        holder.release()
+        assert waiter.acquire(timeout=DEADLINE)
+        waiter.release()
+
+
+def test_inotify_instances_are_reused(url: str) -> None:
+    idle = len(file_backend._IDLE_INOTIFY)  # other tests' waits in this process left some
+    with tenure.connect(url) as a, tenure.connect(url) as b:
+        holder = a.lock("reuse")
+        for _ in range(20):
+            assert holder.acquire()
+            assert not b.lock("reuse").acquire(timeout=0.01)
+            holder.release()
+    assert len(file_backend._IDLE_INOTIFY) == max(idle, 1)
+
+
+def test_a_shorter_value_replaces_a_longer_one(url: str) -> None:
+    with tenure.connect(url) as client:
+        election = client.election("svc", value="a-rather-long-value")
+        assert election.campaign()
+        election.proclaim("x")
+        leader = client.election("svc").leader()
+        assert leader is not None
+        assert leader.value == "x"
+        election.resign()
+
+
+def test_tokens_continue_from_the_previous_layout(url: str) -> None:
+    """The layout before the queue kept the last token in ``<stem>.json``."""
+    kind_dir = Path(url.removeprefix("file://")) / "tenure" / "lock"
+    kind_dir.mkdir(parents=True)
+    (kind_dir / "old.lock").touch()
+    (kind_dir / "old.json").write_text('{"owner": "x", "token": 41}')
+    with tenure.connect(url) as client:
+        lock = client.lock("old")
+        assert lock.acquire(blocking=False)
+        assert lock.token == 42
+        lock.release()
