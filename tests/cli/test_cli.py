@@ -119,6 +119,12 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT)
         time.sleep(0.02)
 
 
+def standing_by(url: str, name: str) -> bool:
+    """Whether election ``name`` has a leader and at least one standby."""
+    with tenure.connect(url) as client:
+        return len(client.election(name).candidates()) >= 2
+
+
 def kill_pid_in(marker: Path) -> None:
     """Kill the child whose pid ``marker`` holds (a CMD orphaned by a SIGKILLed tenure)."""
     try:
@@ -549,7 +555,6 @@ def test_bench_bad_arguments(url: str) -> None:
 
 def test_elect_standby_takes_over_when_the_leader_dies(url: str, tmp_path: Path) -> None:
     marker_a, marker_b = tmp_path / "a.pid", tmp_path / "b.json"
-    wait_dir = Path(url.removeprefix("file://")) / "tenure" / "election" / "svc.wait"
     first = spawn("elect", "svc", "--url", url, "--value", "a", *child(TRAPPING_CHILD, marker_a))
     second: subprocess.Popen[str] | None = None
     try:
@@ -557,7 +562,7 @@ def test_elect_standby_takes_over_when_the_leader_dies(url: str, tmp_path: Path)
         second = spawn(
             "elect", "svc", "--url", url, "--value", "b", *child(ENV_CHILD, marker_b, "7")
         )
-        wait_for(lambda: any(wait_dir.glob("*.json")), "the second candidate to stand by")
+        wait_for(lambda: standing_by(url, "svc"), "the second candidate to stand by")
         assert not marker_b.exists()
         leader = tenure_cli("status", "svc", "--election", "--url", url, "--json")
         assert json.loads(leader.stdout)["holder"]["value"] == "a"
@@ -577,13 +582,12 @@ def test_elect_standby_takes_over_when_the_leader_dies(url: str, tmp_path: Path)
 
 def test_elect_standby_exits_130_on_sigint(url: str, tmp_path: Path) -> None:
     marker_a, marker_b = tmp_path / "a.pid", tmp_path / "b.json"
-    wait_dir = Path(url.removeprefix("file://")) / "tenure" / "election" / "svc.wait"
     first = spawn("elect", "svc", "--url", url, *child(TRAPPING_CHILD, marker_a))
     second: subprocess.Popen[str] | None = None
     try:
         wait_for(marker_a.exists, "the first candidate's CMD to start")
         second = spawn("elect", "svc", "--url", url, *child(ENV_CHILD, marker_b, "0"))
-        wait_for(lambda: any(wait_dir.glob("*.json")), "the second candidate to stand by")
+        wait_for(lambda: standing_by(url, "svc"), "the second candidate to stand by")
         second.send_signal(signal.SIGINT)
         code, _, err = finish(second)
         assert code == 130, err
