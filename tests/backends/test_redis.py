@@ -320,26 +320,152 @@ def test_a_waiter_that_leaves_after_being_granted_passes_the_grant_on(
     from tenure import _redis_lua as lua
 
     p = f"{ns}:{{lock/given}}:"
-    keys = [p + "holder", p + "token", p + "queue", p + "seq"]
+    keys = [p + "holder"]
     acquire, release = raw.register_script(lua.ACQUIRE), raw.register_script(lua.RELEASE)
     leave = raw.register_script(lua.LEAVE)
     meta = '{"host": "h", "pid": 1, "value": null}'
-    assert acquire(keys=keys, args=["A", 10000, meta, "q"])[0] == 1
-    assert acquire(keys=keys, args=["B", 10000, meta, "q"])[0] == 0
-    assert acquire(keys=keys, args=["C", 10000, meta, "q"])[0] == 0
-    assert release(keys=keys[:3], args=["A", ""]) == 1
+    assert acquire(keys=keys, args=["A", 10000, meta, "q", "x", 0])[0] == 1
+    assert acquire(keys=keys, args=["B", 10000, meta, "q", "x", 0])[0] == 0
+    assert acquire(keys=keys, args=["C", 10000, meta, "q", "x", 0])[0] == 0
+    assert release(keys=keys, args=["A", ""]) == 1
     # B is now the holder and its grant waits in its list; B gives up without reading it.
     assert raw.hget(p + "holder", "owner") == "B"
     token_b = int(raw.lrange(p + "s:B", 0, -1)[0].split()[0])
-    assert leave(keys=keys[:3], args=["B", ""]) == 1
+    assert leave(keys=keys, args=["B", ""]) == 1
     assert raw.hget(p + "holder", "owner") == "C"
     pushed = raw.lrange(p + "s:C", 0, -1)
     assert len(pushed) == 1
     assert int(pushed[0].split()[0]) == token_b + 1
     # Nothing of B is left; C takes its grant (acquire finds it) and releases: only counters stay.
-    assert acquire(keys=keys, args=["C", 10000, meta, "q"])[:2] == [1, token_b + 1]
-    assert release(keys=keys[:3], args=["C", ""]) == 1
+    assert acquire(keys=keys, args=["C", 10000, meta, "q", "x", 0])[:2] == [1, token_b + 1]
+    assert release(keys=keys, args=["C", ""]) == 1
     assert sorted(raw.keys(p + "*")) == sorted([p + "token", p + "seq"])
+
+
+def test_one_queue_grants_the_run_of_readers_and_permits_in_order(
+    raw: redis.Redis, ns: str
+) -> None:
+    """The release script grants exactly the waiters the rule allows: the run of readers at the
+    head (not the reader behind the next writer), then that writer alone; a permit waiter when a
+    permit comes back. Every grant is pushed, with a token from the one counter."""
+    from tenure import _redis_lua as lua
+
+    acquire, release = raw.register_script(lua.ACQUIRE), raw.register_script(lua.RELEASE)
+    meta = '{"host": "h", "pid": 1, "value": null}'
+    p = f"{ns}:{{rwlock/run}}:"
+    keys = [p + "holder"]
+
+    def ask(owner: str, mode: str, limit: int = 0) -> list[int]:
+        return acquire(keys=keys, args=[owner, 10000, meta, "q", mode, limit])  # type: ignore[no-any-return]
+
+    assert ask("W1", "x")[0] == 1
+    for owner, mode in [("R1", "s"), ("R2", "s"), ("W2", "x"), ("R3", "s")]:
+        assert ask(owner, mode)[0] == 0
+    assert release(keys=keys, args=["W1", ""]) == 1
+    granted = {o for o in ("R1", "R2", "W2", "R3") if raw.llen(p + "s:" + o)}
+    assert granted == {"R1", "R2"}
+    assert raw.zrange(p + "shared", 0, -1) == ["R1", "R2"]
+    assert raw.zrange(p + "queue", 0, -1) == ["W2", "R3"]
+    assert release(keys=keys, args=["R1", ""]) == 1
+    assert not raw.llen(p + "s:W2")  # R2 still reads
+    assert release(keys=keys, args=["R2", ""]) == 1
+    assert raw.hget(p + "holder", "owner") == "W2"
+    assert not raw.llen(p + "s:R3")
+    tokens = [int(raw.lrange(p + "s:" + o, 0, 0)[0].split()[0]) for o in ("R1", "R2", "W2")]
+    assert tokens == sorted(tokens)
+    assert len(set(tokens)) == 3
+
+    q = f"{ns}:{{semaphore/permits}}:"
+    keys = [q + "holder"]
+    assert ask("P1", "p", 2)[0] == 1
+    assert ask("P2", "p", 2)[0] == 1
+    assert ask("P3", "p", 2)[0] == 0
+    assert ask("P4", "p", 3) == [-1, 2, 0]  # another limit: refused, nothing written
+    assert raw.zrange(q + "queue", 0, -1) == ["P3"]
+    assert release(keys=keys, args=["P1", ""]) == 1
+    assert raw.llen(q + "s:P3") == 1
+    assert sorted(raw.zrange(q + "shared", 0, -1)) == ["P2", "P3"]
+
+
+def test_raise_never_confirms_two_contenders_with_one_token(raw: redis.Redis, ns: str) -> None:
+    """Redlock's fencing step, on one master: two readers whose quorums picked the same maximum
+    cannot both be raised to it here (the counter already reached it)."""
+    from tenure import _redis_lua as lua
+
+    acquire, raise_token = raw.register_script(lua.ACQUIRE), raw.register_script(lua.RAISE)
+    meta = '{"host": "h", "pid": 1, "value": null}'
+    p = f"{ns}:{{rwlock/fenced}}:"
+    keys = [p + "holder"]
+    first = acquire(keys=keys, args=["R1", 10000, meta, "n", "s", 0])[1]
+    second = acquire(keys=keys, args=["R2", 10000, meta, "n", "s", 0])[1]
+    assert second == first + 1
+    assert raise_token(keys=keys, args=["R1", second]) == 0  # R2 has that token here
+    assert raw.hget(p + "h:R1", "token") == str(first)
+    assert raise_token(keys=keys, args=["R1", second + 5]) == 1
+    assert raw.hget(p + "h:R1", "token") == str(second + 5)
+    assert raw.get(p + "token") == str(second + 5)
+    assert raise_token(keys=keys, args=["nobody", second + 9]) == 0
+
+
+def test_a_dead_readers_entry_expires_and_wakes_the_queued_writer(
+    redis_server: RedisServer, raw: redis.Redis, ns: str
+) -> None:
+    """A reader that stops renewing (here: entries written by the script, never renewed) keeps
+    the writer out until its TTL, and then the writer's BLPOP, timed to the reader's deadline,
+    ends and its next acquire takes the lock: no polling in between."""
+    from tenure import _redis_lua as lua
+
+    acquire = raw.register_script(lua.ACQUIRE)
+    meta = '{"host": "h", "pid": 1, "value": null}'
+    keys = [f"{ns}:{{rwlock/dead}}:holder"]
+    ttl_ms = 1500
+    with tenure.connect(f"{redis_server.url}?namespace={ns}") as client:
+        rw = client.rwlock("dead")
+        started = time.monotonic()
+        for owner in ("dead-1", "dead-2"):
+            assert acquire(keys=keys, args=[owner, ttl_ms, meta, "", "s", 0])[0] == 1
+        assert rw.write.acquire(blocking=False) is False  # (and the scripts are loaded)
+        before = calls(raw, "evalsha")
+        assert rw.write.acquire(timeout=30)
+        waited = time.monotonic() - started
+        print(f"writer granted {waited:.3f} s after the readers' entries were written")
+        assert waited >= ttl_ms / 1000 - 0.1, "the writer got in while readers held"
+        assert waited < ttl_ms / 1000 + 1.5
+        # Its first acquire queued it; its wake at the readers' deadline granted it.
+        assert calls(raw, "evalsha") - before <= 3
+        holders = rw.holders()
+        assert [(h.mode, h.token) for h in holders] == [("exclusive", rw.write.token)]
+        rw.write.release()
+
+
+def test_one_round_trip_renews_entries_of_every_mode(
+    redis_server: RedisServer, raw: redis.Redis, ns: str
+) -> None:
+    with tenure.connect(f"{redis_server.url}?namespace={ns}") as client:
+        session = client.session(ttl=30)
+        lock, reader, writer = session.lock("m"), session.rwlock("r"), session.rwlock("w")
+        permits = [session.semaphore("s", limit=3) for _ in range(2)]
+        for held in [lock, reader.read, writer.write, *permits]:
+            assert held.acquire(blocking=False)
+        assert session._renew()  # the first one may load the script
+        # Age the shared entries, then renew: one script call renews all five.
+        shared = [f"{ns}:{{rwlock/r}}:shared", f"{ns}:{{semaphore/s}}:shared"]
+        for key in shared:
+            for owner in raw.zrange(key, 0, -1):
+                raw.zadd(key, {owner: raw.zscore(key, owner) - 20_000})  # type: ignore[operator]
+        before = calls(raw, "evalsha")
+        assert session._renew()
+        assert calls(raw, "evalsha") - before == 1
+        now_ms = int(raw.time()[0]) * 1000
+        for key in shared:
+            for _, deadline in raw.zrange(key, 0, -1, withscores=True):
+                assert deadline > now_ms + 25_000
+        # A shared entry deleted behind its holder's back is reported by the next renewal.
+        raw.zrem(shared[0], raw.zrange(shared[0], 0, 0)[0])
+        assert session._renew()
+        assert reader.read.lost.is_set()
+        assert all(h.held for h in [lock, writer.write, *permits])
+        session.close()
 
 
 @pytest.fixture

@@ -83,6 +83,14 @@ class FencedResource:
 
 def test_quorum_and_validity_arithmetic() -> None:
     assert [quorum(n) for n in (3, 4, 5, 6, 7)] == [2, 3, 3, 4, 4]
+    assert [quorum(5, limit) for limit in (1, 2, 3, 4, 9)] == [3, 4, 4, 5, 5]
+    for n in range(3, 10):
+        for limit in range(1, 12):
+            q = quorum(n, limit)
+            # limit + 1 holders on q masters each would need a master holding limit + 1...
+            assert (limit + 1) * q > n * limit
+            # ... and one master fewer would not (q is the least such quorum).
+            assert (limit + 1) * (q - 1) <= n * limit
     assert validity(10.0, 0.5, 0.01) == pytest.approx(10.0 - 0.5 - 0.1 - 0.002)
     assert validity(1.0, 1.0, 0.01) < 0
 
@@ -267,13 +275,56 @@ def test_a_grant_leaves_the_queues_of_masters_that_did_not_grant(
     assert leftovers(masters, ns) == {}
 
 
+def test_a_queued_writer_is_not_starved_by_later_readers(
+    masters: list[RedisServer], ns: str
+) -> None:
+    """Not FIFO, but a reader lets a queued writer go first on every master: readers that
+    keep overlapping cannot keep the writer out."""
+    url = f"{redlock_url(masters)}?namespace={ns}"
+    with tenure.connect(url) as a, tenure.connect(url) as b, tenure.connect(url) as c:
+        first, writer, late = a.rwlock("starve"), b.rwlock("starve"), c.rwlock("starve")
+        assert first.read.acquire(blocking=False)
+        read_token = first.read.token
+        runner = Runner()
+        runner.start(lambda: writer.write.acquire(timeout=30))
+        wait_for(lambda: [h.waiting for h in a.rwlock("starve").contenders()] == [False, True])
+        assert not late.read.acquire(blocking=False)  # the writer is queued before it
+        first.read.release()
+        assert runner.join(30) == [True]
+        write_token = writer.write.token
+        assert write_token > read_token
+        assert not late.read.acquire(blocking=False)
+        writer.write.release()
+        assert late.read.acquire(blocking=False)
+        assert late.read.token > write_token
+        late.read.release()
+    assert leftovers(masters, ns) == {}
+
+
+def test_a_permit_needs_its_larger_quorum(masters: list[RedisServer], ns: str) -> None:
+    """With majorities, 3 holders of a limit-2 semaphore could each hold a different 3 of 5
+    masters; so a permit of limit 2 needs 4: with two masters down it is unavailable (and says
+    so), while a lock, an rwlock and a limit-1 semaphore still work on the majority."""
+    url = f"{redlock_url(masters)}?namespace={ns}"
+    masters[3].kill()
+    with tenure.connect(url, retry=NoRetry()) as client:
+        one = client.semaphore("gpu", limit=2)
+        assert one.acquire(blocking=False)  # 4 of 5 masters answer: enough
+        masters[4].kill()
+        with pytest.raises(BackendUnavailableError, match="quorum 4"):
+            client.semaphore("gpu", limit=2).acquire(blocking=False)
+        for held in [client.lock("m"), client.rwlock("r").read, client.semaphore("one", limit=1)]:
+            assert held.acquire(blocking=False)
+            held.release()
+
+
 def test_bad_credentials_and_options(masters: list[RedisServer]) -> None:
     hosts = ",".join(m.endpoint for m in masters)
     with pytest.raises(ConfigurationError) as info:
         tenure.connect(f"redlock://nobody:wrong-pw@{hosts}/0")
     assert "wrong-pw" not in str(info.value)
     assert "rejected the credentials" in str(info.value)
-    with pytest.raises(ConfigurationError, match="fanout"):
-        tenure.connect(f"redlock://{hosts}?fanout=threads")
+    with pytest.raises(ConfigurationError, match="drift_factor must be a number"):
+        tenure.connect(f"redlock://{hosts}?drift_factor=tiny")
     with pytest.raises(ConfigurationError, match="rediss"):
         tenure.connect(f"redlock://{hosts}?ssl_ca_certs=/x")

@@ -1,39 +1,58 @@
 """The ``redlock://h1:p1,h2:p2,h3:p3`` backend: one lock over N independent Redis masters.
 
-Every master runs the Redis driver's scripts (``_redis_lua``) on the same key layout; this module
-adds the quorum around them. ``N`` masters, quorum ``Q = N // 2 + 1``.
+Every master runs the Redis driver's scripts (``_redis_lua``) on the same key layout, so every
+mode (locks, elections, rwlocks, semaphores) works the same way on each; this module adds the
+quorum around them. ``N`` masters, quorum ``Q = N // 2 + 1`` (for a semaphore, see below).
 
 - **Acquire** (one attempt): the acquire script on every master **at once**: written to every
   master's connection first, then the replies read, so the masters work in parallel and the
   attempt waits about one round trip, at most ``node_timeout`` (default 0.1 s, much smaller
-  than any TTL we accept) for all of them together (``_scripts``; ``fanout=pool`` uses asyncio
-  tasks / a bounded thread pool instead, measured 2-3x slower per call on 2 vCPUs). The
-  attempt succeeds if ``Q`` masters granted and the validity ``ttl - elapsed - drift``
-  (``drift = ttl * drift_factor + 2 ms``) is still positive; otherwise the partial grants are
-  given back on every master (owner-checked) and the caller waits (below) and tries again.
+  than any TTL we accept) for all of them together (``_scripts``). The attempt succeeds if
+  ``Q`` masters granted and the validity ``ttl - elapsed - drift`` (``drift = ttl *
+  drift_factor + 2 ms``) is still positive; otherwise the partial grants are given back on
+  every master (owner-checked) and the caller waits (below) and tries again.
+- **Modes and quorums.** Each master enforces ``base.grantable`` on its own holders. A writer
+  and a reader (or two writers) each confirmed by a majority share a master, which never holds
+  both at once: exclusion holds as for a lock. A semaphore is different: two majorities
+  intersect, but a master may hold ``limit`` permits, so with majorities ``limit + 1`` holders
+  can each hold a different majority while no master holds more than ``limit`` (3 masters,
+  limit 2: A on {1, 2}, B on {2, 3}, C on {1, 3}; plain concurrent acquires reach that). So a
+  permit needs ``Q(limit) = N * limit // (limit + 1) + 1`` masters (``quorum``): ``H`` holders
+  hold ``H * Q(limit)`` entries on ``N`` masters of at most ``limit`` each, so ``H <= N *
+  limit / Q(limit) < limit + 1``. For ``limit`` 1 that is the majority; it grows towards ``N``
+  with the limit (5 masters: 3 for limit 1, 4 for limits 2-3, 5 from limit 4), which is the
+  limit of the guarantee: a semaphore survives ``N - Q(limit)`` masters down, not a minority.
 - **Fencing token**: each granting master bumps its own counter (time-seeded, see
   ``_redis_lua``) and returns it; the token is the **maximum over the quorum**. Masters that
-  returned less are raised to it (the ``RAISE`` script, owner-checked) before the grant counts,
-  so a quorum holds counter >= token when the lock is handed out. Any later holder needs a
-  quorum too, which shares a master with ours; it is granted there only after our entry there
-  ended, so its counter bump on that master starts above our token: tokens strictly increase.
-  Assumptions: (1) per-master mutual exclusion, i.e. no master loses a key while it is held
-  (no restart without persistence within a TTL; a master that restarts empty seeds its counter
-  from its clock in microseconds, which keeps tokens increasing as long as its clock does not
-  step back); (2) clock *rates* differ by less than ``drift_factor`` (the Redlock assumption).
-  The common case (all masters in step) costs nothing extra: every bump already equals the max.
+  returned less are raised to it (the ``RAISE`` script, owner-checked) before the grant counts;
+  a master refuses when its counter already reached that value (another grant got there
+  meanwhile). So a quorum holds counter >= token when the key is handed out, and no two
+  contenders are confirmed with one token: two readers of different quorums that picked the
+  same maximum meet on a master where one of them was bumped or raised to it first, which
+  refuses the other (it gives back and tries again). Any later holder needs a quorum too,
+  which shares a master with ours; there it is bumped after our counter reached our token
+  (for a writer: after our entry there ended), so its token is greater: tokens are unique,
+  and strictly increase across holders whose attempts do not overlap (a writer's exceeds
+  every earlier grant's, a reader's every earlier writer's). Assumptions: (1) per-master
+  mutual exclusion, i.e. no master loses a key while it is held (no restart without
+  persistence within a TTL; a master that restarts empty seeds its counter from its clock in
+  microseconds, which keeps tokens increasing as long as its clock does not step back); (2)
+  clock *rates* differ by less than ``drift_factor`` (the Redlock assumption). The common case
+  (all masters in step) costs nothing extra: every bump already equals the max.
 - **Waiting**: FIFO across N independent masters is impossible (no master sees the others'
-  queues). A waiter queues on every master (the queue orders only wake-ups) and blocks in BLPOP
-  on its signal list on the **first master that answered** (the same "home" master for every
-  client while it is up). A release (on every master) pushes a wake-up to the oldest live waiter
-  of each master, so the home master wakes its oldest waiter: roughly arrival order, one waiter
-  per release, no polling. The woken waiter still has to win a quorum. The BLPOP also ends when
-  the holder's TTL on the home master does, or after a random delay (up to ``retry_delay``)
-  when no contender holds a quorum (a split), which is Redlock's "retry after a random delay".
+  queues). A waiter queues on every master (the queue orders only wake-ups, except that a
+  reader lets a queued writer go first on that master, so readers cannot starve a writer) and
+  blocks in BLPOP on its signal list on the **first master that answered** (the same "home"
+  master for every client while it is up). A release (on every master) pushes a wake-up to
+  the waiters at the head of each master's queue that may now go (one writer, or the run of
+  readers, or the next permit waiters), so the home master wakes them: roughly arrival order,
+  no polling. A woken waiter still has to win a quorum. The BLPOP also ends when the first
+  holder's TTL on the home master does, or after a random delay (up to ``retry_delay``) when
+  no contender holds a quorum (a split), which is Redlock's "retry after a random delay".
 - **Release**: on every master at once; counts as released if a quorum still had it.
-- **Renew**: the renew script on every master at once; a lock confirmed by fewer than ``Q``
-  masters is lost; fewer than ``Q`` answers is a failed renewal (retried until the session's
-  deadline, then ``lost``).
+- **Renew**: the renew script on every master at once, over all the session's entries; an
+  entry confirmed by fewer than its quorum of masters is lost; fewer answers than the largest
+  quorum among them is a failed renewal (retried until the session's deadline, then ``lost``).
 - **Unavailable**: when fewer than ``Q`` masters answer, acquire gives back what it got and
   raises ``BackendUnavailableError`` naming the masters that did not answer.
 
@@ -44,6 +63,7 @@ adds the quorum around them. ``N`` masters, quorum ``Q = N // 2 + 1``.
 from __future__ import annotations
 
 import asyncio  # tenure: async-only
+import dataclasses
 import json
 import random
 from collections import Counter
@@ -59,14 +79,26 @@ from redis.backoff import NoBackoff
 # tenure: sync from concurrent.futures import ThreadPoolExecutor
 # tenure: sync import redis as redis_client
 # tenure: sync from redis.retry import Retry
-from ... import _redis_lua as lua
 from ..._names import OwnerInfo, new_owner_id
 from ..._types import Capabilities, Holder
-from ..._url import ParsedURL, seconds_option
+from ..._url import ParsedURL, number_option, seconds_option
 from ...errors import BackendError, BackendUnavailableError, ConfigurationError
 from .. import _compat
-from .base import EXCLUSIVE, Grant, Lease, Mode
-from .redis import ErrorBoundary, OwnConnection, from_us, holder_from_record, ms
+from ._redis_common import (
+    SSL_OPTIONS,
+    ErrorBoundary,
+    OwnConnection,
+    Scripts,
+    database,
+    entry_key,
+    from_us,
+    holders_from_reply,
+    mode_args,
+    ms,
+    prefix,
+    ssl_settings,
+)
+from .base import Grant, Lease, Mode, limit_mismatch
 
 __all__ = ["RedlockDriver", "quorum", "validity"]
 
@@ -75,10 +107,16 @@ T = TypeVar("T")
 #: Longest single BLPOP on the home master (its client's socket timeout is 1 s longer).
 MAX_BLOCK = 4.0
 
+#: One master's view of a key (an ``INSPECT`` reply): holders, waiters, a semaphore's limit.
+_View = tuple[list[Holder], list[Holder], int]
 
-def quorum(n: int) -> int:
-    """Masters that must agree: a strict majority."""
-    return n // 2 + 1
+
+def quorum(n: int, limit: int = 0) -> int:
+    """Masters that must agree: a strict majority; for a semaphore's permit (``limit`` >= 1),
+    more than ``n * limit / (limit + 1)`` (see the module docstring)."""
+    if limit <= 1:
+        return n // 2 + 1
+    return n * limit // (limit + 1) + 1
 
 
 def validity(ttl: float, elapsed: float, drift_factor: float) -> float:
@@ -94,13 +132,7 @@ class _Master:
         self.user = user
         self.settings = settings
         self.client: Any = redis_client.Redis(host=host, port=port, **settings)
-        self.acquire = self.client.register_script(lua.ACQUIRE)
-        self.release = self.client.register_script(lua.RELEASE)
-        self.leave = self.client.register_script(lua.LEAVE)
-        self.raise_token = self.client.register_script(lua.RAISE)
-        self.renew = self.client.register_script(lua.RENEW)
-        self.set_value = self.client.register_script(lua.SET_VALUE)
-        self.check = self.client.register_script(lua.CHECK)
+        self.scripts = Scripts(self.client)
         self._host, self._port = host, port
         self._blocking: Any = None
         self._own = OwnConnection(self.client.connection_pool)
@@ -138,20 +170,10 @@ class RedlockDriver:
         fifo=False,
         min_ttl=0.5,
         expiry_slack=0.0,
-        wakeup="release pushes a wake-up to the oldest waiter of each master (BLPOP on one)",
+        wakeup="release pushes a wake-up to the waiters of each master that may go (BLPOP on one)",
     )
     options: ClassVar[frozenset[str]] = frozenset(
-        {
-            "node_timeout",
-            "connect_timeout",
-            "drift_factor",
-            "retry_delay",
-            "fanout",
-            "ssl_ca_certs",
-            "ssl_certfile",
-            "ssl_keyfile",
-            "ssl_cert_reqs",
-        }
+        {"node_timeout", "connect_timeout", "drift_factor", "retry_delay", *SSL_OPTIONS}
     )
 
     def __init__(self, url: ParsedURL, *, namespace: str, options: dict[str, str]) -> None:
@@ -161,39 +183,25 @@ class RedlockDriver:
                 f"redlock:// needs at least 3 independent masters, got {len(hosts)}; "
                 "use redis:// for one server"
             )
-        db_text = url.path.strip("/") or "0"
-        if not db_text.isdigit():
-            raise ConfigurationError(f"redis database must be a number, got {db_text!r}")
         self._url = url
         self._namespace = namespace
         self._node_timeout = seconds_option(options, "node_timeout", 0.1)
-        self._drift_factor = seconds_option(options, "drift_factor", 0.01)
+        self._drift_factor = number_option(options, "drift_factor", 0.01)
         self._retry_delay = seconds_option(options, "retry_delay", 0.2)
-        self._fanout = options.get("fanout", "pipelined")
-        if self._fanout not in ("pipelined", "pool"):
-            raise ConfigurationError(f"fanout must be 'pipelined' or 'pool', got {self._fanout!r}")
-        ssl: dict[str, Any] = {}
-        if url.scheme == "redlock+rediss":
-            ssl["ssl"] = True
-            for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs"):
-                if name in options:
-                    ssl[name] = options[name]
-        elif any(name.startswith("ssl_") for name in options):
-            raise ConfigurationError("ssl_* options need a redlock+rediss:// URL")
         settings: dict[str, Any] = dict(
-            db=int(db_text),
+            db=database(url),
             username=url.username,
             password=url.password,
             socket_timeout=self._node_timeout,
             socket_connect_timeout=seconds_option(options, "connect_timeout", self._node_timeout),
             retry=Retry(NoBackoff(), 0),  # a master that does not answer in time is a "no"
             decode_responses=True,
-            **ssl,
+            **ssl_settings(options, url.scheme == "redlock+rediss", "redlock+rediss://"),
         )
         self._masters = [_Master(h, p, settings, url.username) for h, p in hosts]
         self._quorum = quorum(len(self._masters))
-        self._pool: Any = None
-        self._pool_pid = 0
+        # tenure: sync self._pool: Any = None
+        # tenure: sync self._pool_pid = 0
 
     def __repr__(self) -> str:
         return f"RedlockDriver({self._url.redacted()!r})"
@@ -203,16 +211,14 @@ class RedlockDriver:
         return len(self._masters)
 
     def _prefix(self, key: str) -> str:
-        return f"{self._namespace}:{{{key}}}:"
+        return prefix(self._namespace, key)
 
-    @staticmethod
-    def _flags(key: str) -> str:
-        # The masters' scripts never publish (flag "e"): one master's grant is not yet the
-        # quorum's. Elections publish once the quorum agrees (``_publish``).
-        return ""
+    def _quorum_of(self, mode: Mode) -> int:
+        return quorum(len(self._masters), mode.limit)
 
     async def _publish(self, key: str, message: int) -> None:
-        """Tell ``changes`` watchers (elections only) after a change the quorum agrees on."""
+        """Tell ``changes`` watchers (elections only) after a change the quorum agrees on. (The
+        masters' scripts never publish: one master's grant is not yet the quorum's.)"""
         if key.startswith("election/"):
             channel = self._prefix(key) + "changes"
             await self._each(lambda m: m.client.publish(channel, message), "publish")
@@ -271,15 +277,11 @@ class RedlockDriver:
     ) -> list[Any]:
         """One script on every master (or ``masters``), all at once; a failure is an answer.
 
-        Default (``fanout=pipelined``): the call is written to every master's connection
-        first and the replies are read after, so the masters work in parallel and the whole
-        fan-out waits about one round trip, at most ``node_timeout`` for the slowest master
-        (one deadline for all). ``fanout=pool``: the generic fan-out (asyncio tasks / a
-        bounded thread pool).
+        The call is written to every master's connection first and the replies are read
+        after, so the masters work in parallel and the whole fan-out waits about one round
+        trip, at most ``node_timeout`` for the slowest master (one deadline for all).
         """
         targets = self._masters if masters is None else masters
-        if self._fanout == "pool":
-            return await self._each(lambda m: getattr(m, name)(keys=keys, args=args), what, targets)
         results: list[Any] = [None] * len(targets)
         pending: list[tuple[int, _Master, Any]] = []  # sent, reply not read yet
         packed: Any = None  # the same bytes for every master (same script, same SHA)
@@ -290,7 +292,7 @@ class RedlockDriver:
                         conn = await master.connection()
                         pending.append((i, master, conn))
                         if packed is None:
-                            sha = getattr(master, name).sha
+                            sha = getattr(master.scripts, name).sha
                             packed = conn.pack_command("EVALSHA", sha, len(keys), *keys, *args)
                         await conn.send_packed_command(packed)
                 except BackendError as exc:
@@ -320,15 +322,17 @@ class RedlockDriver:
                 result.__cause__, redis_errors.NoScriptError
             ):
                 results[i] = await self._one(
-                    targets[i], lambda m: getattr(m, name)(keys=keys, args=args), what
+                    targets[i], lambda m: getattr(m.scripts, name)(keys=keys, args=args), what
                 )
         return results
 
-    def _unavailable(self, results: Sequence[object], what: str) -> BackendUnavailableError:
+    def _unavailable(
+        self, results: Sequence[object], what: str, need: int | None = None
+    ) -> BackendUnavailableError:
         failed = [str(r) for r in results if isinstance(r, BackendError)]
         return BackendUnavailableError(
             f"redlock: only {len(results) - len(failed)} of {len(self._masters)} redis masters "
-            f"answered ({what}; quorum {self._quorum}): " + "; ".join(failed)
+            f"answered ({what}; quorum {need or self._quorum}): " + "; ".join(failed)
         )
 
     async def connect(self) -> None:
@@ -364,18 +368,20 @@ class RedlockDriver:
     async def renew_lease(
         self, lease: Lease, grants: Sequence[Grant], timeout: float
     ) -> Sequence[Grant]:
-        keys = [self._prefix(grant.key) + "holder" for grant in grants]
+        keys = [entry_key(self._prefix(grant.key), grant.mode) for grant in grants]
         args: list[Any] = [ms(lease.ttl), *(grant.owner.owner for grant in grants)]
         results = await self._scripts("renew", keys, args, "renew")
         answers = [r for r in results if not isinstance(r, BackendError)]
-        if len(answers) < self._quorum:
-            raise self._unavailable(results, "renew")
+        # Too few answers to confirm an entry is a failed renewal (retried), not a loss.
+        need = max((self._quorum_of(grant.mode) for grant in grants), default=self._quorum)
+        if len(answers) < need:
+            raise self._unavailable(results, "renew", need)
         kept = [0] * len(grants)
         for lost in answers:
             gone = {int(i) - 1 for i in lost}
             for i in range(len(grants)):
                 kept[i] += i not in gone
-        return [grant for grant, n in zip(grants, kept, strict=True) if n < self._quorum]
+        return [g for g, n in zip(grants, kept, strict=True) if n < self._quorum_of(g.mode)]
 
     async def revoke_lease(self, lease: Lease) -> None:
         return None
@@ -385,17 +391,13 @@ class RedlockDriver:
     async def acquire(
         self, lease: Lease, key: str, owner: OwnerInfo, deadline: float | None, mode: Mode
     ) -> Grant | None:
-        if mode != EXCLUSIVE:  # not yet: [rwlock]/[semaphore] bring the shared modes here
-            raise ConfigurationError(f"{self.scheme}: {mode.name} mode is not supported yet")
-        p = self._prefix(key)
-        keys = [p + "holder", p + "token", p + "queue", p + "seq"]
+        keys = [self._prefix(key) + "holder"]
         try_once = deadline is not None and deadline <= _compat.monotonic()
-        flags = self._flags(key) + ("n" if try_once else "nq")
         queued = not try_once  # (an interrupted first attempt may have queued us somewhere)
         done = False
         try:
             while True:
-                grant, home, pttl, split = await self._attempt(lease, key, keys, owner, flags)
+                grant, home, pttl, split = await self._attempt(lease, key, owner, mode, queued)
                 if grant is not None:
                     done = True
                     await self._publish(key, grant.token)
@@ -411,14 +413,14 @@ class RedlockDriver:
                         min(remaining, random.uniform(0.2, 1.0) * self._retry_delay)
                     )
                     continue
-                # Woken by a release on the home master, or when its holder's TTL runs out (or
-                # after a random delay if it has none), at least every TTL/3 (our queue records).
+                # Woken by a release on the home master, or when its first holder's TTL runs out
+                # (or after a random delay if it has none), at least every TTL/3 (our records).
                 wait = min(remaining, lease.ttl / 3, MAX_BLOCK)
                 if pttl > 0:
                     wait = min(wait, pttl / 1000 + 0.001)
                 else:
                     wait = min(wait, random.uniform(0.2, 1.0) * self._retry_delay)
-                signal = p + "s:" + owner.owner
+                signal = self._prefix(key) + "s:" + owner.owner
                 try:
                     with home.errors("wait"):
                         await home.blocking().blpop([signal], timeout=max(wait, 0.001))
@@ -427,176 +429,151 @@ class RedlockDriver:
                 _compat.raise_if_cancelled()
         finally:
             if queued and not done:
-                leave = [owner.owner, self._flags(key) + "w"]
-                await self._scripts("leave", keys[:3], leave, "leave")
+                await self._scripts("leave", keys, [owner.owner, "w"], "leave")
 
     async def _attempt(
-        self, lease: Lease, key: str, keys: list[str], owner: OwnerInfo, flags: str
+        self, lease: Lease, key: str, owner: OwnerInfo, mode: Mode, queue: bool
     ) -> tuple[Grant | None, _Master, int, bool]:
-        """One Redlock round: (grant or None, home master, its holder's PTTL ms, split).
+        """One Redlock round: (grant or None, home master, its first holder's PTTL ms, split).
 
-        ``split``: we were granted some masters but could not keep them (no quorum, or the
-        validity ran out), and gave them back."""
+        ``queue``: queue us where not granted. ``split``: we were granted some masters but
+        could not keep them (no quorum, or the validity ran out), and gave them back."""
         started = _compat.monotonic()
-        args: list[Any] = [owner.owner, ms(lease.ttl), owner.meta, flags]
+        keys = [self._prefix(key) + "holder"]
+        need = self._quorum_of(mode)
+        flags = "nq" if queue else "n"
+        args = [owner.owner, ms(lease.ttl), owner.meta, flags, *mode_args(mode)]
         results = await self._scripts("acquire", keys, args, "acquire")
         granted = [
             (m, int(r[1]), int(r[2]))
             for m, r in zip(self._masters, results, strict=True)
             if not isinstance(r, BackendError) and int(r[0]) == 1
         ]
-        if len(granted) >= self._quorum:
+        if len(granted) >= need:
             token = max(t for _, t, _ in granted)
             behind = [m for m, t, _ in granted if t < token]
             at_token = len(granted) - len(behind)
             if behind:
                 fence = [owner.owner, token]
-                raised = await self._scripts("raise_token", keys[:2], fence, "fence", behind)
+                raised = await self._scripts("raise_token", keys, fence, "fence", behind)
                 at_token += sum(1 for r in raised if not isinstance(r, BackendError) and r == 1)
             elapsed = _compat.monotonic() - started
-            if at_token >= self._quorum and validity(lease.ttl, elapsed, self._drift_factor) > 0:
-                if "q" in flags and len(granted) < len(self._masters):
+            if at_token >= need and validity(lease.ttl, elapsed, self._drift_factor) > 0:
+                if queue and len(granted) < len(self._masters):
                     # The masters that did not grant queued us: leave, or our stale entry
                     # would be first in line there and swallow every wake-up.
                     mine = {id(m) for m, _, _ in granted}
                     others = [m for m in self._masters if id(m) not in mine]
-                    leave = [owner.owner, self._flags(key) + "w"]
-                    await self._scripts("leave", keys[:3], leave, "leave", others)
+                    await self._scripts("leave", keys, [owner.owner, "w"], "leave", others)
                 acquired_at = from_us(max(at for _, _, at in granted))
-                return Grant(key, owner, token, lease, acquired_at), self._masters[0], 0, False
-        # Give back whatever we may hold (also where the reply was lost), waking the next
-        # waiter of each master we free.
+                grant = Grant(key, owner, token, lease, acquired_at, mode=mode)
+                return grant, self._masters[0], 0, False
+        # Give back whatever we may hold (also where the reply was lost), waking the waiters
+        # of each master we free.
         maybe = [m for m, r in zip(self._masters, results, strict=True)
                  if isinstance(r, BackendError) or int(r[0]) == 1]  # fmt: skip
         if maybe:
-            give_back = [owner.owner, self._flags(key) + "w"]
-            await self._scripts("release", keys[:3], give_back, "give back", maybe)
+            await self._scripts("release", keys, [owner.owner, "w"], "give back", maybe)
         answered = [
             (m, r) for m, r in zip(self._masters, results, strict=True)
             if not isinstance(r, BackendError)
         ]  # fmt: skip
-        if len(answered) < self._quorum:
-            if "q" in flags:  # leave the queues we joined
-                leave = [owner.owner, self._flags(key) + "w"]
-                await self._scripts("leave", keys[:3], leave, "leave")
-            raise self._unavailable(results, "acquire")
+        if len(answered) < need:
+            raise self._unavailable(results, "acquire", need)  # (acquire's finally leaves queues)
+        refused = Counter(int(r[1]) for _, r in answered if int(r[0]) == -1)
+        if refused and len(answered) - refused.total() < need:
+            # Too many masters hold contenders with another limit for a quorum to be possible.
+            raise limit_mismatch(key.partition("/")[2], refused.most_common(1)[0][0], mode.limit)
         home, reply = answered[0]
         pttl = int(reply[2]) if int(reply[0]) == 0 else 0
         return None, home, pttl, bool(granted)
 
     async def release(self, grant: Grant) -> bool:
-        p = self._prefix(grant.key)
-        keys = [p + "holder", p + "token", p + "queue"]
-        retried = bool(grant.data == "release sent")
-        grant.data = "release sent"
-        args = [grant.owner.owner, self._flags(grant.key) + "w"]
-        results = await self._scripts("release", keys, args, "release")
+        keys = [self._prefix(grant.key) + "holder"]
+        results = await self._scripts("release", keys, [grant.owner.owner, "w"], "release")
         released = sum(1 for r in results if not isinstance(r, BackendError) and r == 1)
-        if released >= self._quorum:
+        if released >= self._quorum_of(grant.mode):
             await self._publish(grant.key, 0)
             return True
         failed = sum(1 for r in results if isinstance(r, BackendError))
-        if failed and released + failed >= self._quorum:
+        if failed and released + failed >= self._quorum_of(grant.mode):
             raise self._unavailable(results, "release")  # retried; the retry counts as done
-        return retried
+        return False
 
-    async def _count(self, script: str, keys: list[str], args: list[Any], what: str) -> bool:
+    async def _count(
+        self, script: str, keys: list[str], args: list[Any], what: str, need: int
+    ) -> bool:
         results = await self._scripts(script, keys, args, what)
         yes = sum(1 for r in results if not isinstance(r, BackendError) and r == 1)
-        if yes >= self._quorum:
+        if yes >= need:
             return True
         if len([r for r in results if not isinstance(r, BackendError)]) < self._quorum:
             raise self._unavailable(results, what)
         return False
 
     async def check(self, grant: Grant) -> bool:
-        key = self._prefix(grant.key) + "holder"
-        return await self._count("check", [key], [grant.owner.owner], "check")
+        key = entry_key(self._prefix(grant.key), grant.mode)
+        need = self._quorum_of(grant.mode)
+        return await self._count("check", [key], [grant.owner.owner], "check", need)
 
     async def set_value(self, grant: Grant, value: str) -> bool:
         key = self._prefix(grant.key) + "holder"
-        args = [grant.owner.owner, json.dumps(value), self._flags(grant.key)]
-        if not await self._count("set_value", [key], args, "set value"):
+        args = [grant.owner.owner, json.dumps(value), ""]
+        if not await self._count("set_value", [key], args, "set value", self._quorum):
             return False
         await self._publish(grant.key, grant.token)
         return True
 
-    # Inspection: the owner that a quorum of masters names.
+    # Inspection: the holders that a quorum of masters names.
 
-    async def _records(
-        self, key: str
-    ) -> list[tuple[dict[str, str], int, list[str]] | BackendError]:
-        p = self._prefix(key)
-
-        async def read(master: _Master) -> tuple[dict[str, str], int, list[str]]:
-            async with master.client.pipeline(transaction=True) as pipe:
-                pipe.hgetall(p + "holder")
-                pipe.pttl(p + "holder")
-                pipe.zrange(p + "queue", 0, -1)
-                record, pttl, queue = await pipe.execute()
-            return record, int(pttl), list(queue)
-
-        return await self._each(read, "holder")
-
-    def _quorum_holder(
-        self, key: str, results: Sequence[tuple[dict[str, str], int, list[str]] | BackendError]
-    ) -> Holder | None:
-        answers = [r for r in results if not isinstance(r, BackendError)]
+    async def _views(self, key: str) -> list[_View | BackendError]:
+        keys = [self._prefix(key) + "holder"]
+        views: list[_View | BackendError] = []
+        for reply in await self._scripts("inspect", keys, [], "inspect"):
+            if isinstance(reply, BackendError):
+                views.append(reply)
+            else:
+                views.append((*holders_from_reply(key, reply), int(reply[2])))
+        answers = [v for v in views if not isinstance(v, BackendError)]
         if len(answers) < self._quorum:
-            raise self._unavailable(results, "holder")
-        by_owner: dict[str, list[tuple[dict[str, str], int]]] = {}
-        for record, pttl, _ in answers:
-            if record:
-                by_owner.setdefault(record["owner"], []).append((record, pttl))
+            raise self._unavailable(views, "inspect")
+        return views
+
+    def _quorum_holders(self, views: Sequence[_View | BackendError]) -> list[Holder]:
+        by_owner: dict[str, list[Holder]] = {}
+        limit = 0
+        for view in views:
+            if not isinstance(view, BackendError):
+                limit = max(limit, view[2])
+                for found in view[0]:
+                    by_owner.setdefault(found.owner, []).append(found)
+        holders = []
         for entries in by_owner.values():
-            if len(entries) >= self._quorum:
+            need = quorum(len(self._masters), limit if entries[0].mode == "permit" else 0)
+            if len(entries) >= need:
                 # The newest token; among its records, the value most masters have (a
                 # proclaim may not have reached a minority yet).
-                token = max(int(e[0]["token"]) for e in entries)
-                newest = [e[0] for e in entries if int(e[0]["token"]) == token]
-                values = Counter(r.get("value") for r in newest)
-                record = next(r for r in newest if r.get("value") == values.most_common(1)[0][0])
+                token = max(e.token for e in entries)
+                newest = [e for e in entries if e.token == token]
+                value = Counter(e.value for e in newest).most_common(1)[0][0]
+                record = next(e for e in newest if e.value == value)
                 # Held until fewer than a quorum of masters still have it.
-                pttls = sorted((pttl for _, pttl in entries), reverse=True)
-                return holder_from_record(key, record, pttls[self._quorum - 1])
-        return None
+                expiries = sorted((e.expires_in or 0.0 for e in entries), reverse=True)
+                holders.append(dataclasses.replace(record, expires_in=expiries[need - 1]))
+        holders.sort(key=lambda h: (h.mode != "exclusive", h.token))
+        return holders
 
     async def holder(self, key: str) -> Holder | None:
-        return self._quorum_holder(key, await self._records(key))
+        holders = self._quorum_holders(await self._views(key))
+        return holders[0] if holders else None
 
     async def contenders(self, key: str) -> list[Holder]:
-        results = await self._records(key)
-        found: list[Holder] = []
-        current = self._quorum_holder(key, results)
-        if current is not None:
-            found.append(current)
+        views = await self._views(key)
+        holders = self._quorum_holders(views)
         # Waiters in the order of the first master that answered (the home master).
-        for i, result in enumerate(results):
-            if isinstance(result, BackendError):
-                continue
-            queue = result[2]
-            master = self._masters[i]
-            p = self._prefix(key)
-            with master.errors("contenders"):
-                records = await master.client.mget([p + "w:" + o for o in queue]) if queue else []
-            for waiter, text in zip(queue, records, strict=True):
-                if text is None or (current is not None and waiter == current.owner):
-                    continue
-                meta = json.loads(cast(str, text).partition(" ")[2])
-                found.append(
-                    Holder(
-                        name=key.partition("/")[2],
-                        owner=waiter,
-                        host=meta["host"],
-                        pid=int(meta["pid"]),
-                        token=0,
-                        acquired_at=None,
-                        expires_in=None,
-                        value=meta.get("value"),
-                    )
-                )
-            break
-        return found
+        home = next(v for v in views if not isinstance(v, BackendError))
+        held = {h.owner for h in holders}
+        return holders + [w for w in home[1] if w.owner not in held]
 
     async def changes(self, key: str) -> AsyncIterator[None]:
         """Pub/sub on the first master that answers (every master publishes each change)."""
@@ -634,7 +611,8 @@ class RedlockDriver:
             await _compat.sleep(self._retry_delay)
 
     def forget_after_fork(self) -> None:
-        self._pool = None  # threads do not survive fork; redis-py reopens connections
+        """redis-py's pools notice the new pid and open fresh connections by themselves."""
+        # tenure: sync self._pool = None  # threads do not survive fork
 
 
 async def _read_by(conn: Any, deadline: float) -> Any:

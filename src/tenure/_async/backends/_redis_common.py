@@ -1,0 +1,220 @@
+"""What the Redis and Redlock drivers share: options, the scripts, their replies, the connection
+kept for the hot path, and the one place where redis-py's exceptions become ``tenure.errors``.
+
+The key layout and the scripts are in ``tenure._redis_lua``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from redis import exceptions as redis_errors
+
+from ... import _redis_lua as lua
+from ..._types import Holder
+from ..._url import ParsedURL
+from ...errors import (
+    BackendError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    ConfigurationError,
+)
+from .base import Mode
+
+__all__ = [
+    "SSL_OPTIONS",
+    "ErrorBoundary",
+    "OwnConnection",
+    "Scripts",
+    "database",
+    "entry_key",
+    "from_us",
+    "holders_from_reply",
+    "mode_args",
+    "ms",
+    "prefix",
+    "ssl_settings",
+]
+
+SSL_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
+
+#: The scripts' one-letter modes and the names ``Holder.mode`` reports.
+_MODES = {"x": "exclusive", "s": "shared", "p": "permit"}
+_LETTERS = {name: letter for letter, name in _MODES.items()}
+
+
+def database(url: ParsedURL) -> int:
+    """The database number in the URL's path (``/0`` by default)."""
+    text = url.path.strip("/") or "0"
+    if not text.isdigit():
+        raise ConfigurationError(f"redis database must be a number, got {text!r}")
+    return int(text)
+
+
+def ssl_settings(options: dict[str, str], tls: bool, scheme: str) -> dict[str, Any]:
+    """redis-py's TLS keyword arguments from the ``ssl_*`` options (``tls``: a TLS scheme)."""
+    if not tls:
+        if any(name.startswith("ssl_") for name in options):
+            raise ConfigurationError(f"ssl_* options need a {scheme} URL")
+        return {}
+    return {"ssl": True, **{name: options[name] for name in SSL_OPTIONS if name in options}}
+
+
+class Scripts:
+    """The scripts registered on one client (called by SHA, reloaded after NOSCRIPT)."""
+
+    __slots__ = ("acquire", "check", "inspect", "leave", "raise_token", "release", "renew",
+                 "set_value")  # fmt: skip
+
+    def __init__(self, client: Any) -> None:
+        self.acquire: Any = client.register_script(lua.ACQUIRE)
+        self.release: Any = client.register_script(lua.RELEASE)
+        self.leave: Any = client.register_script(lua.LEAVE)
+        self.raise_token: Any = client.register_script(lua.RAISE)
+        self.renew: Any = client.register_script(lua.RENEW)
+        self.set_value: Any = client.register_script(lua.SET_VALUE)
+        self.check: Any = client.register_script(lua.CHECK)
+        self.inspect: Any = client.register_script(lua.INSPECT)
+
+
+def prefix(namespace: str, key: str) -> str:
+    """The keys of one name share this prefix, and so one hash tag (one Cluster slot)."""
+    return f"{namespace}:{{{key}}}:"
+
+
+def entry_key(p: str, mode: Mode) -> str:
+    """The key a holder's entry is renewed and checked under: ``holder`` or ``shared``."""
+    return p + ("shared" if mode.shared else "holder")
+
+
+def mode_args(mode: Mode) -> list[Any]:
+    """A mode as the acquire script's last two arguments."""
+    return [_LETTERS[mode.name], mode.limit]
+
+
+def holders_from_reply(key: str, reply: Sequence[Any]) -> tuple[list[Holder], list[Holder]]:
+    """The holders (exclusive first, then shared by token) and waiters of an ``INSPECT`` reply."""
+    name = key.partition("/")[2]
+    found, waiting = reply[0], reply[1]
+    holders = []
+    for owner, token, at, expires_ms, mode, meta_text, value in found:
+        meta = json.loads(meta_text)
+        holders.append(
+            Holder(
+                name=name,
+                owner=owner,
+                host=meta.get("host", ""),
+                pid=int(meta.get("pid", 0)),
+                token=int(token),
+                acquired_at=from_us(at),
+                expires_in=max(0.0, int(expires_ms) / 1000) if int(expires_ms) >= 0 else None,
+                value=json.loads(value) if value is not None else meta.get("value"),
+                mode=_MODES[mode],
+            )
+        )
+    holders.sort(key=lambda h: (h.mode != "exclusive", h.token))
+    waiters = []
+    for owner, mode, meta_text in waiting:
+        meta = json.loads(meta_text)
+        waiters.append(
+            Holder(
+                name=name,
+                owner=owner,
+                host=meta.get("host", ""),
+                pid=int(meta.get("pid", 0)),
+                token=0,
+                acquired_at=None,
+                value=meta.get("value"),
+                mode=_MODES[mode],
+                waiting=True,
+            )
+        )
+    return holders, waiters
+
+
+def from_us(micros: int | str) -> dt.datetime:
+    """A server time in microseconds since the epoch (the scripts' ``at``) as an aware datetime."""
+    return _EPOCH + dt.timedelta(microseconds=int(micros))
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+class OwnConnection:
+    """A connection a driver keeps for its hot path, so a call skips the pool's bookkeeping;
+    while it is busy (another thread or task), pool connections are used. Made again in a
+    forked child (never the parent's socket). Give every connection back with ``give_back``,
+    ``broken=True`` when a reply may still be on its way."""
+
+    __slots__ = ("_busy", "_conn", "_pid", "_pool")
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self._conn: Any = None
+        self._busy = threading.Lock()
+        self._pid = 0
+
+    async def take(self) -> Any:
+        if self._pid != os.getpid():
+            self._conn = self._pool.make_connection()
+            self._busy = threading.Lock()
+            self._pid = os.getpid()
+        if self._busy.acquire(blocking=False):
+            return self._conn
+        return await self._pool.get_connection()
+
+    async def give_back(self, conn: Any, *, broken: bool) -> None:
+        if broken:
+            await conn.disconnect()
+        if conn is self._conn:
+            self._busy.release()
+        else:
+            await self._pool.release(conn)
+
+    async def close(self) -> None:
+        if self._conn is not None and self._pid == os.getpid():
+            await self._conn.disconnect()
+
+
+class ErrorBoundary:
+    """``with ErrorBoundary(address, user, what):`` translates redis-py's exceptions to
+    :mod:`tenure.errors`, naming the server and never the password. A plain class: cheaper
+    than a generator context manager on the per-acquire path.
+    """
+
+    __slots__ = ("_address", "_user", "_what")
+
+    def __init__(self, address: str, user: str | None, what: str) -> None:
+        self._address = address
+        self._user = user
+        self._what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, redis_errors.RedisError | redis_errors.RedisClusterException):
+            raise self.translate(exc) from exc
+
+    def translate(self, exc: Exception) -> Exception:
+        where, what = self._address, self._what
+        if isinstance(exc, redis_errors.AuthenticationError):
+            return ConfigurationError(
+                f"redis at {where} rejected the credentials"
+                + (f" of user {self._user!r}" if self._user else "")
+                + f": {exc}"
+            )
+        if isinstance(exc, redis_errors.TimeoutError):
+            return BackendTimeoutError(f"redis at {where} timed out ({what})")
+        if isinstance(exc, redis_errors.ConnectionError | redis_errors.RedisClusterException):
+            return BackendUnavailableError(f"redis at {where} is unreachable ({what}): {exc}")
+        return BackendError(f"redis at {where} failed ({what}): {exc}")
