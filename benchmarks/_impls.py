@@ -28,7 +28,6 @@ __all__ = [
     "PotteryMastersClient",
     "RedisCommandStats",
     "Target",
-    "TenureFanoutPoolClient",
     "count_redis_requests",
     "delta",
     "file_floor",
@@ -393,15 +392,6 @@ class PotteryMastersClient:
     def close(self) -> None:
         for master in self._masters:
             master.close()
-
-
-class TenureFanoutPoolClient(TenureClient):
-    """Diagnostic: tenure's Redlock with ``fanout=pool`` (a bounded thread pool per call)."""
-
-    def __init__(self, target: Target) -> None:
-        import tenure
-
-        self._client = tenure.connect(target.url + "&fanout=pool", ttl=LOCK_TTL)
 
 
 def redlock_floor(target: Target) -> FloorOp:

@@ -28,7 +28,6 @@ from benchmarks._impls import (
     RedisPyClient,
     Target,
     TenureClient,
-    TenureFanoutPoolClient,
     TenureScriptsClient,
     ToozClient,
     ToozEtcdClient,
@@ -284,14 +283,6 @@ BACKENDS: dict[str, Backend] = {
                 ("tenure", "redis"),
                 is_tenure=True,
                 note="quorum 3, pipelined fan-out, wake-up via BLPOP on the first master",
-            ),
-            Library(
-                "tenure-pool",
-                "diagnostic: tenure (5 masters), fanout=pool",
-                TenureFanoutPoolClient,
-                ("tenure", "redis"),
-                note="the same with a bounded thread pool per fan-out",
-                uncontended_only=True,
             ),
             Library(
                 "pottery",
