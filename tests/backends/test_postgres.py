@@ -231,6 +231,33 @@ def test_many_locks_in_one_session_share_one_connection(
             lock.release()
 
 
+def test_a_schema_made_by_an_earlier_tenure_is_refused_clearly(
+    postgres_server: PostgresServer,
+) -> None:
+    schema = "old" + uuid.uuid4().hex[:8]
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        # The holders table as tenure made it before the shared modes (no lock, mode, lim).
+        conn.execute(
+            f'CREATE UNLOGGED TABLE "{schema}".holders (key bigint PRIMARY KEY,'
+            " backend_pid int NOT NULL, namespace text NOT NULL, name text NOT NULL,"
+            " owner text NOT NULL, host text NOT NULL, pid int NOT NULL, token bigint NOT NULL,"
+            " acquired_at timestamptz NOT NULL, ttl float8 NOT NULL, value jsonb)"
+        )
+    with (
+        pytest.raises(ConfigurationError, match=f'DROP SCHEMA "{schema}" CASCADE'),
+        tenure.connect(f"{postgres_server.url}?schema={schema}") as client,
+    ):
+        client.lock("x").acquire()
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    with (
+        tenure.connect(f"{postgres_server.url}?schema={schema}") as client,
+        client.lock("x") as lock,
+    ):
+        assert lock.token > 0
+
+
 def test_schema_option_and_bad_input(postgres_server: PostgresServer) -> None:
     schema = "s" + uuid.uuid4().hex[:8]
     with tenure.connect(f"{postgres_server.url}?namespace=x&schema={schema}") as client:

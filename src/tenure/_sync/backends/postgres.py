@@ -310,6 +310,14 @@ class PostgresDriver:
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                 for statement in self._sql.create:
                     conn.execute(statement)
+        # CREATE ... IF NOT EXISTS keeps a table an earlier tenure made (before the shared modes).
+        row = (conn.execute(self._sql.shape, (self._schema,))).fetchone()
+        if row is None or not row[0]:
+            raise ConfigurationError(
+                f"schema {self._schema!r} at {self._address} was made by an earlier tenure (its "
+                "holders table has no 'lim' column); once no tenure client uses it, drop it: "
+                f'DROP SCHEMA "{self._schema}" CASCADE'
+            )
         self._ready = True
 
     def connect(self) -> None:
@@ -708,6 +716,10 @@ class _Statements:
             .format(sql.Literal(f'"{schema}".{name}'))
             .as_string(None)
             for name in ("holders", "waiters", "waiters_key", "tokens")
+        )
+        self.shape = (
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = %s"
+            " AND table_name = 'holders' AND column_name = 'lim'"
         )
         self.create = [
             q("CREATE SCHEMA IF NOT EXISTS {s}"),
