@@ -120,16 +120,7 @@ def _parse_host(item: str, scheme: str) -> tuple[str, int | None]:
 
 def seconds_option(options: dict[str, str], name: str, default: float) -> float:
     """A driver's duration option (``?name=1.5``): a number of seconds > 0, else ``default``."""
-    text = options.get(name)
-    if text is None:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigurationError(f"{name} must be a number of seconds, got {text!r}") from None
-    if value <= 0:
-        raise ConfigurationError(f"{name} must be > 0 seconds, got {value}")
-    return value
+    return _number_option(options, name, default, unit=" seconds", positive=True)
 
 
 def bool_option(options: dict[str, str], name: str, default: bool = False) -> bool:
@@ -147,13 +138,21 @@ def bool_option(options: dict[str, str], name: str, default: bool = False) -> bo
 
 def number_option(options: dict[str, str], name: str, default: float) -> float:
     """A driver's plain numeric option (``?name=0.01``): a number >= 0, else ``default``."""
+    return _number_option(options, name, default, unit="", positive=False)
+
+
+def _number_option(
+    options: dict[str, str], name: str, default: float, *, unit: str, positive: bool
+) -> float:
     text = options.get(name)
     if text is None:
         return default
     try:
         value = float(text)
     except ValueError:
-        raise ConfigurationError(f"{name} must be a number, got {text!r}") from None
+        raise ConfigurationError(f"{name} must be a number{unit}, got {text!r}") from None
+    if positive and value <= 0:
+        raise ConfigurationError(f"{name} must be > 0{unit}, got {value}")
     if value < 0:
-        raise ConfigurationError(f"{name} must be >= 0, got {value}")
+        raise ConfigurationError(f"{name} must be >= 0{unit}, got {value}")
     return value

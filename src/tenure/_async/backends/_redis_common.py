@@ -101,40 +101,32 @@ def holders_from_reply(key: str, reply: Sequence[Any]) -> tuple[list[Holder], li
     """The holders (exclusive first, then shared by token) and waiters of an ``INSPECT`` reply."""
     name = key.partition("/")[2]
     found, waiting = reply[0], reply[1]
-    holders = []
-    for owner, token, at, expires_ms, mode, meta_text, value in found:
-        meta = json.loads(meta_text)
-        holders.append(
-            Holder(
-                name=name,
-                owner=owner,
-                host=meta.get("host", ""),
-                pid=int(meta.get("pid", 0)),
-                token=int(token),
-                acquired_at=from_us(at),
-                expires_in=max(0.0, int(expires_ms) / 1000) if int(expires_ms) >= 0 else None,
-                value=json.loads(value) if value is not None else meta.get("value"),
-                mode=_MODES[mode],
-            )
-        )
+    holders = [
+        _holder(name, owner, mode, meta_text, value, token=int(token), acquired_at=from_us(at),
+                expires_in=max(0.0, int(expires_ms) / 1000) if int(expires_ms) >= 0 else None)
+        for owner, token, at, expires_ms, mode, meta_text, value in found
+    ]  # fmt: skip
     holders.sort(key=lambda h: (h.mode != "exclusive", h.token))
-    waiters = []
-    for owner, mode, meta_text in waiting:
-        meta = json.loads(meta_text)
-        waiters.append(
-            Holder(
-                name=name,
-                owner=owner,
-                host=meta.get("host", ""),
-                pid=int(meta.get("pid", 0)),
-                token=0,
-                acquired_at=None,
-                value=meta.get("value"),
-                mode=_MODES[mode],
-                waiting=True,
-            )
-        )
+    waiters = [
+        _holder(name, owner, mode, meta_text, None, token=0, acquired_at=None, waiting=True)
+        for owner, mode, meta_text in waiting
+    ]
     return holders, waiters
+
+
+def _holder(
+    name: str, owner: str, mode: str, meta_text: str, value: str | None, **fields: Any
+) -> Holder:
+    meta = json.loads(meta_text)
+    return Holder(
+        name=name,
+        owner=owner,
+        host=meta.get("host", ""),
+        pid=int(meta.get("pid", 0)),
+        value=json.loads(value) if value is not None else meta.get("value"),
+        mode=_MODES[mode],
+        **fields,
+    )
 
 
 def from_us(micros: int | str) -> dt.datetime:

@@ -43,7 +43,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, Protocol, final
+from typing import Any, ClassVar, Final, Protocol, TypeVar, final
 
 from ..._names import OwnerInfo
 from ..._types import Capabilities, Holder
@@ -60,6 +60,7 @@ __all__ = [
     "Lease",
     "LeaseExpired",
     "Mode",
+    "data_of",
     "grantable",
     "limit_mismatch",
     "permit",
@@ -208,6 +209,16 @@ class Grant:
 
     def __repr__(self) -> str:
         return f"Grant(key={self.key!r}, token={self.token}, owner={self.owner.owner!r})"
+
+
+D = TypeVar("D")
+
+
+def data_of(entry: Lease | Grant, kind: type[D]) -> D:
+    """A driver's own record in ``entry.data``, checked to be a ``kind``: the typed way back."""
+    data = entry.data
+    assert isinstance(data, kind), f"{entry!r} carries {type(data).__name__}, not {kind.__name__}"
+    return data
 
 
 class Driver(Protocol):

@@ -89,7 +89,7 @@ from ...errors import (
     ConfigurationError,
 )
 from .. import _compat
-from .base import DRIFT, Grant, Lease, Mode, limit_mismatch
+from .base import DRIFT, Grant, Lease, Mode, data_of, limit_mismatch
 
 __all__ = ["PostgresDriver"]
 
@@ -123,18 +123,6 @@ class _Pool:
         self.busy: set[_Conn] = set()  # waiting, or holding a grant off the primary
         self.closed = False
         self.state = _compat.StateLock()  # guards the above: sync callers are threads
-
-
-def _pool(lease: Lease) -> _Pool:
-    pool = lease.data
-    assert isinstance(pool, _Pool)
-    return pool
-
-
-def _hold(grant: Grant) -> _Hold:
-    hold = grant.data
-    assert isinstance(hold, _Hold)
-    return hold
 
 
 class PostgresDriver:
@@ -347,8 +335,8 @@ class PostgresDriver:
         return Lease(id=new_owner_id()[:16], ttl=ttl, data=pool)
 
     def renew_lease(self, lease: Lease, grants: Sequence[Grant], timeout: float) -> Sequence[Grant]:
-        pool = _pool(lease)
-        conns = {_hold(grant).conn for grant in grants}
+        pool = data_of(lease, _Pool)
+        conns = {data_of(grant, _Hold).conn for grant in grants}
         if pool.primary is not None:
             conns.add(pool.primary)
         conns.update(pool.spares)
@@ -362,10 +350,10 @@ class PostgresDriver:
             if conn in pool.spares:
                 pool.spares.remove(conn)
             pool.busy.discard(conn)
-        return [grant for grant in grants if _hold(grant).conn in dead]
+        return [grant for grant in grants if data_of(grant, _Hold).conn in dead]
 
     def revoke_lease(self, lease: Lease) -> None:
-        pool = _pool(lease)
+        pool = data_of(lease, _Pool)
         pool.closed = True
         conns = [*pool.spares, *pool.busy]
         if pool.primary is not None:
@@ -408,7 +396,7 @@ class PostgresDriver:
     def acquire(
         self, lease: Lease, key: str, owner: OwnerInfo, deadline: float | None, mode: Mode
     ) -> Grant | None:
-        pool = _pool(lease)
+        pool = data_of(lease, _Pool)
         if pool.closed:
             raise BackendError("the session's connections are closed")
         args = self._args(key, owner, lease.ttl, mode)
@@ -602,7 +590,7 @@ class PostgresDriver:
         """Unlock the grant's advisory lock on the connection holding it (owner-checked: no
         other server session can unlock it), deleting its holder record; a permit's release
         also wakes the semaphore's head waiter (NOTIFY)."""
-        pool, hold = _pool(grant.lease), _hold(grant)
+        pool, hold = data_of(grant.lease, _Pool), data_of(grant, _Hold)
         if hold.conn.closed:
             return False  # its server session ended (or is ending), which frees the lock
         args = {
@@ -620,7 +608,7 @@ class PostgresDriver:
         return bool(row and row[0])
 
     def check(self, grant: Grant) -> bool:
-        hold = _hold(grant)
+        hold = data_of(grant, _Hold)
         if hold.conn.closed:
             return False
         try:
@@ -633,7 +621,7 @@ class PostgresDriver:
         return bool(row and row[0])
 
     def set_value(self, grant: Grant, value: str) -> bool:
-        hold = _hold(grant)
+        hold = data_of(grant, _Hold)
         if hold.conn.closed:
             return False
         args = self._args(grant.key, grant.owner, grant.lease.ttl, grant.mode)
@@ -955,20 +943,6 @@ def _by(sent: float, waited: float, lease: Lease) -> float:
     """The local time by which a connection granted now must be renewed: the server's idle
     timer started no earlier than ``sent`` (+ the server-side wait)."""
     return sent + waited + lease.ttl * (1 - DRIFT)
-
-
-def _holder(key: str, row: tuple[Any, ...]) -> Holder:
-    owner, host, pid, token, acquired_at, value, expires_in = row
-    return Holder(
-        name=key.partition("/")[2],
-        owner=owner,
-        host=host,
-        pid=int(pid),
-        token=int(token),
-        acquired_at=acquired_at if isinstance(acquired_at, dt.datetime) else None,
-        expires_in=None if expires_in is None else float(expires_in),
-        value=value,
-    )
 
 
 def _ms(text: str) -> int:

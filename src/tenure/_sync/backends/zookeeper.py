@@ -100,6 +100,7 @@ from .base import (
     Lease,
     LeaseExpired,
     Mode,
+    data_of,
     grantable,
     limit_mismatch,
     permit,
@@ -170,18 +171,6 @@ class _Held:
 
     path: str
     state: _LeaseState
-
-
-def _state(lease: Lease) -> _LeaseState:
-    state = lease.data
-    assert isinstance(state, _LeaseState)
-    return state
-
-
-def _held(grant: Grant) -> _Held:
-    held = grant.data
-    assert isinstance(held, _Held)
-    return held
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,7 +433,7 @@ class ZooKeeperDriver:
         return lease
 
     def renew_lease(self, lease: Lease, grants: Sequence[Grant], timeout: float) -> Sequence[Grant]:
-        state = _state(lease)
+        state = data_of(lease, _LeaseState)
         if state.lost_reason is not None:
             raise LeaseExpired(state.lost_reason)
         client = state.client
@@ -456,12 +445,12 @@ class ZooKeeperDriver:
             else:
                 transaction = client.transaction()
                 for grant in grants:
-                    transaction.check(_held(grant).path, -1)
+                    transaction.check(data_of(grant, _Held).path, -1)
                 results = self._wait(transaction.commit_async(), timeout)
                 gone = []
                 if any(isinstance(r, Exception) for r in results):
                     # A failed multi names only its first failure: look at each node.
-                    checks = [client.exists_async(_held(g).path) for g in grants]
+                    checks = [client.exists_async(data_of(g, _Held).path) for g in grants]
                     for grant, result in zip(grants, checks, strict=True):
                         if self._wait(result, timeout) is None:
                             gone.append(grant)
@@ -470,7 +459,7 @@ class ZooKeeperDriver:
         return gone
 
     def revoke_lease(self, lease: Lease) -> None:
-        state = _state(lease)
+        state = data_of(lease, _LeaseState)
         with state.mutex:
             state.closing = True
         self._stop(state.client)  # closing the session deletes its ephemeral nodes
@@ -480,7 +469,7 @@ class ZooKeeperDriver:
     def acquire(
         self, lease: Lease, key: str, owner: OwnerInfo, deadline: float | None, mode: Mode
     ) -> Grant | None:
-        state = _state(lease)
+        state = data_of(lease, _LeaseState)
         name = key.partition("/")[2]
         self._raise_if_lost(state, name)
         parent = self._path(key)
@@ -751,7 +740,7 @@ class ZooKeeperDriver:
                     state.orphans.setdefault((parent, owner), own)
 
     def release(self, grant: Grant) -> bool:
-        held = _held(grant)
+        held = data_of(grant, _Held)
         try:
             with self._errors("release", held.state):
                 try:
@@ -766,7 +755,7 @@ class ZooKeeperDriver:
         return True
 
     def check(self, grant: Grant) -> bool:
-        held = _held(grant)
+        held = data_of(grant, _Held)
         try:
             with self._errors("check", held.state):
                 stat = self._wait(held.state.client.exists_async(held.path), self._request_timeout)
@@ -775,7 +764,7 @@ class ZooKeeperDriver:
         return stat is not None
 
     def set_value(self, grant: Grant, value: str) -> bool:
-        held = _held(grant)
+        held = data_of(grant, _Held)
         client = held.state.client
         try:
             with self._errors("set value", held.state):
