@@ -10,7 +10,14 @@ import unicodedata
 
 from .errors import ConfigurationError
 
-__all__ = ["MAX_NAME_LENGTH", "OwnerInfo", "check_name", "check_namespace", "new_owner_id"]
+__all__ = [
+    "MAX_NAME_LENGTH",
+    "OwnerInfo",
+    "check_name",
+    "check_namespace",
+    "current_pid",
+    "new_owner_id",
+]
 
 MAX_NAME_LENGTH = 200
 
@@ -81,13 +88,30 @@ class OwnerInfo:
         return f"OwnerInfo(owner={self.owner!r}, host={self.host!r}, pid={self.pid})"
 
 
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def current_pid() -> int:
+    """``os.getpid()`` without a system call per use (the core asks on every acquire, release
+    and ``held``); kept right across ``fork()``."""
+    return _pid
+
+
 _local_cache: tuple[str, int, str] | None = None
 
 
 def _local() -> tuple[str, int, str]:
     """(host name, pid, meta without a value) of this process; recomputed after a fork."""
     global _local_cache
-    pid = os.getpid()
+    pid = _pid
     if _local_cache is None or _local_cache[1] != pid:
         host = socket.gethostname()
         _local_cache = (host, pid, json.dumps({"host": host, "pid": pid, "value": None}))

@@ -16,11 +16,10 @@ nothing else reaches into either class.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from typing import Any, Final, Protocol, TypeVar
 
-from .._names import OwnerInfo, check_name, new_owner_id
+from .._names import OwnerInfo, check_name, current_pid, new_owner_id
 from ..errors import AcquireTimeoutError, ConfigurationError, LockError, LockLostError, NotHeldError
 from . import _compat
 from .backends.base import EXCLUSIVE, Driver, Grant, Mode
@@ -154,7 +153,7 @@ class Lock:
         """
         me = _compat.current_owner()
         with self._state:
-            if self._grant is not None and self._pid == os.getpid() and self._owner == me:
+            if self._grant is not None and self._pid == current_pid() and self._owner == me:
                 if self._lost_reason is None and self._reentrant:
                     self._count += 1
                     return True
@@ -191,7 +190,7 @@ class Lock:
             if self._grant is not None and self._lost_reason is not None:
                 self._forget()  # a lost tenure nobody released: drop it
             self._grant, self._session, self._gate_held = grant, session, True
-            self._owner, self._count, self._pid = me, 1, os.getpid()
+            self._owner, self._count, self._pid = me, 1, current_pid()
             self._lost_reason = None
             self.lost.clear()
         session._track(grant, self)
@@ -227,7 +226,7 @@ class Lock:
         """
         with self._state:
             grant, session = self._grant, self._session
-            if grant is None or session is None or self._pid != os.getpid():
+            if grant is None or session is None or self._pid != current_pid():
                 raise NotHeldError(f"lock {self.name!r} is not held by this object", name=self.name)
             if self._reentrant and self._owner != _compat.current_owner():
                 raise NotHeldError(
@@ -267,7 +266,7 @@ class Lock:
     @property
     def held(self) -> bool:
         """Held by this object, in this process, and not lost."""
-        return self._grant is not None and self._lost_reason is None and self._pid == os.getpid()
+        return self._grant is not None and self._lost_reason is None and self._pid == current_pid()
 
     @property
     def token(self) -> int:
@@ -314,7 +313,7 @@ class Lock:
     def _current(self) -> Grant:
         with self._state:
             grant = self._grant
-            if grant is None or self._pid != os.getpid():
+            if grant is None or self._pid != current_pid():
                 raise NotHeldError(f"lock {self.name!r} is not held by this object", name=self.name)
             if self._lost_reason is not None:
                 raise LockLostError(

@@ -11,13 +11,12 @@ renewal stuck in the network cannot delay ``lost``.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import weakref
 from collections.abc import Callable
 from typing import TypeVar, final
 
-from .._names import OwnerInfo
+from .._names import OwnerInfo, current_pid
 from .._retry import ExponentialRetry, RetryStrategy
 from ..errors import (
     BackendError,
@@ -73,7 +72,7 @@ class Session:
         self._deadline = 0.0
         self._alarm: _compat.Alarm | None = None
         self._keeper: _compat.Worker | None = None
-        self._pid = os.getpid()
+        self._pid = current_pid()
         self._lost_reason = ""
         self._callbacks: list[Callable[[Session], object]] = []
 
@@ -140,7 +139,7 @@ class Session:
     @property
     def closed(self) -> bool:
         """True once the session is closed, lost, or inherited by a forked child: unusable."""
-        return self._closed.is_set() or self.lost.is_set() or os.getpid() != self._pid
+        return self._closed.is_set() or self.lost.is_set() or current_pid() != self._pid
 
     @property
     def expires_in(self) -> float | None:
@@ -161,7 +160,7 @@ class Session:
         with self._state:
             held = list(self._held.items())
             self._held.clear()
-        forked = os.getpid() != self._pid
+        forked = current_pid() != self._pid
         for grant, lock in held:
             lock._session_ended(grant, "the session was closed")
         if self._lease is not None and not forked and not self.lost.is_set():
@@ -189,7 +188,7 @@ class Session:
         ``deadline`` (``monotonic()``; an acquire's) bounds the opening too: failed grants are
         retried until then, and then the last error is raised (``BackendError``).
         """
-        if self.lost.is_set() or self._closed.is_set() or os.getpid() != self._pid:
+        if self.lost.is_set() or self._closed.is_set() or current_pid() != self._pid:
             raise LockLostError(
                 f"session {self._lease.id if self._lease else ''} is "
                 + ("lost: " + self._lost_reason if self.lost.is_set() else "closed"),
