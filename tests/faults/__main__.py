@@ -1,11 +1,14 @@
-"""The long tier: every fault class on every landed backend, then the table in docs/safety.md.
+"""The long tier: every fault class on every landed backend, then the tables in docs/safety.md.
 
     .venv/bin/python -m tests.faults                 # all rows, 35 s each, writes docs/safety.md
     .venv/bin/python -m tests.faults --seconds 10 --backend redis --fault pause-holder --no-write
+    .venv/bin/python -m tests.faults --primitive rwlock --primitive semaphore --no-write
 
-Each row is one bounded run (:func:`tests.faults.nemesis.run`): four client processes, TTL 1 s,
-faults injected one after another (0.5 s of normal operation between them) for ``--seconds``.
-Exit status 1 if any run broke a safety property (see :meth:`Report.safe`) or failed to run.
+Each row is one bounded run (:func:`tests.faults.nemesis.run`): four client processes (five for
+the semaphore, limit 2), TTL 1 s, faults injected one after another (0.5 s of normal operation
+between them) for ``--seconds``. One table per primitive: the lock's, the rwlock's (writers and
+readers), the semaphore's. Exit status 1 if any run broke a safety property (see
+:meth:`Report.safe`) or failed to run.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.faults.history import summarize
-from tests.faults.nemesis import FAULTS, RunConfig, RunResult, run
+from tests.faults.nemesis import FAULTS, PRIMITIVES, RunConfig, RunResult, faults_of, run
 from tests.servers import start_etcd_cluster, start_postgres, start_redis
 from tests.servers.zookeeper import start_zookeeper
 
@@ -32,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "safety.md"
 BEGIN, END = "<!-- faults:table:begin -->", "<!-- faults:table:end -->"
 COMMAND = ".venv/bin/python -m tests.faults"
+LIMIT = 2  # the semaphore's
 
 
 def row(result: RunResult) -> str:
@@ -40,14 +44,33 @@ def row(result: RunResult) -> str:
     before = [m.lost_before_takeover for m in measures if m.lost_before_takeover is not None]
     order = f"{sum(before)}/{len(before)}" if before else "-"
     verdict = "ok" if r.safe() and not result.errors else "**FAIL**"
+    if cfg.primitive == "semaphore":
+        checks = [
+            str(r.most_concurrent),
+            f"{r.excess} ({r.unexplained_excess})",
+            str(r.pool_excess),
+            str(r.duplicate_tokens),
+        ]
+    elif cfg.primitive == "rwlock":
+        checks = [
+            f"{r.overlaps} ({r.unexplained_overlaps})",
+            str(r.most_shared),
+            f"{r.stale_unfenced} / {r.stale_reads_unfenced} / {r.lost_updates_unfenced}",
+            f"{r.stale_fenced} / {r.stale_reads_fenced} / {r.lost_updates_fenced} "
+            f"/ {r.rejected_fenced}",
+        ]
+    else:
+        checks = [
+            f"{r.overlaps} ({r.unexplained_overlaps})",
+            f"{r.stale_unfenced} / {r.lost_updates_unfenced}",
+            f"{r.stale_fenced} / {r.lost_updates_fenced} / {r.rejected_fenced}",
+        ]
     cells = [
         cfg.backend,
         cfg.fault,
         str(len(result.faults)),
         str(r.acquisitions),
-        f"{r.overlaps} ({r.unexplained_overlaps})",
-        f"{r.stale_unfenced} / {r.lost_updates_unfenced}",
-        f"{r.stale_fenced} / {r.lost_updates_fenced} / {r.rejected_fenced}",
+        *checks,
         str(r.expired_session_grants),
         f"{r.late_losses} ({r.unexplained_late_losses})",
         summarize([m.lost_after for m in measures]),
@@ -58,15 +81,39 @@ def row(result: RunResult) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-HEADER = (
-    "| backend | fault | faults | acquisitions | overlaps (unexplained) "
-    "| unfenced: stale writes accepted / lost updates "
-    "| fenced: stale writes accepted / lost updates / refused "
+_COMMON = (
     "| grants in expired session | late `lost` (unexplained) "
     "| lost detection ms (median / max) | takeover ms (median / max) "
-    "| `lost` before takeover | verdict |\n"
-    "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"
+    "| `lost` before takeover | verdict |"
 )
+HEADERS = {
+    "lock": (
+        "| backend | fault | faults | acquisitions | overlaps (unexplained) "
+        "| unfenced: stale writes accepted / lost updates "
+        "| fenced: stale writes accepted / lost updates / refused " + _COMMON + "\n"
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"
+    ),
+    "rwlock": (
+        "| backend | fault | faults | acquisitions | overlaps with a writer (unexplained) "
+        "| readers at once (most) "
+        "| unfenced: stale writes / stale reads accepted / lost updates "
+        "| fenced: stale writes / stale reads accepted / lost updates / refused "
+        + _COMMON
+        + "\n|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"
+    ),
+    "semaphore": (
+        f"| backend | fault | faults | acquisitions | permits at once (most; limit {LIMIT}) "
+        "| episodes over the limit (unexplained) | pool operations over the limit "
+        "| duplicate tokens " + _COMMON + "\n"
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"
+    ),
+}
+TITLES = {
+    "lock": "Locks (four clients):",
+    "rwlock": "Read-write locks (four clients, each iteration a writer's or a reader's):",
+    "semaphore": f"Semaphores (five clients, limit {LIMIT}; no fence applies, see "
+    "`tests/faults/resource.py`):",
+}
 
 
 def table(results: list[RunResult], seconds: float, elapsed: float) -> str:
@@ -76,14 +123,17 @@ def table(results: list[RunResult], seconds: float, elapsed: float) -> str:
         f"Generated by `{COMMAND}` on {dt.date.today().isoformat()} "
         f"({platform.system()} {platform.release()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}); {seconds:.0f} s of workload per row, 4 client "
-        f"processes, TTL 1 s; the whole run took {elapsed / 60:.1f} min (load average at "
-        f"the end: {os.getloadavg()[0]:.1f}).",
-        "",
-        HEADER,
-        *(row(r) for r in results),
-        "",
-        END,
+        f"processes (semaphores: 5), TTL 1 s; the whole run took {elapsed / 60:.1f} min "
+        f"(load average at the end: {os.getloadavg()[0]:.1f}).",
     ]
+    for primitive in PRIMITIVES:
+        rows = [row(r) for r in results if r.config.primitive == primitive]
+        if not rows:
+            continue
+        if primitive != "lock":
+            lines += ["", TITLES[primitive]]
+        lines += ["", HEADERS[primitive], *rows]
+    lines += ["", END]
     return "\n".join(lines)
 
 
@@ -100,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=35.0, help="workload per row")
     parser.add_argument("--backend", action="append", choices=sorted(FAULTS))
     parser.add_argument("--fault", action="append")
+    parser.add_argument("--primitive", action="append", choices=PRIMITIVES)
     parser.add_argument("--no-write", action="store_true", help="don't rewrite docs/safety.md")
     parser.add_argument("--keep", action="store_true", help="keep the histories")
     args = parser.parse_args(argv)
@@ -118,30 +169,37 @@ def main(argv: list[str] | None = None) -> int:
         "etcd": lambda: start_etcd_cluster(1),
     }
     servers: dict[str, Any] = {}  # a ServerProcess, or an ensemble / cluster (closed at the end)
+    cases = [
+        (primitive, backend, fault)
+        for primitive in args.primitive or PRIMITIVES
+        for backend in backends
+        for fault in faults_of(backend, primitive)
+        if not args.fault or fault in args.fault
+    ]
     try:
-        for backend in backends:
-            for fault in FAULTS[backend]:
-                if args.fault and fault not in args.fault:
-                    continue
-                seconds = args.seconds / 2 if fault == "none" else args.seconds
-                config = RunConfig(
-                    backend,
-                    fault,
-                    duration=seconds,
-                    injections=10_000,  # bounded by the duration
-                    settle=0,
-                    max_acquisitions=200_000,
-                )
-                if backend in starters and backend not in servers:
-                    servers[backend] = starters[backend]()
-                server = servers.get(backend)
-                if backend == "etcd":
-                    server = server.nodes[0]  # the nemesis kills and pauses one node
-                result = run(config, base / f"{backend}-{fault}", server)
-                results.append(result)
-                print(row(result), flush=True)
-                for problem in [*result.errors, *result.report.examples.values()]:
-                    print(f"    {problem}", flush=True)
+        for primitive, backend, fault in cases:
+            seconds = args.seconds / 2 if fault == "none" else args.seconds
+            config = RunConfig(
+                backend,
+                fault,
+                workers=5 if primitive == "semaphore" else 4,
+                duration=seconds,
+                injections=10_000,  # bounded by the duration
+                settle=0,
+                max_acquisitions=200_000,
+                primitive=primitive,
+                limit=LIMIT,
+            )
+            if backend in starters and backend not in servers:
+                servers[backend] = starters[backend]()
+            server = servers.get(backend)
+            if backend == "etcd":
+                server = server.nodes[0]  # the nemesis kills and pauses one node
+            result = run(config, base / f"{primitive}-{backend}-{fault}", server)
+            results.append(result)
+            print(row(result), flush=True)
+            for problem in [*result.errors, *result.report.examples.values()]:
+                print(f"    {problem}", flush=True)
     finally:
         for server in servers.values():
             server.close()

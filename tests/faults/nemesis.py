@@ -7,20 +7,31 @@ acquisition count or (``settle``) the injections are done. Every wait polls a co
 deadline; every fault is healed in a ``finally``; only processes this module started are
 signalled, by PID.
 
+The primitive (:attr:`RunConfig.primitive`) is ``lock``, ``rwlock`` (writers and readers, see
+:mod:`tests.faults.worker`) or ``semaphore`` (``limit`` permits); :data:`PRIMITIVE_FAULTS` lists
+the fault classes run for the new primitives (those whose holder is what changes). In an rwlock
+run the victims of the holder faults are a reader, then a writer, in turn.
+
 Fault classes (:data:`FAULTS`; ``holder`` = the client inside its critical section, found through
-shared memory and cross-checked with ``client.holder(name).pid``):
+shared memory and cross-checked with the backend's holders' pids):
 
 * ``none``: no fault (the baseline).
 * ``pause-holder``: SIGSTOP the holder between its read and its write; on leased backends keep it
   stopped until a newer holder has written (so past its TTL), then SIGCONT; on the file backend
-  (no lease) keep it stopped for 1.5 x TTL and check that nobody got the lock meanwhile.
-* ``kill-holder``: SIGKILL the holder, wait for the next grant, start a replacement client.
+  (no lease) keep it stopped for 1.5 x TTL and check that nobody got the lock meanwhile. rwlock:
+  a reader is stopped between its two reads, and kept stopped, as a writer is, until a newer
+  writer has written (file: no conflicting grant, i.e. no writer, meanwhile). Semaphore: until
+  the pool counts ``limit`` other occupants (its permit was given away); file: check that this
+  never happens while it is stopped.
+* ``kill-holder``: SIGKILL the holder, wait for the next grant, start a replacement client (a
+  semaphore's: evict the stopped victim from the pool just before the kill).
 * ``kill-server``: SIGKILL the Redis server while a client holds the lock and start it again at
   once on the same port, empty (no persistence: the data-loss case). etcd: SIGKILL the single
   node and restart it on its data dir (keys and leases survive; leases are extended).
 * ``pause-server``: SIGSTOP the Redis server until the holder's ``lost`` fires, then SIGCONT.
 * ``cut-off-holder``: blackhole the holder's own TCP proxy until its ``lost`` fired and a newer
-  holder was granted, then heal.
+  conflicting holder was granted (a reader's: a writer; a permit's: ``limit`` others hold at
+  once), then heal.
 * ``cut-off-waiter``: blackhole a queued waiter's proxy until its session is lost, then heal (a
   waiter's session expired while queued: it must not be granted).
 * ``drop-acquire-reply``: drop the next reply to a client that is acquiring (queued or about to
@@ -33,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import multiprocessing
 import os
 import signal
@@ -48,7 +60,7 @@ import tenure
 from tenure.errors import TenureError
 from tests.faults import worker as w
 from tests.faults.history import Event, Fault, Report, check
-from tests.faults.resource import Store
+from tests.faults.resource import Pool, Store
 from tests.servers import RedisServer, ServerProcess, TcpProxy
 from tests.servers.zookeeper import ZooKeeperEnsemble
 
@@ -116,7 +128,18 @@ PROXY_FAULTS = frozenset(
     {"cut-off-holder", "cut-off-waiter", "drop-acquire-reply", "drop-release-reply"}
 )
 SERVER_FAULTS = frozenset({"kill-server", "pause-server"})
+#: The fault classes run for rwlock and semaphore (where the backend has them in FAULTS).
+PRIMITIVE_FAULTS = ("pause-holder", "kill-holder", "cut-off-holder")
+PRIMITIVES = ("lock", "rwlock", "semaphore")
 LOCK_NAME = "jobs/nightly"
+HOLDING = frozenset({w.ENTERED, w.READ, w.WRITING, w.WRITTEN})
+
+
+def faults_of(backend: str, primitive: str) -> tuple[str, ...]:
+    """The fault classes a run of ``primitive`` on ``backend`` covers."""
+    if primitive == "lock":
+        return FAULTS[backend]
+    return tuple(f for f in FAULTS[backend] if f in PRIMITIVE_FAULTS)
 
 
 @dataclass(frozen=True)
@@ -133,6 +156,8 @@ class RunConfig:
     pause_min: float = 0.001
     pause_max: float = 0.010
     seed: int = 0
+    primitive: str = "lock"  # "lock" | "rwlock" | "semaphore"
+    limit: int = 2  # a semaphore's
 
     @property
     def fault_timeout(self) -> float:
@@ -169,6 +194,7 @@ class _Run:
         self.notes: list[str] = []
         self.errors: list[str] = []
         self.skipped = 0
+        self.injected = 0
         self.proxies: list[TcpProxy] = []
         self.masters: list[RedisServer] = []
         namespace = "f" + uuid.uuid4().hex[:10]
@@ -224,6 +250,8 @@ class _Run:
             raise ValueError(f"no fault set-up for backend {config.backend!r}")
         self.leases = config.backend != "file"
         self.inspect = tenure.connect(self.direct, ttl=config.ttl)
+        self.pool = Pool(directory)
+        self.kind = config.primitive
 
     # -- clients ------------------------------------------------------------------
 
@@ -243,6 +271,8 @@ class _Run:
             pause_max=self.cfg.pause_max,
             acquire_timeout=3 * self.cfg.ttl + 2,
             seed=self.cfg.seed,
+            primitive=self.cfg.primitive,
+            limit=self.cfg.limit,
         )
         proc = SPAWN.Process(
             target=w.run, args=(cfg, slot, incarnation, self.array), name=f"fault-client-{slot}"
@@ -274,9 +304,17 @@ class _Run:
         return True
 
     def find(
-        self, phases: set[int], timeout: float, exclude: int = -1, *, in_live_session: bool = False
+        self,
+        phases: set[int],
+        timeout: float,
+        exclude: int = -1,
+        *,
+        in_live_session: bool = False,
+        mode: int = -1,
     ) -> int | None:
         """A live slot in one of ``phases`` (polled), or None after ``timeout``.
+
+        ``mode``: only a slot whose tenure has this mode (an index in ``worker.MODES``).
 
         ``in_live_session``: only a slot whose current session is not lost yet (a worker
         replaces a session only once it is lost, so sessions 1..n-1 are lost and session n
@@ -288,6 +326,8 @@ class _Run:
         def look() -> bool:
             for s in range(self.slots.count):
                 if s == exclude or self.slots.get(s, w.PHASE) not in phases:
+                    continue
+                if mode >= 0 and self.slots.get(s, w.MODE) != mode:
                     continue
                 if in_live_session and self.slots.get(s, w.SESSION_LOST) >= self.slots.get(
                     s, w.SESSION
@@ -305,14 +345,44 @@ class _Run:
         )
 
     def cross_check(self, pid: int) -> None:
-        """The shared-memory holder must be the backend's holder (``client.holder().pid``)."""
+        """The shared-memory holder must be the backend's holder (``client.holder().pid``; for
+        rwlocks and semaphores, one of the holders)."""
         try:
-            holder = self.inspect.holder(LOCK_NAME)
+            if self.kind == "lock":
+                holder = self.inspect.holder(LOCK_NAME)
+                pids = [] if holder is None else [holder.pid]
+            else:
+                found = self.inspect.contenders(LOCK_NAME, kind=self.kind)
+                pids = [h.pid for h in found if not h.waiting]
         except TenureError as exc:
             self.notes.append(f"holder() failed: {exc}")
             return
-        if holder is None or holder.pid != pid:
-            self.notes.append(f"holder() says {holder and holder.pid}, shared memory says {pid}")
+        if pid not in pids:
+            self.notes.append(f"the backend's holders are {pids}, shared memory says {pid}")
+
+    def occupants(self) -> int:
+        """The pool's occupants now (its state file is replaced atomically: no flock needed)."""
+        try:
+            return len(json.loads((self.dir / "pool.json").read_text()))
+        except FileNotFoundError:
+            return 0
+
+    def conflicting_grant(self, token: int, victim: int) -> bool:
+        """Another client was granted after ``token`` in a mode that conflicts with the victim's
+        (any mode for an exclusive victim, a writer for a reader); for a permit, ``limit``
+        other clients hold one at once (past their grant, before their release): the victim's
+        permit was given away."""
+        if self.kind == "semaphore":
+            others = range(self.slots.count)
+            held = sum(1 for s in others if s != victim and self.slots.get(s, w.PHASE) in HOLDING)
+            return held >= self.cfg.limit
+        shared = self.slots.get(victim, w.MODE) == w.MODES.index("shared")
+        return any(
+            self.slots.get(s, w.TOKEN) > token
+            and not (shared and self.slots.get(s, w.MODE) == w.MODES.index("shared"))
+            for s in range(self.slots.count)
+            if s != victim
+        )
 
     def record(self, kind: str, t: int, slot: int, token: int, session: int) -> Fault:
         fault = Fault(kind, t, time.monotonic_ns(), self.client_of(slot), token, session)
@@ -326,6 +396,14 @@ class _Run:
         method = getattr(self, "fault_" + kind.replace("-", "_"))
         if not method():
             self.skipped += 1
+        self.injected += 1
+
+    def victim_mode(self) -> int:
+        """The mode of the holder to hit: in an rwlock run a reader, then a writer, in turn (so
+        one injection covers the new case, two cover both); else any (-1)."""
+        if self.kind != "rwlock":
+            return -1
+        return w.MODES.index("shared" if self.injected % 2 == 0 else "exclusive")
 
     def _stop_in_read(self, timeout: float) -> tuple[int, int, int, int] | None:
         """SIGSTOP a client in its pause between read and write: (slot, pid, token, t) or None.
@@ -335,7 +413,7 @@ class _Run:
         deadline = time.monotonic() + timeout
         for _ in range(1000):
             left = deadline - time.monotonic()
-            slot = self.find({w.READ}, max(0.0, left))
+            slot = self.find({w.READ}, max(0.0, left), mode=self.victim_mode())
             if slot is None:
                 return None
             pid, token = self.slots.get(slot, w.PID), self.slots.get(slot, w.TOKEN)
@@ -363,7 +441,17 @@ class _Run:
         session = self.slots.get(slot, w.SESSION)
         try:
             self.cross_check(pid)
-            if self.leases:
+            if self.kind == "semaphore":
+                # The victim still counts as an occupant: `limit` others mean its permit went.
+                def over() -> bool:
+                    return self.occupants() > self.cfg.limit
+
+                if self.leases:
+                    if not self.wait(over, self.cfg.fault_timeout):
+                        self.errors.append("pause-holder: its permit was not given away in time")
+                elif self.wait(over, 1.5 * self.cfg.ttl):
+                    self.errors.append("file: the pool went over the limit while the holder slept")
+            elif self.leases:
                 # Keep it stopped until a newer holder has written: its write is then stale.
                 def newer_write() -> bool:
                     return any(
@@ -376,7 +464,7 @@ class _Run:
                     self.errors.append("pause-holder: no newer holder wrote within the timeout")
             else:
                 # No lease: nobody may get the lock while the holder is stopped.
-                granted = self.wait(lambda: self.newer_grant(token), 1.5 * self.cfg.ttl)
+                granted = self.wait(lambda: self.conflicting_grant(token, slot), 1.5 * self.cfg.ttl)
                 if granted:
                     self.errors.append("file: a newer holder was granted while the holder slept")
         finally:
@@ -393,10 +481,14 @@ class _Run:
         self.cross_check(pid)
         victim = self.client_of(slot)
         self.killed.add(pid)
+        if self.kind == "semaphore":
+            # Before the kill frees its permit (the file backend frees it at once); it is
+            # stopped, so it never runs again: its occupancy ends with its life.
+            self.pool.evict(victim)
         os.kill(pid, signal.SIGKILL)
         self.deaths[victim] = t
         self.procs[slot].join(10)
-        if not self.wait(lambda: self.newer_grant(token), self.cfg.fault_timeout):
+        if not self.wait(lambda: self.conflicting_grant(token, slot), self.cfg.fault_timeout):
             self.errors.append("kill-holder: nobody took over within the timeout")
         self.faults.append(Fault("kill-holder", t, time.monotonic_ns(), victim, token, session))
         self.start(slot)
@@ -406,7 +498,7 @@ class _Run:
 
     def _holder_in_read(self) -> tuple[int, int, int, int] | None:
         """A client between its read and its write: (slot, pid, token, session) or None."""
-        slot = self.find({w.READ}, self.cfg.fault_timeout)
+        slot = self.find({w.READ}, self.cfg.fault_timeout, mode=self.victim_mode())
         if slot is None:
             return None
         get = self.slots.get
@@ -462,7 +554,7 @@ class _Run:
 
             def lost_and_replaced() -> bool:
                 noticed = self.slots.get(slot, w.LOST) + self.slots.get(slot, w.SESSION_LOST)
-                return noticed > lost and self.newer_grant(token, slot)
+                return noticed > lost and self.conflicting_grant(token, slot)
 
             if not self.wait(lost_and_replaced, self.cfg.fault_timeout):
                 self.errors.append("cut-off-holder: not lost and replaced within the timeout")
@@ -601,6 +693,8 @@ class _Run:
             unfenced.final(),
             self.faults,
             self.deaths,
+            limit=self.cfg.limit if self.kind == "semaphore" else 0,
+            pool=self.pool.history(),
         )
         return RunResult(
             self.cfg,
@@ -639,8 +733,10 @@ def run(
     server: ServerProcess | ZooKeeperEnsemble | None = None,
 ) -> RunResult:
     """One bounded run of ``config.fault`` against ``config.backend``; the histories checked."""
-    if config.fault not in FAULTS[config.backend]:
-        raise ValueError(f"{config.fault!r} does not apply to {config.backend}")
+    if config.fault not in faults_of(config.backend, config.primitive):
+        raise ValueError(
+            f"{config.fault!r} does not apply to {config.primitive} on {config.backend}"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     the_run = _Run(config, directory, server)

@@ -1,6 +1,9 @@
 """The CI tier: each fault class, a few injections, four client processes, TTL 1 s.
 
-The long tier (thousands of acquisitions per fault class) is ``python -m tests.faults``.
+Rows ``<backend>-<fault>`` are the lock's; ``rwlock-<backend>-<fault>`` (writers and readers) and
+``semaphore-<backend>-<fault>`` (five clients, limit 2) cover the fault classes whose holder is
+what changes (``PRIMITIVE_FAULTS``). The long tier (thousands of acquisitions per fault class) is
+``python -m tests.faults``.
 """
 
 from __future__ import annotations
@@ -11,35 +14,51 @@ from pathlib import Path
 import pytest
 
 from tests.faults.history import summarize
-from tests.faults.nemesis import FAULTS, SERVER_FAULTS, RunConfig, RunResult, run
+from tests.faults.nemesis import (
+    FAULTS,
+    PRIMITIVES,
+    SERVER_FAULTS,
+    RunConfig,
+    RunResult,
+    faults_of,
+    run,
+)
 from tests.servers import ServerProcess, record_timing, start_etcd_cluster
 from tests.servers.zookeeper import ZooKeeperEnsemble
 
 pytestmark = pytest.mark.faults
 
 TTL = 1.0
+LIMIT = 2  # the semaphore's, with five clients
+RWLOCK_PAUSE = ("rwlock", "pause-holder")
 _SERVER = {"redlock": "redis"}  # the server a backend runs on
 CASES = [
     pytest.param(
-        (backend, fault),
-        id=f"{backend}-{fault}",
+        (backend, fault, primitive),
+        id=f"{backend}-{fault}" if primitive == "lock" else f"{primitive}-{backend}-{fault}",
         marks=[pytest.mark.server(_SERVER.get(backend, backend))] if backend != "file" else [],
     )
-    for backend, faults in FAULTS.items()
-    for fault in faults
+    for primitive in PRIMITIVES
+    for backend in FAULTS
+    for fault in faults_of(backend, primitive)
 ]
 
 
 def describe(result: RunResult) -> str:
     r = result.report
     lines = [
-        f"{result.config.backend}/{result.config.fault}: {r.acquisitions} acquisitions, "
+        f"{result.config.primitive} {result.config.backend}/{result.config.fault}: "
+        f"{r.acquisitions} acquisitions, "
         f"{len(result.faults)} faults ({result.skipped} skipped) in {result.elapsed:.1f} s; "
         f"overlaps {r.overlaps} ({r.unexplained_overlaps} unexplained); "
         f"unfenced: stale {r.stale_unfenced}, lost updates {r.lost_updates_unfenced}; "
         f"fenced: stale {r.stale_fenced}, lost updates {r.lost_updates_fenced}, "
         f"refused {r.rejected_fenced}; expired-session grants {r.expired_session_grants}; "
-        f"late losses {r.late_losses} ({r.unexplained_late_losses} unexplained)",
+        f"late losses {r.late_losses} ({r.unexplained_late_losses} unexplained); "
+        f"stale reads: unfenced {r.stale_reads_unfenced}, fenced {r.stale_reads_fenced}; "
+        f"readers at once {r.most_shared}; excess over {r.limit}: {r.excess} "
+        f"({r.unexplained_excess} unexplained, most {r.most_concurrent}, pool {r.pool_excess}); "
+        f"duplicate tokens {r.duplicate_tokens}",
         "lost after (ms, median / max): " + summarize([m.lost_after for m in r.measures]),
         "takeover after (ms, median / max): " + summarize([m.takeover_after for m in r.measures]),
         f"examples: {r.examples}",
@@ -60,9 +79,9 @@ SERVER_FIXTURES = {
 
 @pytest.fixture
 def server(
-    request: pytest.FixtureRequest, backend_fault: tuple[str, str]
+    request: pytest.FixtureRequest, backend_fault: tuple[str, str, str]
 ) -> Iterator[ServerProcess | ZooKeeperEnsemble | None]:
-    backend, fault = backend_fault
+    backend, fault, _primitive = backend_fault
     if backend == "etcd":
         if fault not in SERVER_FAULTS:
             yield request.getfixturevalue("etcd_server").nodes[0]
@@ -84,36 +103,41 @@ def server(
 
 
 @pytest.fixture(params=CASES)
-def backend_fault(request: pytest.FixtureRequest) -> tuple[str, str]:
-    backend, fault = request.param
-    return backend, fault
+def backend_fault(request: pytest.FixtureRequest) -> tuple[str, str, str]:
+    backend, fault, primitive = request.param
+    return backend, fault, primitive
 
 
 def test_safety_under_fault(
-    backend_fault: tuple[str, str],
+    backend_fault: tuple[str, str, str],
     server: ServerProcess | ZooKeeperEnsemble | None,
     tmp_path: Path,
 ) -> None:
-    backend, fault = backend_fault
+    backend, fault, primitive = backend_fault
     config = RunConfig(
         backend,
         fault,
-        workers=4,
+        workers=5 if primitive == "semaphore" else 4,
         ttl=TTL,
         duration=40.0,
-        injections=2,
+        # The new primitives' rows: one injection each (a reader first, see `victim_mode`), to
+        # keep the tier within its budget; an rwlock's paused writer and reader both.
+        injections=1 if primitive != "lock" and (primitive, fault) != RWLOCK_PAUSE else 2,
         settle=20,
         max_acquisitions=150 if fault == "none" else 100_000,
+        primitive=primitive,
+        limit=LIMIT,
     )
     result = run(config, tmp_path / "run", server)
     report = result.report
     info = describe(result)
     print(info)
+    label = f"{backend} {fault}" if primitive == "lock" else f"{primitive} {backend} {fault}"
     for m in report.measures:
         if m.lost_after is not None:
-            record_timing(f"{backend} {fault}: lost", m.lost_after)
+            record_timing(f"{label}: lost", m.lost_after)
         if m.takeover_after is not None:
-            record_timing(f"{backend} {fault}: takeover", m.takeover_after)
+            record_timing(f"{label}: takeover", m.takeover_after)
 
     assert result.errors == [], info
     assert report.acquisitions >= (150 if fault == "none" else 20), info
@@ -125,7 +149,13 @@ def test_safety_under_fault(
     assert report.unexplained_overlaps == 0, info
     assert report.expired_session_grants == 0, info
     assert report.unexplained_late_losses == 0, info
+    assert report.stale_reads_fenced == 0, info
+    assert report.unexplained_excess == 0, info
+    assert report.duplicate_tokens == 0, info
     assert report.safe(), info
+    if primitive != "lock":
+        _check_primitive(primitive, backend, fault, config, result)
+        return
 
     measures = report.measures
     if fault in ("none", "kill-holder", "drop-acquire-reply", "drop-release-reply"):
@@ -154,3 +184,49 @@ def test_safety_under_fault(
         assert report.stale_unfenced >= config.injections, info
         assert report.lost_updates_unfenced >= 1, info
         assert report.rejected_fenced >= config.injections, info
+
+
+def _check_primitive(
+    primitive: str, backend: str, fault: str, config: RunConfig, result: RunResult
+) -> None:
+    """The rwlock and semaphore rows: the faults' expected effects, beside safety above."""
+    report, info = result.report, describe(result)
+    measures = report.measures
+    assert all(m.takeover_after is not None for m in measures), info
+    if primitive == "rwlock":
+        assert report.most_shared >= 2, info  # readers did share
+        stale_unfenced = report.stale_unfenced + report.stale_reads_unfenced
+        if fault != "pause-holder" or backend == "file":
+            # No holder acted past its lease (killed, or running on while cut off, or no
+            # lease): nothing overlapped, nothing stale, and the fence refused nobody (readers
+            # with different tokens do not refuse each other).
+            assert report.overlaps == 0, info
+            assert stale_unfenced == report.lost_updates_unfenced == 0, info
+            assert report.rejected_fenced == 0, info
+        if fault == "pause-holder" and backend != "file":
+            # The negative control: the paused reader's second read and the paused writer's
+            # write came after a newer writer's write: the unfenced twin took both (the write
+            # overwrote the newer one's element), the fence refused both.
+            assert report.overlaps >= config.injections, info
+            assert report.stale_reads_unfenced >= 1, info
+            assert report.stale_unfenced >= 1, info
+            assert report.lost_updates_unfenced >= 1, info
+            assert report.rejected_fenced >= config.injections, info
+    else:
+        assert report.limit == config.limit, info
+        assert report.most_concurrent >= config.limit, info  # the permits were used
+        if fault == "kill-holder" or (fault == "pause-holder" and backend == "file"):
+            assert report.excess == report.pool_excess == 0, info
+        if fault == "pause-holder" and backend != "file":
+            # The paused holder's permit was given away: the pool counted limit + 1 occupants,
+            # and the excess is explained by the pause (checked above).
+            assert report.excess >= config.injections, info
+            assert report.pool_excess >= config.injections, info
+        if fault == "cut-off-holder":
+            assert report.excess == report.pool_excess == 0, info
+    if fault == "cut-off-holder":
+        # The holder was running: its `lost` must fire before a conflicting grant.
+        assert all(m.lost_before_takeover is True for m in measures), info
+    if fault == "kill-holder":
+        bound = 1.0 if backend == "file" else TTL + 2.0
+        assert all(m.takeover_after is not None and m.takeover_after < bound for m in measures)

@@ -6,6 +6,16 @@ random time; write back each set plus one unique element (with the token); recor
 release. The client is deliberately naive: it does not look at ``lock.lost`` before writing, so a
 paused ex-holder that resumes writes with its old token, and only the fence can refuse it.
 
+The other primitives (:attr:`WorkerConfig.primitive`):
+
+* ``rwlock``: each iteration is a writer's (``rw.write``: the lock-set iteration above, with the
+  write token) or a reader's (``rw.read``, chance ``1 - write_ratio``): read both stores with the
+  read token (:meth:`~tests.faults.resource.Store.shared_read`), pause, read them again. The
+  pause-holder fault stops either between its two operations, so a paused reader's second read
+  comes after a newer writer's write: stale, and refused by the fence.
+* ``semaphore``: take a permit of ``client.semaphore(name, limit=limit)``, check in to the
+  :class:`~tests.faults.resource.Pool` with the token, pause, check out.
+
 Each client keeps one explicit session at a time (``client.session(ttl)``); when it is lost the
 client opens a new one (numbered), so the checker can tell a grant in an expired session from a
 grant in its successor. Progress is published in a shared-memory array (no locks: a SIGSTOPped or
@@ -27,16 +37,17 @@ from typing import Any, Protocol
 import tenure
 from tenure.errors import BackendError, LockLostError, NotHeldError, TenureError
 from tests.faults.history import Event
-from tests.faults.resource import Store
+from tests.faults.resource import Pool, Store
 
 # Phases of a client, as published in shared memory.
 STARTING, IDLE, ACQUIRING, ENTERED, READ, WRITING, WRITTEN, RELEASING, STOPPED = range(9)
 PHASES = (
     "starting", "idle", "acquiring", "entered", "read", "writing", "written", "releasing", "stopped"
 )  # fmt: skip
-# Fields of a slot.
-PHASE, TOKEN, PID, LOST, SESSION_LOST, GRANTS, WRITTEN_TOKEN, INCARNATION, SESSION = range(9)
-NFIELDS = 9
+# Fields of a slot (MODE: the current tenure's, an index in MODES).
+PHASE, TOKEN, PID, LOST, SESSION_LOST, GRANTS, WRITTEN_TOKEN, INCARNATION, SESSION, MODE = range(10)
+NFIELDS = 10
+MODES = ("exclusive", "shared", "permit")
 STOP = 0  # index of the global stop flag
 
 
@@ -85,6 +96,9 @@ class WorkerConfig:
     pause_max: float = 0.010
     acquire_timeout: float = 15.0
     seed: int = 0
+    primitive: str = "lock"  # "lock" | "rwlock" | "semaphore"
+    limit: int = 2  # a semaphore's
+    write_ratio: float = 0.5  # an rwlock's share of writer iterations
 
 
 class EventLog:
@@ -95,8 +109,10 @@ class EventLog:
         self._file = open(path, "a", buffering=1)  # noqa: SIM115 (closed in close())
         self._lock = threading.Lock()
 
-    def note(self, kind: str, token: int = 0, session: int = 0, detail: str = "") -> None:
-        event = Event(time.monotonic_ns(), self.client, kind, token, session, detail)
+    def note(
+        self, kind: str, token: int = 0, session: int = 0, detail: str = "", mode: str = ""
+    ) -> None:
+        event = Event(time.monotonic_ns(), self.client, kind, token, session, detail, mode)
         with self._lock:
             self._file.write(event.to_json() + "\n")
 
@@ -151,15 +167,16 @@ def _loop(config: WorkerConfig, slot: int, incarnation: int, slots: Slots, log: 
     deadline = time.monotonic() + config.duration
     fenced = Store(config.directory, fenced=True)
     unfenced = Store(config.directory, fenced=False)
+    pool = Pool(config.directory)
     client = _connect(config, slots, deadline)
     numbers = iter(range(1, 1_000_000))
     session_no = 0
     session: Any = None
-    lock: Any = None
+    sides: dict[str, Any] = {}  # mode -> the session's lock object for it
     last_token = [0]  # the current (or last) tenure's token, for the lost callback
 
     def new_session() -> None:
-        nonlocal session, lock, session_no
+        nonlocal session, session_no
         # Not ACQUIRING while the new session has no lease: there is nothing to lose yet.
         slots.set(slot, PHASE, IDLE)
         if session is not None:
@@ -185,8 +202,15 @@ def _loop(config: WorkerConfig, slot: int, incarnation: int, slots: Slots, log: 
             log.note("lost", token=grant.token if grant is not None else last_token[0], session=n)
 
         session.on_lost(session_lost)
-        lock = session.lock(config.name)
-        lock.on_lost(lock_lost)
+        if config.primitive == "rwlock":
+            rw = session.rwlock(config.name)
+            sides.update(exclusive=rw.write, shared=rw.read)
+        elif config.primitive == "semaphore":
+            sides.update(permit=session.semaphore(config.name, limit=config.limit))
+        else:
+            sides.update(exclusive=session.lock(config.name))
+        for side in sides.values():
+            side.on_lost(lock_lost)
 
     new_session()
     base = (slot + 1) * 10**9 + incarnation * 10**6
@@ -203,8 +227,15 @@ def _loop(config: WorkerConfig, slot: int, incarnation: int, slots: Slots, log: 
                     log.note("error", session=session_no, detail=f"open: {exc}"[:200])
                     time.sleep(0.02)  # back-off after a backend error
                     continue
+            if config.primitive == "semaphore":
+                mode = "permit"
+            elif config.primitive == "rwlock" and rng.random() >= config.write_ratio:
+                mode = "shared"
+            else:
+                mode = "exclusive"
+            lock = sides[mode]
             slots.set(slot, PHASE, ACQUIRING)
-            log.note("acquiring", session=session_no)
+            log.note("acquiring", session=session_no, mode=mode)
             try:
                 got = lock.acquire(timeout=config.acquire_timeout)
             except LockLostError as exc:
@@ -223,21 +254,39 @@ def _loop(config: WorkerConfig, slot: int, incarnation: int, slots: Slots, log: 
                 log.note("lost-before-enter", session=session_no)
                 continue
             last_token[0] = token
-            log.note("enter", token, session_no, "lost" if lock.lost.is_set() else "")
+            log.note("enter", token, session_no, "lost" if lock.lost.is_set() else "", mode)
             slots.set(slot, SESSION, session_no)
             slots.set(slot, TOKEN, token)
+            slots.set(slot, MODE, MODES.index(mode))
             slots.bump(slot, GRANTS)
             slots.set(slot, PHASE, ENTERED)
-            element = base + i
-            seen_f = fenced.read(token, me)
-            seen_u = unfenced.read(token, me)
-            slots.set(slot, PHASE, READ)
-            time.sleep(rng.uniform(config.pause_min, config.pause_max))  # the workload's pause
-            slots.set(slot, PHASE, WRITING)  # READ means "in the pause", never inside a store
-            if seen_f is not None:
-                fenced.write(token, me, seen_f, element)
-            unfenced.write(token, me, seen_u or [], element)
-            slots.set(slot, WRITTEN_TOKEN, token)
+            pause = rng.uniform(config.pause_min, config.pause_max)  # the workload's pause
+            # READ means "in the pause", never inside a store; WRITING: past the pause.
+            if mode == "permit":
+                pool.occupy(token, me)
+                slots.set(slot, PHASE, READ)
+                time.sleep(pause)
+                slots.set(slot, PHASE, WRITING)
+                pool.vacate(token, me)
+            elif mode == "shared":
+                fenced.shared_read(token, me)
+                unfenced.shared_read(token, me)
+                slots.set(slot, PHASE, READ)
+                time.sleep(pause)
+                slots.set(slot, PHASE, WRITING)
+                fenced.shared_read(token, me)
+                unfenced.shared_read(token, me)
+            else:
+                element = base + i
+                seen_f = fenced.read(token, me)
+                seen_u = unfenced.read(token, me)
+                slots.set(slot, PHASE, READ)
+                time.sleep(pause)
+                slots.set(slot, PHASE, WRITING)
+                if seen_f is not None:
+                    fenced.write(token, me, seen_f, element)
+                unfenced.write(token, me, seen_u or [], element)
+                slots.set(slot, WRITTEN_TOKEN, token)  # a writer's write (the nemesis waits on it)
             slots.set(slot, PHASE, WRITTEN)
             log.note("exit", token, session_no)
             slots.set(slot, PHASE, RELEASING)
