@@ -366,6 +366,70 @@ class FastenersClient:
         return None
 
 
+class _FileLockLock:
+    def __init__(self, path: str) -> None:
+        import filelock
+
+        self._lock = filelock.FileLock(path)
+        self._timeout = filelock.Timeout
+
+    def acquire(self, timeout: float) -> bool:
+        try:
+            self._lock.acquire(timeout=timeout)
+        except self._timeout:
+            return False
+        return True
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+class _PortalockerLock:
+    def __init__(self, path: str) -> None:
+        import portalocker
+
+        self._lock = portalocker.Lock(path, fail_when_locked=False)
+        self._timeout = portalocker.exceptions.LockException
+
+    def acquire(self, timeout: float) -> bool:
+        try:
+            self._lock.acquire(timeout=timeout)
+        except self._timeout:
+            return False
+        return True
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+class FileLockClient:
+    """filelock's FileLock (fcntl, polls every 50 ms by default)."""
+
+    def __init__(self, target: Target) -> None:
+        self._dir = os.path.join(target.directory, "filelock")
+        os.makedirs(self._dir, exist_ok=True)
+
+    def lock(self, name: str) -> BenchLock:
+        return _FileLockLock(os.path.join(self._dir, name + ".lock"))
+
+    def close(self) -> None:
+        return None
+
+
+class PortalockerClient:
+    """portalocker's Lock (flock, polls every 250 ms by default)."""
+
+    def __init__(self, target: Target) -> None:
+        self._dir = os.path.join(target.directory, "portalocker")
+        os.makedirs(self._dir, exist_ok=True)
+
+    def lock(self, name: str) -> BenchLock:
+        return _PortalockerLock(os.path.join(self._dir, name + ".lock"))
+
+    def close(self) -> None:
+        return None
+
+
 # Floors: the minimal work any lock on this backend must do, with the same client library. A
 # floor is an operation factory, so that it can be timed interleaved with a library's
 # acquire + release in the same process (both then see the same CPU placement).
