@@ -5,13 +5,16 @@ disk (``tmp_path``) and on tmpfs (``/dev/shm``) where there is one."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import multiprocessing
 import os
+import random
 import shutil
 import signal
 import struct
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +27,7 @@ from tenure._async.backends.file import _stem
 from tenure._sync.backends import file as file_backend
 
 SPAWN = multiprocessing.get_context("spawn")
+FORK = multiprocessing.get_context("fork")  # the kill stress test starts many replacements
 DEADLINE = 30.0
 
 
@@ -77,6 +81,23 @@ def _loop(url: str, kind: str, name: str, rounds: int, done: Any) -> None:
             assert lock.acquire(timeout=DEADLINE)
             lock.release()
             done.value += 1
+
+
+def _permits(url: str, slot: int, holding: Any, overlaps: Any) -> None:
+    """Take a permit of a limit-2 semaphore over and over (until killed); while holding, count
+    in ``overlaps[slot]`` each time another slot holds too (the later of two overlapping holders
+    always sees the other's flag)."""
+    rng = random.Random(slot)
+    with tenure.connect(url) as client:
+        permit = client.semaphore("stress", limit=2)
+        for _ in range(100_000):
+            assert permit.acquire(timeout=DEADLINE)
+            holding[slot] = 1
+            if any(holding[i] for i in range(len(holding)) if i != slot):
+                overlaps[slot] += 1
+            time.sleep(rng.uniform(0.0005, 0.003))
+            holding[slot] = 0
+            permit.release()
 
 
 def _hold_queue_lock(lock_path: str, marker: str) -> None:
@@ -158,6 +179,15 @@ def queued(client: tenure.Client, key: str, n: int, waiting: int | None = None) 
         return len(found) == n and (waiting is None or sum(h.waiting for h in found) == waiting)
 
     wait_until(reached, f"{n} contenders of {kind} {name!r}")
+
+
+def watched(inode: int) -> bool:
+    """Whether one of this process's inotify instances watches ``inode``."""
+    for fd in os.listdir("/proc/self/fdinfo"):
+        with contextlib.suppress(OSError):
+            if f" ino:{inode:x} " in Path(f"/proc/self/fdinfo/{fd}").read_text():
+                return True
+    return False
 
 
 def queue_dir(url: str, kind: str, name: str) -> Path:
@@ -300,6 +330,92 @@ def test_killed_reader_lets_the_waiting_writer_in(url: str, procs: Procs) -> Non
         writer.release()
 
 
+@pytest.mark.parametrize("kind", ["lock", "read", "permit"])
+def test_a_dead_holder_still_locked_when_its_close_is_seen_hands_over(url: str, kind: str) -> None:
+    """A dying process's entry is closed (``IN_CLOSE_WRITE``, which wakes its watcher) a moment
+    *before* the kernel drops its lock: the woken waiter may still find it locked, and no other
+    event follows. Here the lock is never dropped at all: the close alone must hand over."""
+
+    def side(client: tenure.Client, holder: bool) -> tenure.Lock:
+        if kind == "lock":
+            return client.lock("dying")
+        if kind == "read":
+            return getattr(client.rwlock("dying"), "write" if holder else "read")
+        return client.semaphore("dying", limit=1)
+
+    with tenure.connect(url) as a, tenure.connect(url) as b:
+        holder, waiter = side(a, True), side(b, False)
+        assert holder.acquire()
+        entry = holder._grant.data  # type: ignore[union-attr]
+        got: list[bool] = []
+        thread = threading.Thread(target=lambda: got.append(waiter.acquire(timeout=10)))
+        thread.start()
+        try:
+            wait_until(lambda: watched(os.fstat(entry.fd).st_ino), "the waiter to watch")
+            os.close(os.open(entry.path, os.O_WRONLY))  # the close, without the unlock
+        finally:
+            thread.join(DEADLINE)
+        assert got == [True]
+        with pytest.raises(tenure.LockLostError):  # its entry is gone: it is not held
+            holder.ensure_held()
+        waiter.release()
+
+
+def _kill_permit_holders(url: str, kills: int, workers: int = 5) -> None:
+    """SIGKILL ``kills`` permit holders (some SIGSTOPped first, some waiters too) of a limit-2
+    semaphore at random moments; after each death two survivors must hold at once again."""
+    holding = FORK.Array("b", workers, lock=False)
+    overlaps = FORK.Array("q", workers, lock=False)
+    procs: list[multiprocessing.process.BaseProcess] = [None] * workers  # type: ignore[list-item]
+
+    def start(slot: int) -> None:
+        holding[slot] = 0
+        procs[slot] = FORK.Process(target=_permits, args=(url, slot, holding, overlaps))
+        procs[slot].start()
+
+    rng = random.Random(kills)
+    try:
+        for slot in range(workers):
+            start(slot)
+        for n in range(kills):
+            if n % 4 == 3:  # a waiter (or whoever), wherever it is
+                victim = rng.randrange(workers)
+            else:
+                wait_until(lambda: any(holding), "a holder")
+                victim = rng.choice([i for i in range(workers) if holding[i]] or [0])
+            pid = procs[victim].pid
+            assert pid is not None
+            if n % 2:
+                os.kill(pid, signal.SIGSTOP)  # as the fault suite does: a stable victim
+            os.kill(pid, signal.SIGKILL)
+            procs[victim].join(DEADLINE)
+            holding[victim] = 0
+            seen = sum(overlaps)
+            deadline = time.monotonic() + 10
+            delay = 0.001
+            while sum(overlaps) == seen:
+                assert time.monotonic() < deadline, (
+                    f"kill {n}: no two permits held at once within 10 s after the death"
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+            start(victim)
+    finally:
+        for proc in procs:
+            if proc is not None and proc.is_alive():
+                proc.kill()
+                proc.join(10)
+
+
+def test_killed_permit_holders_are_replaced_at_once(url: str) -> None:
+    _kill_permit_holders(url, 30)
+
+
+@pytest.mark.slow
+def test_killed_permit_holders_are_replaced_at_once_long(url: str) -> None:
+    _kill_permit_holders(url, 1000)
+
+
 @pytest.mark.parametrize("kind", ["lock", "permit", "rwlock"])
 def test_kills_at_random_points_never_block_the_survivors(url: str, kind: str) -> None:
     workers, rounds = 6, 150
@@ -402,6 +518,32 @@ def test_contenders_in_grant_order_with_modes(url: str, procs: Procs) -> None:
         reader.release()
         procs.join()
         assert [i for i, _, _ in procs.logged()] == [0, 1]
+
+
+def test_threads_sharing_a_client_get_distinct_tokens(url: str) -> None:
+    """A client's sessions share its open queue file, whose OFD lock does not exclude threads:
+    they must not number (or judge dead) each other's half-made entries."""
+    tokens: list[int] = []
+    errors: list[BaseException] = []
+    with tenure.connect(url) as client:
+
+        def run() -> None:
+            try:
+                permit = client.session().semaphore("threads", limit=8)
+                for _ in range(100):
+                    assert permit.acquire(timeout=DEADLINE)
+                    tokens.append(permit.token)
+                    permit.release()
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(DEADLINE)
+    assert errors == []
+    assert len(tokens) == len(set(tokens)) == 400
 
 
 def test_deleting_the_holders_entry_makes_it_lost(url: str) -> None:

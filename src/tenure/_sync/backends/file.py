@@ -26,7 +26,11 @@ dir)::
   exclusive waiter its nearest live predecessor, a reader the nearest live exclusive entry
   before it, the first permit waiter the ``limit`` holders, a later permit waiter its
   predecessor, which writes its grant time when granted (``IN_MODIFY``) so the next one moves
-  up. So a release wakes the contenders that can now be granted, and only them. Inotify
+  up. So a release wakes the contenders that can now be granted, and only them. Only its
+  owner opens an entry for writing, so an ``IN_CLOSE_WRITE`` on it means the owner is gone: the
+  waiter unlinks it at once, because the kernel drops a dead process's lock only just *after*
+  sending that event, and a waiter looking in between would otherwise see a live entry and
+  wait for an event that never comes (its other watchers wake when it is deleted). Inotify
   instances are kept and reused: closing one that had watches waits for an RCU grace period
   (milliseconds). Without inotify (not Linux, or out of instances or watches) waiters re-check
   with a bounded back-off instead.
@@ -46,6 +50,7 @@ import hashlib
 import json
 import os
 import struct
+import threading
 import time
 import weakref
 from bisect import bisect_left
@@ -78,6 +83,7 @@ _MAX_STEM = 200
 _OPEN_QUEUES = 64  # queue files kept open per driver (the most recently opened keys)
 
 _IN_MODIFY, _IN_CLOSE_WRITE, _IN_DELETE = 0x02, 0x08, 0x200
+_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (of the name)
 
 # Files this process holds open (entries, queue files, inotify instances): a forked child closes
 # its copies (without unlocking: an OFD lock belongs to the open file, which the child shares).
@@ -119,10 +125,12 @@ def _locked(fd: int) -> bool:
 class _Queue:
     """One key's queue file (kept open) and entries directory."""
 
-    __slots__ = ("dir", "fd", "ino", "lock_path", "pid")
+    __slots__ = ("dir", "fd", "ino", "lock_path", "mutex", "pid")
 
     def __init__(self, lock_path: str, dir: str) -> None:
         self.lock_path, self.dir, self.pid, self.fd = lock_path, dir, os.getpid(), -1
+        # The OFD lock excludes other open files, not other threads sharing this one.
+        self.mutex = threading.Lock()
         self.fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         _INHERITED.add(self.fd)
         self.ino = os.fstat(self.fd).st_ino
@@ -178,7 +186,8 @@ class _Watch:
 
     def __init__(self, targets: Sequence[tuple[str, int]]) -> None:
         self.targets = tuple(targets)
-        self.wds: list[int] = []
+        self.wds: dict[int, str] = {}  # watch descriptor -> path
+        self.closed: list[str] = []  # targets whose writer closed them (IN_CLOSE_WRITE)
         self.gone = False  # a target vanished before it could be watched: look again
         try:
             self.fd = _IDLE_INOTIFY.pop()
@@ -189,7 +198,7 @@ class _Watch:
         for path, mask in self.targets:
             wd = self._libc.inotify_add_watch(self.fd, os.fsencode(path), mask)
             if wd >= 0:
-                self.wds.append(wd)
+                self.wds[wd] = path
             elif ctypes.get_errno() == errno.ENOENT:
                 self.gone = True
             else:  # out of watches (ENOSPC...): back off instead, like without inotify
@@ -225,8 +234,13 @@ class _Watch:
 
     def _drain(self) -> None:
         with contextlib.suppress(BlockingIOError):
-            while os.read(self.fd, 65536):
-                pass
+            while data := os.read(self.fd, 65536):
+                at = 0
+                while at + _EVENT.size <= len(data):  # struct inotify_event, then its name
+                    wd, mask, _, size = _EVENT.unpack_from(data, at)
+                    at += _EVENT.size + size
+                    if mask & _IN_CLOSE_WRITE and not size and wd in self.wds:
+                        self.closed.append(self.wds[wd])
 
     def close(self) -> None:
         if self.fd < 0:
@@ -337,6 +351,15 @@ class FileDriver:
                     watch = _Watch(plan)
                     continue
                 watch.wait(remaining)
+                # Only an entry's owner opens it for writing, so its IN_CLOSE_WRITE means the
+                # owner left or died. A dead process's lock is dropped just *after* that event
+                # (the kernel closes, then unlocks; the waiter may already be looking), so its
+                # entry may still look alive: unlink it now instead of waiting for an event
+                # that will not come. Its other watchers then wake (IN_IGNORED) too.
+                for path in watch.closed:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                watch.closed.clear()
             now = time.time_ns()
             # Writing the grant time is also the signal a later permit waiter watches for.
             os.pwrite(entry.fd, b"%020d" % now, 0)
@@ -354,18 +377,25 @@ class FileDriver:
                 entry.leave()
 
     def _enqueue(self, key: str, owner: OwnerInfo, mode: Mode) -> _Entry:
-        """Append our entry: number it and create it under the queue file's short lock, so
-        entries appear in sequence order and each is locked before anyone can list it."""
+        """Append our entry: number it and create it under the queue file's short lock (and,
+        for the threads sharing that open file, its mutex), so entries appear in sequence order
+        and each is locked before anyone behind it can list it."""
         record = _WAITING + b"\n" + owner.meta.encode()
         queue = self._queue(key)
-        try:
-            fcntl.fcntl(queue.fd, _SETLKW, _WRLCK)
-            while os.fstat(queue.fd).st_nlink == 0:  # deleted by hand: use the new one
-                fcntl.fcntl(queue.fd, _SETLK, _UNLCK)
-                queue = self._queue(key, stale=queue)
+        for _ in range(100):  # bounded: each round found the file deleted by hand
+            queue.mutex.acquire()
+            try:
                 fcntl.fcntl(queue.fd, _SETLKW, _WRLCK)
-        except OSError as exc:
-            raise BackendError(f"cannot lock {queue.lock_path}: {exc.strerror}") from exc
+                if os.fstat(queue.fd).st_nlink:
+                    break
+                fcntl.fcntl(queue.fd, _SETLK, _UNLCK)  # deleted by hand: use the new one
+            except OSError as exc:
+                queue.mutex.release()
+                raise BackendError(f"cannot lock {queue.lock_path}: {exc.strerror}") from exc
+            queue.mutex.release()
+            queue = self._queue(key, stale=queue)
+        else:
+            raise BackendError(f"cannot lock {queue.lock_path}: it keeps being deleted")
         try:
             seq, limit = _HEADER.unpack(os.pread(queue.fd, _HEADER.size, 0).ljust(16, b"\0"))
             if seq == 0:  # a new (or hand-recreated) queue file: continue after what is left
@@ -395,6 +425,7 @@ class FileDriver:
             raise BackendError(f"cannot queue for {key!r} in {queue.dir}: {exc}") from exc
         finally:
             fcntl.fcntl(queue.fd, _SETLK, _UNLCK)
+            queue.mutex.release()
 
     def _plan(self, entry: _Entry) -> tuple[tuple[str, int], ...] | None:
         """None if ``entry`` may be granted (``base.grantable``), else the entries to watch."""
