@@ -7,6 +7,7 @@ import itertools
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -132,3 +133,50 @@ def test_killed_holder_of_a_shared_mode_lets_others_in(
     finally:
         proc.kill()
         proc.join(10)
+
+
+def test_threads_of_one_client_share_permits_and_readers_safely(backend: Backend) -> None:
+    """Threads of one process, one client, each with its own objects: never more than ``limit``
+    permits, no reader beside a writer, and every token of a name granted once."""
+    guard = threading.Lock()
+    inside = {"permits": 0, "readers": 0, "writers": 0}
+    violations: list[str] = []
+    tokens: dict[str, list[int]] = {"semaphore": [], "rwlock": []}
+
+    def enter(kind: str) -> None:
+        with guard:
+            inside[kind] += 1
+            if inside["permits"] > 2:
+                violations.append(f"{inside['permits']} permits")
+            if inside["writers"] > 1 or (inside["writers"] and inside["readers"]):
+                violations.append(f"{inside['writers']} writers, {inside['readers']} readers")
+
+    def leave(kind: str, space: str, token: int) -> None:
+        with guard:
+            inside[kind] -= 1
+            tokens[space].append(token)
+
+    with tenure.connect(backend.url) as client:
+
+        def work(i: int) -> None:
+            sem = client.semaphore("threads-sem", limit=2)
+            rw = client.rwlock("threads-rw")
+            side, kind = (rw.write, "writers") if i % 2 else (rw.read, "readers")
+            for _ in range(25):
+                with sem:
+                    enter("permits")
+                    time.sleep(0)
+                    leave("permits", "semaphore", sem.token)
+                with side:
+                    enter(kind)
+                    time.sleep(0)
+                    leave(kind, "rwlock", side.token)
+
+        runner = Runner()
+        for i in range(4):
+            runner.start(lambda i=i: work(i))
+        runner.join(120)
+    assert violations == []
+    for space, granted in tokens.items():
+        assert len(granted) == 100, space
+        assert len(set(granted)) == 100, f"a {space} token was granted twice"
