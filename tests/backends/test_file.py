@@ -607,3 +607,21 @@ def test_tokens_continue_from_the_previous_layout(url: str) -> None:
         assert lock.acquire(blocking=False)
         assert lock.token == 42
         lock.release()
+
+
+def test_network_file_systems_are_refused(tmp_path: Path) -> None:
+    from tenure._async.backends.file import network_filesystem
+
+    mounts = (
+        "/dev/sda1 / ext4 rw 0 0\n"
+        "srv:/export /mnt/shared nfs4 rw 0 0\n"
+        "tmpfs /mnt/shared/local tmpfs rw 0 0\n"
+        "//nas/x /mnt/my\\040nas cifs rw 0 0\n"
+    )
+    assert network_filesystem("/mnt/shared/locks", mounts) == "nfs4"
+    assert network_filesystem("/mnt/shared", mounts) == "nfs4"
+    assert network_filesystem("/mnt/shared/local/locks", mounts) is None  # the longest mount
+    assert network_filesystem("/mnt/sharedx", mounts) is None
+    assert network_filesystem("/mnt/my nas/l", mounts) == "cifs"
+    assert network_filesystem("/home/me", mounts) is None
+    assert network_filesystem(str(tmp_path)) is None  # this machine's test directory is local

@@ -65,7 +65,7 @@ from ...errors import BackendError, ConfigurationError
 from .. import _compat
 from .base import KINDS, Grant, Lease, Mode, grantable, limit_mismatch
 
-__all__ = ["FileDriver", "default_root"]
+__all__ = ["FileDriver", "default_root", "network_filesystem"]
 
 _OFD = hasattr(fcntl, "F_OFD_SETLK")
 _SETLK = fcntl.F_OFD_SETLK if _OFD else fcntl.F_SETLK
@@ -99,6 +99,32 @@ def _close_inherited() -> None:
 
 
 os.register_at_fork(after_in_child=_close_inherited)
+
+
+#: File-system types whose locks or inotify events are not those of the local kernel.
+_NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "lustre", "afs", "9p",
+               "fuse.sshfs", "fuse.glusterfs", "fuse.cephfs")  # fmt: skip
+
+
+def network_filesystem(path: str, mounts: str | None = None) -> str | None:
+    """The type of the network file system holding ``path`` (from ``/proc/self/mounts``, or
+    ``mounts``), or None if it is local or cannot be told."""
+    if mounts is None:
+        try:
+            with open("/proc/self/mounts") as f:
+                mounts = f.read()
+        except OSError:
+            return None
+    real = os.path.realpath(path)
+    best, kind = "", ""
+    for line in mounts.splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mount = parts[1].replace("\\040", " ")  # the kernel escapes spaces
+        if (real == mount or real.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+            best, kind = mount, parts[2]
+    return kind if kind in _NETWORK_FS else None
 
 
 def default_root() -> Path:
@@ -313,6 +339,13 @@ class FileDriver:
                 ) from exc
         if not os.access(self._dir, os.W_OK | os.X_OK):
             raise ConfigurationError(f"cannot use {self._dir} for file locks: not writable")
+        remote = network_filesystem(str(self._dir))
+        if remote is not None:
+            raise ConfigurationError(
+                f"cannot use {self._dir} for file locks: it is on a network file system "
+                f"({remote}), where OFD locks and inotify are not reliable; use a local "
+                "directory, or a server backend (redis://, etcd://, ...) across machines"
+            )
 
     async def close(self) -> None:
         self._queues = {}
