@@ -482,6 +482,7 @@ def test_release_wakes_one_waiter_in_order_and_waiters_do_not_poll(
     try:
         holder = clients[0].lock("herd")
         assert holder.acquire()
+        watches = metric(node, "grpc_server_msg_received_total", "Watch")
         runner = Runner()
         order: list[int] = []
         for i, client in enumerate(clients[1:]):
@@ -503,6 +504,8 @@ def test_release_wakes_one_waiter_in_order_and_waiters_do_not_poll(
                 for method in ("Txn", "Range", "Watch")
             ) + metric(node, "grpc_server_msg_received_total", "Watch")
 
+        # Each waiter's watch request lands after its key shows in contenders(): wait for all five.
+        wait_for(lambda: metric(node, "grpc_server_msg_received_total", "Watch") >= watches + 5)
         quiet = requests()
         time.sleep(1.0)  # a measurement window, not a wait for a condition
         assert requests() == quiet, "queued waiters sent requests"

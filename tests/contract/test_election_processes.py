@@ -59,6 +59,30 @@ def test_killed_leader_is_replaced_by_the_standby(backend: Backend, tmp_path: Pa
         proc.join(10)
 
 
+def _holds_flock(pid: int, path: Path) -> bool:
+    inode = os.stat(path).st_ino
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF" (blocked waiters carry "->")
+        held = "->" not in fields and len(fields) >= 6 and fields[4] == str(pid)
+        if held and int(fields[5].rsplit(":", 1)[1]) == inode:
+            return True
+    return False
+
+
+def _stop_outside_the_fence(pid: int, fence: Path) -> None:
+    """SIGSTOP the leader, but not inside the fence's own flock (a process stopped there would
+    block every other writer of the fence: that would test the fence file, not the lock)."""
+    for _ in range(200):  # bounded: the leader spends microseconds of each 20 ms in the flock
+        os.kill(pid, signal.SIGSTOP)
+        Runner.wait_for(lambda: Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "T", 10)
+        if not fence.exists() or not _holds_flock(pid, fence):
+            return
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.005)  # let it leave the flock before stopping it again
+    raise AssertionError("the leader was always inside the fence's flock")
+
+
 def test_paused_leader_loses_and_is_fenced_off(backend: Backend, tmp_path: Path) -> None:
     if not backend.capabilities.leases:
         pytest.skip(f"{backend.name}: a paused holder keeps its lock by design (no lease)")
@@ -67,7 +91,7 @@ def test_paused_leader_loses_and_is_fenced_off(backend: Backend, tmp_path: Path)
     fence = workers.Fence(str(tmp_path / "fence"))
     try:
         with tenure.connect(backend.url, ttl=ttl) as client:
-            os.kill(proc.pid, signal.SIGSTOP)
+            _stop_outside_the_fence(proc.pid, tmp_path / "fence")
             paused = time.monotonic()
             standby = client.election("active", value="standby")
             assert standby.campaign(timeout=ttl + backend.capabilities.expiry_slack + 10)
