@@ -667,3 +667,28 @@ def test_forked_child_inspects_through_its_own_connection(
         assert os.waitstatus_to_exitcode(status) == 0
         lock.ensure_held()
         lock.release()
+
+
+def test_a_waiter_never_watches_a_node_that_left_unseen(
+    zookeeper_server: ZooKeeperEnsemble, raw: KazooClient, ns: str
+) -> None:
+    """Queue: holder, w0, w1, w2 (a chain of plain-lock waiters). When w0 is deleted after its
+    tenure, w1's picture still shows the holder, which left unseen: w1 must list the queue once
+    and be granted, not first set a watch on the gone holder (a wasted round trip and wake-up
+    per grant)."""
+    url = f"{zookeeper_server.url}?namespace={ns}"
+    with tenure.connect(url) as a, tenure.connect(url) as b:
+        holder = a.lock("chain")
+        assert holder.acquire()
+        queue = _Queue(b, raw, f"/{ns}/lock/chain")
+        locks = [queue.add(lambda s: s.lock("chain")) for _ in range(3)]
+        queue.count()
+        holder.release()
+        wait_for(lambda: locks[0].held)
+        assert queue.calls == [[], [], []]  # the next in line: granted without a listing
+        locks[0].release()
+        wait_for(lambda: locks[1].held)
+        assert queue.calls[1] == ["get_children"], queue.calls
+        assert queue.calls[2] == []
+        queue.done.set()
+        assert queue.runner.join(60) == [True] * 3

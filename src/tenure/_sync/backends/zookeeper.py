@@ -37,9 +37,11 @@ who is granted follows from it alone (``base.grantable``).
     wakes one semaphore waiter; each grant costs at most ``limit`` watches, however many wait;
     watches left on other holders fire later, once, on nothing.
 
-  Nodes ahead of us only ever leave (sequence numbers grow), so a deletion our watch reports is
-  applied to the queue as we know it without listing again (a lock's handoff costs no listing);
-  a node found already gone, or a promotion, means our picture is old: list again. A deadline,
+  Nodes ahead of us only ever leave (sequence numbers grow), but they may leave unseen. So a
+  deletion our watch reports is applied to the queue as we know it, and if that picture already
+  lets us in we are granted without listing (stale nodes in it only make us more careful: a
+  handoff to the next in line, or to the readers behind a writer, costs no listing); if it
+  still blocks us, or a node is found already gone, or on a promotion, we list again. A deadline,
   cancellation or error deletes our node; a delete that cannot be sent is remembered and retried.
   A waiter also wakes at its lease's local deadline and fails if no renewal moved it.
 - **Semaphore limit.** Each permit node carries its limit in its mark. A contender compares its
@@ -623,7 +625,10 @@ class ZooKeeperDriver:
                 return False
             if woken:  # deletions we were told of: nobody can have queued ahead of us since
                 queue = [node for node in queue if parent + "/" + node.name not in woken]
-                continue
+                if _blockers(queue, me) is None:
+                    continue  # granted even if older nodes we still count have gone meanwhile
+                # Still blocked, maybe only by nodes that left unseen (the deleted one was
+                # granted after them): watching one would find it gone. List instead.
             queue = _queue(self._children(state.client, parent, timeout))
             if me not in queue:
                 raise BackendUnavailableError(
