@@ -21,7 +21,7 @@ same stubs serve ``grpc`` (sync) and ``grpc.aio`` (asyncio).
   ``window`` *blocking* keys are older than mine. A lock, an election, a writer: 1 of all the
   keys; a reader: 1 of the writers' keys; a permit: ``limit`` of all the keys.
 - **Acquire** is one ``Txn``: create my key if absent (else read it), read the newest blocking
-  keys (older than my new key) and the oldest key, whose limit a semaphore contender must share
+  keys (older than my new key) and, for a semaphore, the oldest key, whose limit it must share
   (else its key is deleted and ``limit_mismatch`` raised). Held: done. Else I watch, then look
   again (a ``Txn`` guarded by my key) until I hold it:
 
@@ -467,7 +467,7 @@ class EtcdDriver:
             raise ConfigurationError("etcd authentication needs both a user and a password")
         self._endpoints: dict[str, _Endpoint] = {}
         self._retired: list[Any] = []  # channels given up on, closed a little later
-        self._ops_cache: dict[tuple[bytes, Mode], tuple[Any, Any]] = {}
+        self._ops_cache: dict[tuple[bytes, Mode], tuple[Any, ...]] = {}
         # Keys whose clean-up failed (key -> create revision): the next renewal deletes them.
         self._leftovers: dict[bytes, int] = {}
         self._current = 0
@@ -795,19 +795,19 @@ class EtcdDriver:
         self, q: _Queue, key: str, lease: Lease, owner: OwnerInfo, value: bytes
     ) -> tuple[int, _Place | _Wait]:
         """One Txn: create my key unless it exists (else read it), read the newest blocking keys
-        (all older than my new key) and the oldest key (a semaphore's stored limit).
+        (all older than my new key) and, for a semaphore, the oldest key (its stored limit).
 
         Returns my create revision and where I stand (``UNKNOWN`` if my key already existed: a
         retry; the caller looks).
         """
-        newest, oldest = self._enqueue_ops(q)
+        reads = self._enqueue_ops(q)  # (newest,) or, for a semaphore, (newest, oldest)
         put = pb.RequestOp(
             request_put=pb.PutRequest(key=q.me, value=value, lease=_lease_number(lease))
         )
         read_me = pb.RequestOp(request_range=pb.RangeRequest(key=q.me))
         for _ in range(3):
             reply = await self._txn(
-                "acquire", [_created_at(q.me, 0)], [put, newest, oldest], [read_me, oldest]
+                "acquire", [_created_at(q.me, 0)], [put, *reads], [read_me, *reads[1:]]
             )
             if reply.succeeded:
                 mine = reply.header.revision
@@ -820,17 +820,18 @@ class EtcdDriver:
                     # replace it, so nothing that still knows its revision touches ours.
                     await self._delete_if(q.me, mine)
                     continue
-            oldest_kvs = reply.responses[-1].response_range.kvs
+            oldest_kvs = reply.responses[-1].response_range.kvs if q.mode.limit else []
             stored = _limit_of(oldest_kvs[0].value) if oldest_kvs else 0
-            if q.mode.limit and stored and stored != q.mode.limit:
+            if stored and stored != q.mode.limit:
                 await self._leave_quietly(q.me, mine)  # nothing left behind
                 raise limit_mismatch(key.partition("/")[2], stored, q.mode.limit)
             return mine, place
         raise BackendError(f"etcd: could not replace a stale entry {q.me!r}")
 
-    def _enqueue_ops(self, q: _Queue) -> tuple[Any, Any]:
+    def _enqueue_ops(self, q: _Queue) -> tuple[Any, ...]:
         """The acquire Txn's reads, the same for every contender of one key and mode (cached):
-        the newest ``window + 1`` blocking keys (mine among them), and the oldest key."""
+        the newest ``window + 1`` blocking keys (mine among them), and for a semaphore the
+        oldest key (its stored limit); a lock pays for no read it does not need."""
         ops = self._ops_cache.get((q.prefix, q.mode))
         if ops is None:
             newest = pb.RequestOp(
@@ -838,12 +839,12 @@ class EtcdDriver:
                                               sort_target=_CREATE, limit=q.window + 1,
                                               keys_only=True)
             )  # fmt: skip
-            oldest = pb.RequestOp(
-                request_range=pb.RangeRequest(key=q.prefix, range_end=_prefix_end(q.prefix),
-                                              sort_order=_ASCEND, sort_target=_CREATE, limit=1,
-                                              keys_only=not q.mode.limit)
-            )  # fmt: skip
-            ops = (newest, oldest)
+            ops = (newest,)
+            if q.mode.limit:
+                ops += (pb.RequestOp(
+                    request_range=pb.RangeRequest(key=q.prefix, range_end=_prefix_end(q.prefix),
+                                                  sort_order=_ASCEND, sort_target=_CREATE, limit=1)
+                ),)  # fmt: skip
             if len(self._ops_cache) >= _OPS_CACHE:
                 self._ops_cache.clear()
             self._ops_cache[q.prefix, q.mode] = ops
