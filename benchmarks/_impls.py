@@ -354,16 +354,25 @@ class _FastenersLock:
         self._lock.release()
 
 
-class FastenersClient:
+class _LockFileClient:
+    """A file-lock library's client: one lock file per name in its own directory."""
+
+    subdir: str
+    make: Callable[[str], BenchLock]
+
     def __init__(self, target: Target) -> None:
-        self._dir = os.path.join(target.directory, "fasteners")
+        self._dir = os.path.join(target.directory, self.subdir)
         os.makedirs(self._dir, exist_ok=True)
 
     def lock(self, name: str) -> BenchLock:
-        return _FastenersLock(os.path.join(self._dir, name + ".lock"))
+        return type(self).make(os.path.join(self._dir, name + ".lock"))
 
     def close(self) -> None:
         return None
+
+
+class FastenersClient(_LockFileClient):
+    subdir, make = "fasteners", _FastenersLock
 
 
 class _FileLockLock:
@@ -402,32 +411,16 @@ class _PortalockerLock:
         self._lock.release()
 
 
-class FileLockClient:
+class FileLockClient(_LockFileClient):
     """filelock's FileLock (fcntl, polls every 50 ms by default)."""
 
-    def __init__(self, target: Target) -> None:
-        self._dir = os.path.join(target.directory, "filelock")
-        os.makedirs(self._dir, exist_ok=True)
-
-    def lock(self, name: str) -> BenchLock:
-        return _FileLockLock(os.path.join(self._dir, name + ".lock"))
-
-    def close(self) -> None:
-        return None
+    subdir, make = "filelock", _FileLockLock
 
 
-class PortalockerClient:
+class PortalockerClient(_LockFileClient):
     """portalocker's Lock (flock, polls every 250 ms by default)."""
 
-    def __init__(self, target: Target) -> None:
-        self._dir = os.path.join(target.directory, "portalocker")
-        os.makedirs(self._dir, exist_ok=True)
-
-    def lock(self, name: str) -> BenchLock:
-        return _PortalockerLock(os.path.join(self._dir, name + ".lock"))
-
-    def close(self) -> None:
-        return None
+    subdir, make = "portalocker", _PortalockerLock
 
 
 # Floors: the minimal work any lock on this backend must do, with the same client library. A
