@@ -330,11 +330,15 @@ def test_killed_reader_lets_the_waiting_writer_in(url: str, procs: Procs) -> Non
         writer.release()
 
 
+@pytest.mark.parametrize("queued", [False, True], ids=["fast", "entry"])
 @pytest.mark.parametrize("kind", ["lock", "read", "permit"])
-def test_a_dead_holder_still_locked_when_its_close_is_seen_hands_over(url: str, kind: str) -> None:
-    """A dying process's entry is closed (``IN_CLOSE_WRITE``, which wakes its watcher) a moment
-    *before* the kernel drops its lock: the woken waiter may still find it locked, and no other
-    event follows. Here the lock is never dropped at all: the close alone must hand over."""
+def test_a_dead_holder_still_locked_when_its_close_is_seen_hands_over(
+    url: str, kind: str, queued: bool
+) -> None:
+    """A dying process's entry (or a fast holder's hold file) is closed (``IN_CLOSE_WRITE``,
+    which wakes its watcher) a moment *before* the kernel drops its lock: the woken waiter may
+    still find it locked, and no other event follows. Here the lock is never dropped at all:
+    the close alone must hand over."""
 
     def side(client: tenure.Client, holder: bool) -> tenure.Lock:
         if kind == "lock":
@@ -343,10 +347,20 @@ def test_a_dead_holder_still_locked_when_its_close_is_seen_hands_over(url: str, 
             return getattr(client.rwlock("dying"), "write" if holder else "read")
         return client.semaphore("dying", limit=1)
 
-    with tenure.connect(url) as a, tenure.connect(url) as b:
+    with tenure.connect(url) as a, tenure.connect(url) as b, tenure.connect(url) as c:
         holder, waiter = side(a, True), side(b, False)
-        assert holder.acquire()
+        if queued:  # granted from the queue: it has an entry (else the fast path has none)
+            first = side(c, True)
+            assert first.acquire()
+            taking = threading.Thread(target=holder.acquire)
+            taking.start()
+            queued_for(c, kind, 2)
+            first.release()
+            taking.join(DEADLINE)
+        else:
+            assert holder.acquire()
         entry = holder._grant.data  # type: ignore[union-attr]
+        assert isinstance(entry, file_backend._Entry if queued else file_backend._Fast)
         got: list[bool] = []
         thread = threading.Thread(target=lambda: got.append(waiter.acquire(timeout=10)))
         thread.start()
@@ -359,6 +373,11 @@ def test_a_dead_holder_still_locked_when_its_close_is_seen_hands_over(url: str, 
         with pytest.raises(tenure.LockLostError):  # its entry is gone: it is not held
             holder.ensure_held()
         waiter.release()
+
+
+def queued_for(client: tenure.Client, kind: str, n: int) -> None:
+    key = {"lock": "lock", "read": "rwlock", "permit": "semaphore"}[kind] + "/dying"
+    queued(client, key, n)
 
 
 def _kill_permit_holders(url: str, kills: int, workers: int = 5) -> None:
@@ -453,7 +472,9 @@ def test_kills_at_random_points_never_block_the_survivors(url: str, kind: str) -
             else client.rwlock("stress").write
         )
         assert lock.acquire(blocking=False)
-        assert len(list(queue_dir(url, key_kind, "stress").iterdir())) == 1  # only ours is left
+        # The dead entries were removed, so ours is the fast grant: nothing is queued.
+        assert isinstance(lock._grant.data, file_backend._Fast)  # type: ignore[union-attr]
+        assert list(queue_dir(url, key_kind, "stress").iterdir()) == []
         lock.release()
 
 
@@ -546,13 +567,24 @@ def test_threads_sharing_a_client_get_distinct_tokens(url: str) -> None:
     assert len(tokens) == len(set(tokens)) == 400
 
 
-def test_deleting_the_holders_entry_makes_it_lost(url: str) -> None:
-    with tenure.connect(url) as a, tenure.connect(url) as b:
+@pytest.mark.parametrize("deleted", ["entry", "hold file", "queue file"])
+def test_deleting_the_holders_files_makes_it_lost(url: str, deleted: str) -> None:
+    with tenure.connect(url) as a, tenure.connect(url) as b, tenure.connect(url) as c:
         lock = a.lock("taken")
-        assert lock.acquire()
+        if deleted == "entry":  # granted from the queue, behind another holder
+            first = c.lock("taken")
+            assert first.acquire()
+            taking = threading.Thread(target=lock.acquire)
+            taking.start()
+            queued(c, "lock/taken", 2)
+            first.release()
+            taking.join(DEADLINE)
+            assert lock.locked()
+        else:
+            assert lock.acquire()  # the fast grant: a hold file, no entry
         token = lock.token
-        (entry,) = queue_dir(url, "lock", "taken").iterdir()
-        entry.unlink()
+        data = lock._grant.data  # type: ignore[union-attr]
+        os.unlink(data.queue.lock_path if deleted == "queue file" else data.path)
         with pytest.raises(tenure.LockLostError):
             lock.ensure_held()
         other = b.lock("taken")
