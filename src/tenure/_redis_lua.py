@@ -11,8 +11,9 @@ tag (one Cluster slot)::
                      the key itself expires a second after its latest deadline
     <p>h:<owner>     hash: a shared holder's record: owner, token, meta, at, mode, limit;
                      expires a second after its deadline
-    <p>token         fencing counter, bumped by every grant of any mode (never expires); a new
-                     one starts at the server clock in microseconds (survives data loss)
+    <p>token         fencing counter, set by every grant of any mode to max(counter + 1, server
+                     clock in µs) (never expires; tokens never go back across a failover or a
+                     restart that lost recent writes, see ``grant``)
     <p>queue         zset of waiting owner ids, scored by arrival (<p>seq)
     <p>w:<owner>     a waiter's record "<ttl_ms> <mode> <limit> <meta>", expires after the TTL
                      unless refreshed
@@ -93,17 +94,19 @@ local function keep_shared(p, owner, ttl)
   if redis.call('PTTL', shared) < ttl + 1000 then redis.call('PEXPIRE', shared, ttl + 1000) end
 end
 
--- Make `owner` a holder in `mode`: bump the fencing counter (a new counter starts at the server's
--- clock in microseconds, so tokens keep increasing even across a restart that lost the old
--- counter, at fewer than 10^6 grants a second), write its record, set its TTL.
-local function grant(p, owner, mode, limit, ttl, meta, channel)
+-- Make `owner` a holder in `mode`: the token is max(counter + 1, server clock in µs), stored back
+-- in the counter. Tokens so track the clock: a server that lost the counter (restart without
+-- persistence) or holds an older one (a promoted replica that missed the last writes, a restore)
+-- still hands out a token above every earlier one, provided its clock is ahead of the clock
+-- that granted them (offset between nodes below the failover time). Redlock rounds the clock
+-- down to `step` µs (10 ms), so that masters in step bump to the same token and its raise step
+-- is rarely needed. Write its record, set its TTL.
+local function grant(p, owner, mode, limit, ttl, meta, channel, step)
   local now = now_us()
-  local token = redis.call('INCR', p .. 'token')
-  if token == 1 then
-    token = now + 1
-    redis.call('SET', p .. 'token', string.format('%d', token))
-  end
+  local counter = tonumber(redis.call('GET', p .. 'token'))
+  local token = counter and math.max(counter + 1, now - now % step) or now + 1
   local t, at = string.format('%d', token), string.format('%d', now)
+  redis.call('SET', p .. 'token', t)
   if mode == 'x' then
     redis.call('HSET', p .. 'holder', 'owner', owner, 'token', t, 'meta', meta, 'at', at)
     redis.call('PEXPIRE', p .. 'holder', ttl)
@@ -180,7 +183,7 @@ local function advance(p, channel, how, caller)
     else
       redis.call('ZREM', p .. 'queue', head)
       redis.call('DEL', p .. 'w:' .. head)
-      local token = grant(p, head, mode, limit, ttl, meta, channel)
+      local token = grant(p, head, mode, limit, ttl, meta, channel, 1)
       if head == caller then
         mine = token
       else
@@ -244,7 +247,10 @@ if redlock then
 else
   free = free and not head
 end
-if free then return {1, grant(p, owner, mode, limit, ttl, meta, channel), now_us()} end
+if free then
+  local token = grant(p, owner, mode, limit, ttl, meta, channel, redlock and 10000 or 1)
+  return {1, token, now_us()}
+end
 if string.find(flags, 'q', 1, true) then
   if not redis.call('ZSCORE', p .. 'queue', owner) then
     redis.call('ZADD', p .. 'queue', redis.call('INCR', p .. 'seq'), owner)

@@ -20,6 +20,8 @@ _BUILTIN: dict[str, tuple[str, str, str | None]] = {
     "file": ("file", "FileDriver", None),
     "redis": ("redis", "RedisDriver", "redis"),
     "rediss": ("redis", "RedisDriver", "redis"),
+    "redis+sentinel": ("redis", "RedisDriver", "redis"),
+    "rediss+sentinel": ("redis", "RedisDriver", "redis"),
     "postgresql": ("postgres", "PostgresDriver", "postgres"),
     "postgres": ("postgres", "PostgresDriver", "postgres"),
     "zookeeper": ("zookeeper", "ZooKeeperDriver", "zookeeper"),

@@ -308,7 +308,7 @@ def test_release_grants_directly_so_the_woken_waiter_sends_nothing_more(
         assert calls(raw, "evalsha") - before == 1
         holder = a.holder("direct")
         assert holder is not None
-        assert holder.token == second.token == old_token + 1
+        assert holder.token == second.token > old_token
         assert holder.acquired_at is not None
         second.release()
         assert a.holder("direct") is None
@@ -335,9 +335,10 @@ def test_a_waiter_that_leaves_after_being_granted_passes_the_grant_on(
     assert raw.hget(p + "holder", "owner") == "C"
     pushed = raw.lrange(p + "s:C", 0, -1)
     assert len(pushed) == 1
-    assert int(pushed[0].split()[0]) == token_b + 1
+    token_c = int(pushed[0].split()[0])
+    assert token_c > token_b
     # Nothing of B is left; C takes its grant (acquire finds it) and releases: only counters stay.
-    assert acquire(keys=keys, args=["C", 10000, meta, "q", "x", 0])[:2] == [1, token_b + 1]
+    assert acquire(keys=keys, args=["C", 10000, meta, "q", "x", 0])[:2] == [1, token_c]
     assert release(keys=keys, args=["C", ""]) == 1
     assert sorted(raw.keys(p + "*")) == sorted([p + "token", p + "seq"])
 
@@ -398,7 +399,7 @@ def test_raise_never_confirms_two_contenders_with_one_token(raw: redis.Redis, ns
     keys = [p + "holder"]
     first = acquire(keys=keys, args=["R1", 10000, meta, "n", "s", 0])[1]
     second = acquire(keys=keys, args=["R2", 10000, meta, "n", "s", 0])[1]
-    assert second == first + 1
+    assert second > first
     assert raise_token(keys=keys, args=["R1", second]) == 0  # R2 has that token here
     assert raw.hget(p + "h:R1", "token") == str(first)
     assert raise_token(keys=keys, args=["R1", second + 5]) == 1
@@ -517,7 +518,7 @@ def test_cluster_session_renews_locks_of_many_slots_one_script_per_slot(
         token = locks[0].token
         locks[0].release()
         assert runner.join(30) == [True]
-        assert waiter.token == token + 1
+        assert waiter.token > token
         holder = other.holder("slot/0")
         assert holder is not None
         assert holder.token == waiter.token

@@ -19,7 +19,16 @@ from tenure import Capabilities
 from tenure._async.backends.file import FileDriver, _stem
 
 #: Backends under contract; each server backend adds itself here as it lands.
-BACKENDS = ["file", "redis", "redlock", "postgres", "zookeeper", "etcd", "etcd-cluster"]
+BACKENDS = [
+    "file",
+    "redis",
+    "redis-sentinel",
+    "redlock",
+    "postgres",
+    "zookeeper",
+    "etcd",
+    "etcd-cluster",
+]
 
 
 @dataclass
@@ -63,6 +72,22 @@ def make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> B
         return Backend(
             name,
             f"{server.url}?namespace={namespace}",
+            RedisDriver.capabilities,
+            ttl=1.0,
+            steal=steal,
+        )
+    if name == "redis-sentinel":
+        from tenure._async.backends.redis import RedisDriver
+
+        group = request.getfixturevalue("redis_sentinel")
+
+        def steal(lock_name: str, kind: str = "lock") -> None:
+            with group.current_master().client() as r:
+                assert r.delete(f"{namespace}:{{{kind}/{lock_name}}}:holder") == 1
+
+        return Backend(
+            name,
+            f"{group.url}?namespace={namespace}",
             RedisDriver.capabilities,
             ttl=1.0,
             steal=steal,

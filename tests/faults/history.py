@@ -83,7 +83,8 @@ __all__ = [
 
 #: Faults that void the lease without the holder being able to notice in time (see module doc).
 PAUSE_FAULTS = frozenset({"pause-holder"})
-DATA_LOSS_FAULTS = frozenset({"kill-server"})
+#: (A failover of asynchronously replicated Redis may lose the newest writes, the lock's too.)
+DATA_LOSS_FAULTS = frozenset({"kill-server", "failover", "cluster-failover"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,13 @@ shared memory and cross-checked with the backend's holders' pids):
   be granted); the acquire must still succeed, once, leaving no orphan.
 * ``drop-release-reply``: drop the next reply to the holder (in practice: its release's); the
   retried release must not delete the next holder's entry.
+* ``failover`` (``redis-sentinel``: a master, a replica, three sentinels started by the run):
+  SIGKILL the master while a client holds the lock; the sentinels promote the replica, which
+  may lack the newest writes (asynchronous replication): the fenced resource must refuse every
+  stale write, the unfenced twin shows the price. Before the next injection the old master
+  comes back (empty) and the sentinels make it the new master's replica.
+* ``cluster-failover`` (``redis-cluster``: 3 masters + 3 replicas started by the run): the
+  same with the master of the lock's slot; its replica takes the slot over.
 """
 
 from __future__ import annotations
@@ -62,6 +69,12 @@ from tests.faults import worker as w
 from tests.faults.history import Event, Fault, Report, check
 from tests.faults.resource import Pool, Store
 from tests.servers import RedisServer, ServerProcess, TcpProxy
+from tests.servers.redis import (
+    RedisCluster,
+    RedisSentinelGroup,
+    start_redis_cluster,
+    start_redis_sentinel,
+)
 from tests.servers.zookeeper import ZooKeeperEnsemble
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -120,6 +133,9 @@ FAULTS: dict[str, tuple[str, ...]] = {
     # Redlock on 5 masters started by the run itself (client-side faults; master faults are in
     # tests/backends/test_redlock.py).
     "redlock": ("none", "pause-holder", "kill-holder"),
+    # Redis with replicas, started by the run itself: a master killed while the lock is held.
+    "redis-sentinel": ("failover",),
+    "redis-cluster": ("cluster-failover",),
 }
 #: Backends whose protocol cannot lose one reply and go on: there a lost reply is a reply
 #: dropped together with its connection.
@@ -197,7 +213,10 @@ class _Run:
         self.injected = 0
         self.proxies: list[TcpProxy] = []
         self.masters: list[RedisServer] = []
+        self.sentinel: RedisSentinelGroup | None = None
+        self.cluster: RedisCluster | None = None
         namespace = "f" + uuid.uuid4().hex[:10]
+        self.namespace = namespace
         if config.backend == "file":
             self.direct = f"file://{directory / 'locks'}?namespace={namespace}"
             self.urls = [self.direct] * n
@@ -245,6 +264,14 @@ class _Run:
 
             self.masters = start_redis_masters(5)
             self.direct = redlock_url(self.masters) + f"?namespace={namespace}"
+            self.urls = [self.direct] * n
+        elif config.backend == "redis-sentinel":
+            self.sentinel = start_redis_sentinel(replicas=1, sentinels=3)
+            self.direct = self.sentinel.url + f"?namespace={namespace}&socket_timeout=1"
+            self.urls = [self.direct] * n
+        elif config.backend == "redis-cluster":
+            self.cluster = start_redis_cluster(3, 1)
+            self.direct = self.cluster.url + f"&namespace={namespace}&socket_timeout=1"
             self.urls = [self.direct] * n
         else:
             raise ValueError(f"no fault set-up for backend {config.backend!r}")
@@ -518,6 +545,54 @@ class _Run:
         self.record("kill-server", t, slot, token, session)
         return True
 
+    def fault_failover(self) -> bool:
+        group = self.sentinel
+        assert group is not None, "failover needs the redis-sentinel backend"
+        found = self._holder_in_read()
+        if found is None:
+            return False
+        slot, _pid, token, session = found
+        old = group.current_master()
+        old.kill()
+        t = time.monotonic_ns()
+        self._after_failover("failover", lambda: group.wait_for_failover(old, 30), token)
+        self.record("failover", t, slot, token, session)
+        if self.injected + 1 < self.cfg.injections:  # another one comes: a replica again
+            old.start()
+            self._guarded("failover", lambda: group.wait_ready(60))
+        return True
+
+    def fault_cluster_failover(self) -> bool:
+        cluster = self.cluster
+        assert cluster is not None, "cluster-failover needs the redis-cluster backend"
+        found = self._holder_in_read()
+        if found is None:
+            return False
+        slot, _pid, token, session = found
+        old = cluster.master_of(f"{self.namespace}:{{{self.kind}/{LOCK_NAME}}}:holder")
+        old.kill()
+        t = time.monotonic_ns()
+        self._after_failover("cluster-failover", lambda: cluster.wait_for_failover(old, 30), token)
+        self.record("cluster-failover", t, slot, token, session)
+        if self.injected + 1 < self.cfg.injections:  # back as the new master's replica
+            old.start()
+            self._guarded("cluster-failover", lambda: cluster.wait_replicas(60))
+        return True
+
+    def _guarded(self, kind: str, wait: Callable[[], object]) -> bool:
+        try:
+            wait()
+        except (TimeoutError, AssertionError) as exc:
+            self.errors.append(f"{kind}: {exc}")
+            return False
+        return True
+
+    def _after_failover(self, kind: str, promoted: Callable[[], object], token: int) -> None:
+        if self._guarded(kind, promoted) and not self.wait(
+            lambda: self.newer_grant(token), self.cfg.fault_timeout
+        ):
+            self.errors.append(f"{kind}: no grant after the failover within the timeout")
+
     def fault_pause_server(self) -> bool:
         assert self.server is not None
         found = self._holder_in_read()
@@ -681,6 +756,9 @@ class _Run:
             proxy.close()
         for master in self.masters:
             master.close()
+        for group in (self.sentinel, self.cluster):
+            if group is not None:
+                group.close()
 
     def result(self, elapsed: float) -> RunResult:
         events = load_events(self.dir)

@@ -31,7 +31,10 @@ pytestmark = pytest.mark.faults
 TTL = 1.0
 LIMIT = 2  # the semaphore's, with five clients
 RWLOCK_PAUSE = ("rwlock", "pause-holder")
-_SERVER = {"redlock": "redis"}  # the server a backend runs on
+#: The server a backend runs on.
+_SERVER = {"redlock": "redis", "redis-sentinel": "redis", "redis-cluster": "redis"}
+#: Rows that start their own replicated set-up: one injection (a failover) each, in CI.
+_ONE_FAILOVER = frozenset({"failover", "cluster-failover"})
 CASES = [
     pytest.param(
         (backend, fault, primitive),
@@ -122,7 +125,9 @@ def test_safety_under_fault(
         duration=40.0,
         # The new primitives' rows: one injection each (a reader first, see `victim_mode`), to
         # keep the tier within its budget; an rwlock's paused writer and reader both.
-        injections=1 if primitive != "lock" and (primitive, fault) != RWLOCK_PAUSE else 2,
+        injections=1
+        if (primitive != "lock" and (primitive, fault) != RWLOCK_PAUSE) or fault in _ONE_FAILOVER
+        else 2,
         settle=20,
         max_acquisitions=150 if fault == "none" else 100_000,
         primitive=primitive,

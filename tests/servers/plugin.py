@@ -4,6 +4,7 @@ Made available to the whole suite by ``from tests.servers.plugin import *`` in
 ``tests/conftest.py``.
 
 Session-scoped (shared; don't kill or pause them): ``redis_server``, ``redis_masters`` (5),
+``redis_sentinel`` (a master, a replica, 3 sentinels),
 ``etcd_server`` (1 node), ``etcd_cluster`` (3), ``zookeeper_server``, ``zookeeper_ensemble``
 (3), ``postgres_server``.  Function-scoped, for destructive fault tests: ``fresh_redis``,
 ``fresh_etcd_cluster`` (3), ``fresh_zookeeper_ensemble`` (3), ``fresh_postgres``, and
@@ -41,6 +42,7 @@ from tests.servers import (
     startup_times,
     timings,
 )
+from tests.servers.redis import RedisSentinelGroup, start_redis_sentinel
 
 __all__ = [
     "etcd_cluster",
@@ -55,6 +57,7 @@ __all__ = [
     "pytest_terminal_summary",
     "redis_masters",
     "redis_proxy",
+    "redis_sentinel",
     "redis_server",
     "zookeeper_ensemble",
     "zookeeper_server",
@@ -94,6 +97,13 @@ def redis_masters() -> Iterator[list[RedisServer]]:
     yield servers
     for s in servers:
         s.close()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[RedisSentinelGroup]:
+    group = _start(start_redis_sentinel)
+    yield group
+    group.close()
 
 
 @pytest.fixture(scope="session")

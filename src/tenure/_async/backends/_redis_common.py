@@ -145,22 +145,32 @@ class OwnConnection:
     """A connection a driver keeps for its hot path, so a call skips the pool's bookkeeping;
     while it is busy (another thread or task), pool connections are used. Made again in a
     forked child (never the parent's socket). Give every connection back with ``give_back``,
-    ``broken=True`` when a reply may still be on its way."""
+    ``broken=True`` when a reply may still be on its way. A new or broken connection is
+    connected explicitly, as the pool does: a Sentinel connection looks the master up there."""
 
-    __slots__ = ("_busy", "_conn", "_pid", "_pool")
+    __slots__ = ("_busy", "_conn", "_pid", "_pool", "_unconnected")
 
     def __init__(self, pool: Any) -> None:
         self._pool = pool
         self._conn: Any = None
         self._busy = threading.Lock()
         self._pid = 0
+        self._unconnected = True
 
     async def take(self) -> Any:
         if self._pid != os.getpid():
             self._conn = self._pool.make_connection()
             self._busy = threading.Lock()
             self._pid = os.getpid()
+            self._unconnected = True
         if self._busy.acquire(blocking=False):
+            if self._unconnected:
+                try:
+                    await self._conn.connect()
+                except BaseException:
+                    self._busy.release()
+                    raise
+                self._unconnected = False
             return self._conn
         return await self._pool.get_connection()
 
@@ -168,6 +178,7 @@ class OwnConnection:
         if broken:
             await conn.disconnect()
         if conn is self._conn:
+            self._unconnected = self._unconnected or broken
             self._busy.release()
         else:
             await self._pool.release(conn)

@@ -24,13 +24,26 @@ layout). Scripts are called by SHA and reloaded transparently after a restart or
 - **Semaphore limit**: carried by every contender's record; the acquire script refuses another
   limit while the key has live contenders, and the driver raises ``limit_mismatch``.
 
-Redis replication is asynchronous: after a failover (Sentinel, Cluster) a replica may not have
-the lock, and a second client can acquire it. The fencing token protects the resource in that
-case only if the counter survived; see docs/semantics.md.
+**Sentinel** (``redis+sentinel://s1:26379,s2:26379/<service>?db=0``, ``rediss+sentinel://``):
+redis-py's Sentinel client finds the master through the sentinels on every new connection; a
+call that fails on a dead or demoted master is a ``BackendUnavailableError`` that the core
+retries, on a fresh connection to whatever master the sentinels then name. **Cluster**
+(``?cluster=true``): keys of one name share a hash tag (one slot); acquire and release go to
+a kept connection to the slot's master (from redis-py's cluster client's slot map), and
+through the cluster client itself, which follows MOVED/ASK and reloads the map, when a node
+redirects us or fails; renewal sends one script per slot.
+
+Redis replication is asynchronous: after a failover (Sentinel, Cluster) the promoted replica
+may not have the lock, and a second client can acquire it. The renewal then finds our entry
+gone and the session reports the lock lost; meanwhile the fencing token protects the resource:
+a grant's token is max(counter + 1, the server clock in µs), so the promoted replica, whose
+clock is past the old master's last grant, hands out a larger one even with an older counter
+(see ``_redis_lua`` and docs/semantics.md).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import AsyncIterator, Sequence
@@ -40,17 +53,19 @@ import redis.asyncio as redis_client  # tenure: async-only
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster  # tenure: async-only
 from redis.asyncio.retry import Retry  # tenure: async-only
+from redis.asyncio.sentinel import Sentinel  # tenure: async-only
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
 # tenure: sync import redis as redis_client
 # tenure: sync from redis.cluster import RedisCluster
 # tenure: sync from redis.retry import Retry
+# tenure: sync from redis.sentinel import Sentinel
 from ... import _redis_lua as lua
 from ..._names import OwnerInfo, new_owner_id
 from ..._types import Capabilities, Holder
 from ..._url import ParsedURL, bool_option, seconds_option
-from ...errors import BackendError, ConfigurationError
+from ...errors import BackendError, BackendUnavailableError, ConfigurationError
 from .. import _compat
 from ._redis_common import (
     SSL_OPTIONS,
@@ -71,10 +86,21 @@ from .base import Grant, Lease, Mode, limit_mismatch
 __all__ = ["RedisDriver"]
 
 _FLOAT_OPTIONS = ("socket_timeout", "connect_timeout")
+#: Replies that mean the script did not run (so running it again elsewhere is safe).
+_NOT_RUN = (
+    redis_errors.NoScriptError,
+    redis_errors.AskError,  # and MovedError
+    redis_errors.TryAgainError,
+    redis_errors.ClusterDownError,
+)
+_SENTINEL_OPTIONS = ("db", "sentinel_username", "sentinel_password")
 
 
 class RedisDriver:
-    """Driver for ``redis://[user:password@]host:port/db`` and ``rediss://`` (TLS)."""
+    """Driver for ``redis://[user:password@]host:port/db`` and ``rediss://`` (TLS), and for
+    ``redis+sentinel://[user:password@]s1:26379,s2:26379/service?db=0`` and
+    ``rediss+sentinel://`` (the URL's credentials are the data nodes'; the sentinels' own come
+    from the options ``sentinel_username`` and ``sentinel_password``)."""
 
     scheme: ClassVar[str] = "redis"
     capabilities: ClassVar[Capabilities] = Capabilities(
@@ -91,20 +117,34 @@ class RedisDriver:
             *SSL_OPTIONS,
             "max_connections",
             "cluster",
+            *_SENTINEL_OPTIONS,
         }
     )
 
     def __init__(self, url: ParsedURL, *, namespace: str, options: dict[str, str]) -> None:
-        hosts = url.hosts_with_default(6379)
-        if len(hosts) != 1:
-            raise ConfigurationError(
-                f"{url.scheme}:// takes one host, got {len(hosts)}; "
-                "use redlock://h1:p1,h2:p2,h3:p3 for several independent masters"
+        sentinel = url.scheme.endswith("+sentinel")
+        hosts = url.hosts_with_default(26379 if sentinel else 6379)
+        if sentinel:
+            db, self._service = _sentinel_target(url, options)
+            self._address = f"service {self._service!r} via sentinels " + ",".join(
+                f"{h}:{p}" for h, p in hosts
             )
-        self._host, self._port = hosts[0]
-        db = database(url)
-        self._address = f"{self._host}:{self._port}"
+        else:
+            if len(hosts) != 1:
+                raise ConfigurationError(
+                    f"{url.scheme}:// takes one host, got {len(hosts)}; use "
+                    "redlock://h1:p1,h2:p2,h3:p3 for several independent masters, or "
+                    "redis+sentinel://s1:26379,s2:26379/service for Sentinel"
+                )
+            if any(name in options for name in _SENTINEL_OPTIONS):
+                raise ConfigurationError(
+                    f"{', '.join(_SENTINEL_OPTIONS)} are options of redis+sentinel:// "
+                    f"(the database of {url.scheme}:// is the URL's path)"
+                )
+            db = database(url)
+            self._address = "{}:{}".format(*hosts[0])
         self._url = url
+        self._db = db
         self._namespace = namespace
         timeouts = {name: seconds_option(options, name, 5.0) for name in _FLOAT_OPTIONS}
         self._socket_timeout = timeouts["socket_timeout"]
@@ -112,33 +152,64 @@ class RedisDriver:
         self._max_block = max(0.05, self._socket_timeout - 0.5)
         max_connections = options.get("max_connections")
         self._cluster = bool_option(options, "cluster")
+        tls = ssl_settings(options, url.scheme.startswith("rediss"), "rediss://")
         common: dict[str, Any] = dict(
-            host=self._host,
-            port=self._port,
             username=url.username,
             password=url.password,
             socket_timeout=self._socket_timeout,
             socket_connect_timeout=timeouts["connect_timeout"],
             decode_responses=True,
-            **ssl_settings(options, url.scheme == "rediss", "rediss://"),
+            **tls,
         )
-        # Either client: the commands we use are the same; the cluster client routes each one
-        # (and each script call) to the node of its keys' slot.
+        # Any client: the commands we use are the same; the cluster client routes each one
+        # (and each script call) to the node of its keys' slot, the Sentinel one asks the
+        # sentinels for the master whenever it opens a connection.
         self._client: Any
-        if self._cluster:
+        self._sentinel: Any = None
+        if sentinel:
+            if self._cluster:
+                raise ConfigurationError("cluster=true and Sentinel do not mix")
+            self._sentinel = Sentinel(
+                hosts,
+                sentinel_kwargs=dict(
+                    username=options.get("sentinel_username"),
+                    password=options.get("sentinel_password"),
+                    socket_timeout=timeouts["connect_timeout"],
+                    socket_connect_timeout=timeouts["connect_timeout"],
+                    decode_responses=True,
+                    **tls,
+                ),
+            )
+            self._client = self._sentinel.master_for(
+                self._service,
+                db=db,
+                retry=Retry(NoBackoff(), 0),  # we retry ourselves, on a fresh master lookup
+                max_connections=None if max_connections is None else int(max_connections),
+                **common,
+            )
+        elif self._cluster:
             if db != 0:
                 raise ConfigurationError("Redis Cluster has only database 0")
             if max_connections is not None:
                 common["max_connections"] = int(max_connections)
-            self._client = RedisCluster(**common)
+            self._client = RedisCluster(host=hosts[0][0], port=hosts[0][1], **common)
         else:
             self._client = redis_client.Redis(
+                host=hosts[0][0],
+                port=hosts[0][1],
                 db=db,
                 retry=Retry(NoBackoff(), 0),  # we retry ourselves, knowing what is idempotent
                 max_connections=None if max_connections is None else int(max_connections),
                 **common,
             )
         self._own = None if self._cluster else OwnConnection(self._client.connection_pool)
+        # Cluster: a kept connection per master too (a plain client each), found through the
+        # cluster client's slot map; a redirection or an error sends the call (and, after an
+        # error, the next ones until one succeeds) through the cluster client, which follows
+        # MOVED/ASK and reloads the slot map.
+        self._node_settings = common
+        self._nodes: dict[str, tuple[Any, OwnConnection]] = {}
+        self._suspect = False
         self._scripts = Scripts(self._client)
 
     def __repr__(self) -> str:
@@ -153,9 +224,12 @@ class RedisDriver:
 
     async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """``script(keys, args)`` on our own connection (the hot path: acquire and release)."""
-        if self._own is None:
-            return await script(keys=keys, args=args)
-        conn = await self._own.take()
+        own = self._own if not self._cluster else self._own_for(keys[0])
+        if own is None:
+            reply = await script(keys=keys, args=args)
+            self._suspect = False
+            return reply
+        conn = await own.take()
         broken = True
         try:
             await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
@@ -163,14 +237,36 @@ class RedisDriver:
             broken = False
         except redis_errors.ResponseError as exc:
             broken = False
-            if not isinstance(exc, redis_errors.NoScriptError):
+            # Not run: the server lost its scripts (the script object loads it again), or a
+            # cluster node redirects us (the cluster client follows).
+            if not isinstance(exc, _NOT_RUN):
                 raise
             reply = None
+        except redis_errors.RedisError:
+            self._suspect = self._cluster
+            raise
         finally:
-            await self._own.give_back(conn, broken=broken)
-        if reply is None:  # the server lost its scripts: the script object loads it again
+            await own.give_back(conn, broken=broken)
+        if reply is None:
             return await script(keys=keys, args=args)
         return reply
+
+    def _own_for(self, key: str) -> OwnConnection | None:
+        """Cluster: the kept connection to the master of ``key``'s slot, as the cluster client
+        knows it (None: use the cluster client)."""
+        if self._suspect:
+            return None
+        nodes = self._client.nodes_manager.slots_cache.get(_slot(key))
+        if not nodes:
+            return None
+        node = nodes[0]
+        found = self._nodes.get(node.name)
+        if found is None:
+            client = redis_client.Redis(
+                host=node.host, port=node.port, retry=Retry(NoBackoff(), 0), **self._node_settings
+            )
+            found = self._nodes[node.name] = (client, OwnConnection(client.connection_pool))
+        return found[1]
 
     @staticmethod
     def _flags(key: str) -> str:
@@ -178,21 +274,54 @@ class RedisDriver:
         return "e" if key.startswith("election/") else ""
 
     async def connect(self) -> None:
+        if self._sentinel is not None:
+            await self._find_master()
         try:
             with self._errors("connect"):
                 await self._client.ping()
         except BackendError as exc:
             if "DB index" in str(exc.__cause__):
                 raise ConfigurationError(
-                    f"redis at {self._address} has no database {self._url.path.strip('/')}"
+                    f"redis at {self._address} has no database {self._db}"
                 ) from exc.__cause__
             raise
+
+    async def _find_master(self) -> None:
+        """Ask each sentinel for our service, to tell a wrong service name or credentials (a
+        ``ConfigurationError``) from sentinels that are down (``BackendUnavailableError``)."""
+        answered, failed = [], []
+        for client in self._sentinel.sentinels:
+            kwargs = client.connection_pool.connection_kwargs
+            where = f"{kwargs['host']}:{kwargs['port']}"
+            try:
+                masters = await client.sentinel_masters()
+            except redis_errors.AuthenticationError as exc:
+                raise ConfigurationError(
+                    f"redis sentinel at {where} rejected the credentials (options "
+                    f"sentinel_username, sentinel_password): {exc}"
+                ) from exc
+            except redis_errors.RedisError as exc:
+                failed.append(f"{where} ({exc})")
+                continue
+            if self._service in masters:
+                return
+            answered.append(where)
+        if answered:
+            raise ConfigurationError(
+                f"redis sentinels at {', '.join(answered)} monitor no service {self._service!r}"
+            )
+        raise BackendUnavailableError("no redis sentinel answered: " + "; ".join(failed))
 
     async def close(self) -> None:
         with self._errors("close"):
             if self._own is not None:
                 await self._own.close()
+            for client, own in self._nodes.values():
+                await own.close()
+                await client.aclose()
             await self._client.aclose()
+            if self._sentinel is not None:
+                await self._sentinel.aclose()
 
     # Leases: a Redis session has no server-side object; its entries carry the TTL themselves.
 
@@ -216,7 +345,7 @@ class RedisDriver:
         one pipeline (one round trip per node that serves any of them)."""
         by_slot: dict[int, list[Grant]] = {}
         for grant in grants:
-            by_slot.setdefault(key_slot(self._prefix(grant.key).encode()), []).append(grant)
+            by_slot.setdefault(_slot(self._prefix(grant.key)), []).append(grant)
         groups = list(by_slot.values())
         for attempt in (1, 2):
             try:
@@ -362,6 +491,26 @@ class RedisDriver:
 
     def forget_after_fork(self) -> None:
         return None  # redis-py's pool notices the new pid and opens fresh connections
+
+
+@functools.lru_cache(maxsize=4096)
+def _slot(key: str) -> int:
+    """The cluster slot of ``key`` (cached: CRC16 in Python costs more than the lookup)."""
+    return int(key_slot(key.encode()))
+
+
+def _sentinel_target(url: ParsedURL, options: dict[str, str]) -> tuple[int, str]:
+    """The database (option ``db``) and the service name (the URL's path) of a Sentinel URL."""
+    service = url.path.strip("/")
+    if not service or "/" in service:
+        raise ConfigurationError(
+            f"{url.scheme}:// needs the service name as its path, e.g. "
+            f"{url.scheme}://s1:26379,s2:26379/mymaster?db=0; got path {url.path!r}"
+        )
+    text = options.get("db", "0")
+    if not text.isdigit():
+        raise ConfigurationError(f"redis database (option db) must be a number, got {text!r}")
+    return int(text), service
 
 
 def _granted(key: str, owner: OwnerInfo, lease: Lease, mode: Mode, reply: Any) -> Grant | None:

@@ -22,8 +22,9 @@ quorum around them. ``N`` masters, quorum ``Q = N // 2 + 1`` (for a semaphore, s
   limit / Q(limit) < limit + 1``. For ``limit`` 1 that is the majority; it grows towards ``N``
   with the limit (5 masters: 3 for limit 1, 4 for limits 2-3, 5 from limit 4), which is the
   limit of the guarantee: a semaphore survives ``N - Q(limit)`` masters down, not a minority.
-- **Fencing token**: each granting master bumps its own counter (time-seeded, see
-  ``_redis_lua``) and returns it; the token is the **maximum over the quorum**. Masters that
+- **Fencing token**: each granting master bumps its own counter to max(counter + 1, its clock
+  rounded down to 10 ms, in µs; see ``_redis_lua``) and returns it; the token is the
+  **maximum over the quorum**. Masters that
   returned less are raised to it (the ``RAISE`` script, owner-checked) before the grant counts;
   a master refuses when its counter already reached that value (another grant got there
   meanwhile). So a quorum holds counter >= token when the key is handed out, and no two
@@ -35,10 +36,13 @@ quorum around them. ``N`` masters, quorum ``Q = N // 2 + 1`` (for a semaphore, s
   and strictly increase across holders whose attempts do not overlap (a writer's exceeds
   every earlier grant's, a reader's every earlier writer's). Assumptions: (1) per-master
   mutual exclusion, i.e. no master loses a key while it is held (no restart without
-  persistence within a TTL; a master that restarts empty seeds its counter from its clock in
-  microseconds, which keeps tokens increasing as long as its clock does not step back); (2)
+  persistence within a TTL; a master that comes back empty, or from a snapshot older than its
+  last grants, still bumps above every token it gave, by its clock, as long as the clock does
+  not step back and the restart took longer than the 10 ms step plus the clock offset); (2)
   clock *rates* differ by less than ``drift_factor`` (the Redlock assumption). The common case
-  (all masters in step) costs nothing extra: every bump already equals the max.
+  (all masters in step) costs nothing extra: every bump already equals the max (the clock is
+  rounded to 10 ms for that: with microseconds the masters would never agree, and every grant
+  would pay the raise step's round trip).
 - **Waiting**: FIFO across N independent masters is impossible (no master sees the others'
   queues). A waiter queues on every master (the queue orders only wake-ups, except that a
   reader lets a queued writer go first on that master, so readers cannot starve a writer) and
