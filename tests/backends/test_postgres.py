@@ -579,3 +579,35 @@ def test_semaphore_limit_is_compared_with_live_records_only(
         other = d.semaphore("quota", limit=4)
         assert other.acquire(blocking=False)
         other.release()
+
+
+def test_tokens_follow_the_server_clock_and_never_repeat_when_it_steps_back(
+    url: str, admin: psycopg.Connection[Any]
+) -> None:
+    """token = greatest(the name's last token + 1, server clock in µs): near the clock, and
+    above the last token even when that is ahead of the clock (as after a clock step back)."""
+    k = lock_key(url, "rwlock/stepped")
+    with tenure.connect(url) as a, tenure.connect(url) as b:
+        writer = a.rwlock("stepped").write
+        assert writer.acquire()
+        row = admin.execute(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
+        ).fetchone()
+        assert row is not None
+        first = writer.token
+        assert 0 <= row[0] - first < 60_000_000, "the token is not the server clock in µs"
+        writer.release()
+        ahead = first + 10**12  # as if the clock had stepped back 11.6 days since
+        admin.execute("UPDATE tenure.counters SET token = %s WHERE key = %s", (ahead, k))
+        assert writer.acquire()
+        assert writer.token == ahead + 1
+        writer.release()
+        # Readers granted together (two sessions, concurrently) each take the next one.
+        readers = [a.rwlock("stepped").read, b.rwlock("stepped").read]
+        runner = Runner()
+        for reader in readers:
+            runner.start(reader.acquire)
+        assert runner.join(10) == [True, True]
+        assert sorted(r.token for r in readers) == [ahead + 2, ahead + 3]
+        for reader in readers:
+            reader.release()

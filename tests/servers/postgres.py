@@ -18,15 +18,19 @@ from tests.servers.process import (
     free_port,
     make_temp_dir,
     record_startup,
+    remove_temp_dir,
+    wait_until,
 )
 
 __all__ = [
     "PgBouncer",
     "PostgresServer",
+    "PostgresStandby",
     "postgres_bindir",
     "postgres_os_user",
     "start_pgbouncer",
     "start_postgres",
+    "start_postgres_standby",
 ]
 
 SUPERUSER = "postgres"  # the database role (initdb -U); independent of the OS user
@@ -230,6 +234,90 @@ def start_postgres(tmp: Path | None = None, *, timeout: float | None = None) -> 
     server.start(timeout)
     record_startup("postgres", time.monotonic() - t0)  # includes set-up (initdb/copy)
     return server
+
+
+class PostgresStandby(PostgresServer):
+    """An asynchronous streaming standby of a :class:`PostgresServer` (``pg_basebackup -R``:
+    a copy of the primary's data dir, ``standby.signal`` and ``primary_conninfo``), on a port
+    of its own; a hot standby (read-only queries) until :meth:`promote`."""
+
+    kind = "postgres-standby"
+
+    def __init__(self, tmp: Path, primary: PostgresServer) -> None:
+        bindir = postgres_bindir()
+        user = postgres_os_user()
+        _chown_tree(tmp, user)
+        proc = subprocess.run(
+            [
+                str(bindir / "pg_basebackup"),
+                *("-h", primary.host, "-p", str(primary.port), "-U", SUPERUSER),
+                *("-D", str(tmp / "data")),
+                "--write-recovery-conf",  # standby.signal + primary_conninfo
+                "--wal-method=stream",
+                "--checkpoint=fast",  # not a spread checkpoint: seconds otherwise
+                "--no-sync",
+            ],
+            cwd=tmp,
+            user=user,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"pg_basebackup failed ({proc.returncode}):\n{proc.stderr}")
+        super().__init__(tmp)
+        self.name = "postgres-standby"
+
+    def _sql(self, statement: str) -> object:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            cursor = conn.execute(statement)
+            row = cursor.fetchone() if cursor.description else None
+        return None if row is None else row[0]
+
+    def replayed(self, lsn: str) -> bool:
+        """True once this standby has replayed the primary's WAL up to ``lsn``."""
+        return bool(self._sql(f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"))
+
+    def detach(self, timeout: float = 10.0) -> None:
+        """Stop streaming from the primary, as a network cut would: the standby keeps its data
+        and misses all later WAL."""
+        self._sql("ALTER SYSTEM SET primary_conninfo = ''")
+        self._sql("SELECT pg_reload_conf()")  # the WAL receiver stops (reloadable since PG 13)
+        wait_until(
+            lambda: not self._sql("SELECT count(*) FROM pg_stat_wal_receiver"),
+            timeout,
+            "the standby's WAL receiver stopped",
+        )
+
+    def promote(self, timeout: float = 30.0) -> None:
+        """Make this standby a primary (``pg_promote``), waiting until it accepts writes."""
+        seconds = max(1, int(timeout))
+        if not self._sql(f"SELECT pg_promote(true, {seconds})"):
+            raise RuntimeError(f"{self.name} was not promoted within {seconds} s")
+
+
+def start_postgres_standby(
+    primary: PostgresServer, *, timeout: float | None = None
+) -> PostgresStandby:
+    """Start an asynchronous streaming standby of ``primary`` in a new temp dir (removed, with
+    the process, by ``close()``). ``primary`` must allow replication connections (the defaults
+    of initdb do: ``wal_level=replica``, ``max_wal_senders=10``, a ``replication`` line in
+    pg_hba.conf for 127.0.0.1)."""
+    t0 = time.monotonic()
+    tmp = make_temp_dir("pg-standby")
+    try:
+        standby = PostgresStandby(tmp, primary)
+    except BaseException:
+        remove_temp_dir(tmp)
+        raise
+    standby.owned_tmp = tmp
+    standby.start(timeout)
+    record_startup("postgres standby", time.monotonic() - t0)  # includes pg_basebackup
+    return standby
 
 
 class PgBouncer(ServerProcess):

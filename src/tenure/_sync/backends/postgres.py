@@ -49,15 +49,21 @@ send nothing. The limit is in every holder and waiter record; a contender compar
 live records (holders and waiters on arrival, holders again once it holds the turnstile, which
 settles every race) and leaves with ``limit_mismatch``, taking nothing.
 
-**Tokens and records.** The fencing token is ``nextval`` of a sequence (durable: its WAL is
-flushed with the granting statement's commit), bumped in the statement that grants. Holder and
+**Tokens and records.** The fencing token is ``greatest(the key's last token + 1, the server
+clock in µs)``, taken in the statement that grants (Redis's rule). The key's last token is a row
+of the UNLOGGED table ``counters``: its row lock orders readers granted together, so tokens
+strictly increase per key even if the clock steps back. Nothing of it is WAL-logged (a grant waits
+for no WAL flush): after a crash, and on a standby promoted after its primary was lost
+(asynchronous replication: it may lack the newest grants), the table starts empty and the clock
+alone puts new tokens above every earlier one, provided the clock stepped back (or, for a
+promotion, the two servers' clocks differ) by less than the restart or failover took. Holder and
 waiter records (owner id, host, pid, mode, limit, value) live in two UNLOGGED tables and are
 trusted only when joined with ``pg_locks`` on the backend pid that really holds (or waits for)
 the lock, so a stale record never shows a holder. Release (``release()``) is
 ``pg_advisory_unlock`` on the holding connection: owner-checked by construction (only that
 server session can unlock it); it deletes the holder record in the same statement.
 
-Schema objects (a schema, two tables and an index, a sequence) are created on first use,
+Schema objects (a schema, three tables and an index) are created on first use,
 idempotently, in the schema named by the ``schema`` option (default ``tenure``). A
 transaction-pooling proxy (pgbouncer) cannot carry session-level locks: the driver checks that
 the settings it sent at connection start reached the server session, and refuses with a clear
@@ -240,7 +246,6 @@ class PostgresDriver:
             "tcp_keepalives_interval": keepalive,
             "tcp_keepalives_count": 3,
             "tcp_user_timeout": ms,
-            "synchronous_commit": "on",  # the token sequence must survive a server crash
             "lock_timeout": 0,
             "statement_timeout": 0,
             # A marker read back below: proof that our settings reached this server session.
@@ -703,7 +708,7 @@ class _Statements:
             sql.SQL("to_regclass({}) IS NOT NULL")
             .format(sql.Literal(f'"{schema}".{name}'))
             .as_string(None)
-            for name in ("holders", "waiters", "waiters_key", "tokens")
+            for name in ("holders", "waiters", "waiters_key", "counters")
         )
         self.shape = (
             "SELECT count(*) FROM information_schema.columns WHERE table_schema = %s"
@@ -726,7 +731,12 @@ class _Statements:
                 " value jsonb)"
             ),
             q("CREATE INDEX IF NOT EXISTS waiters_key ON {s}.waiters (key)"),
-            q("CREATE SEQUENCE IF NOT EXISTS {s}.tokens"),
+            # The last token of each key: see holder() below. UNLOGGED: the clock carries the
+            # tokens across a crash or a promotion, which start it empty.
+            q(
+                "CREATE UNLOGGED TABLE IF NOT EXISTS {s}.counters ("
+                " key bigint PRIMARY KEY, token bigint NOT NULL) WITH (fillfactor = 50)"
+            ),
         ]
 
         def upsert(columns: str) -> str:
@@ -738,16 +748,24 @@ class _Statements:
         queued = "key, mode, lim, owner, host, pid, value"
 
         def holder(lock: str, source: str) -> str:
-            """Write the holder record of a grant of ``lock`` here, taking its token."""
+            """CTEs ``n`` and ``u``: for each row of ``source`` (a grant of ``lock`` here), the
+            key's next token (greatest of its last token + 1 and the server clock in µs; the
+            row lock of the key's counter orders readers granted together), and the holder
+            record with it."""
             return (
-                "INSERT INTO {s}.holders AS h (key, backend_pid, " + record + ")"
+                "n AS (INSERT INTO {s}.counters AS c (key, token) SELECT %(k)s,"
+                " (extract(epoch FROM clock_timestamp()) * 1000000)::bigint FROM "
+                + source
+                + " ON CONFLICT (key) DO UPDATE SET token = greatest(c.token + 1, EXCLUDED.token)"
+                " RETURNING c.token),"
+                " u AS (INSERT INTO {s}.holders AS h (key, backend_pid, " + record + ")"
                 " SELECT %(k)s, pg_backend_pid(), " + lock + ", %(mode)s, %(limit)s, %(ns)s,"
-                " %(name)s, %(owner)s, %(host)s, %(pid)s, nextval('{s}.tokens'),"
-                " clock_timestamp(), %(ttl)s, %(value)s::jsonb FROM "
+                " %(name)s, %(owner)s, %(host)s, %(pid)s, n.token, clock_timestamp(), %(ttl)s,"
+                " %(value)s::jsonb FROM n, "
                 + source
                 + " ON CONFLICT (key, backend_pid) DO UPDATE SET "
                 + upsert(record)
-                + " RETURNING h.token, h.acquired_at"
+                + " RETURNING h.token, h.acquired_at)"
             )
 
         def waiter(backend_pid: str, source: str) -> str:
@@ -776,7 +794,7 @@ class _Statements:
         # (wpid), if there is one.
         self.try_lock = q(
             "WITH g AS MATERIALIZED (SELECT " + take("pg_try_advisory_lock") + " AS got),"
-            " u AS (" + holder("%(k)s", "g WHERE g.got") + "),"
+            " " + holder("%(k)s", "g WHERE g.got") + ","
             " w AS (" + waiter("%(wpid)s", " FROM g WHERE NOT g.got AND %(wpid)s <> 0") + ")"
             " SELECT g.got, %(k)s, u.token, u.acquired_at, 0, NULL::int,"
             " CASE WHEN g.got AND %(channel)s <> '' THEN pg_notify(%(channel)s, '') END"
@@ -786,7 +804,7 @@ class _Statements:
         self.wait_lock = q(
             "WITH " + timeout + ", g AS MATERIALIZED (SELECT (" + take("pg_advisory_lock") + ")"
             " IS NOT NULL AS got, " + waited + " AS waited FROM c),"
-            " u AS (" + holder("%(k)s", "g") + "), d AS (" + unqueue + ")"
+            " " + holder("%(k)s", "g") + ", d AS (" + unqueue + ")"
             " SELECT true, %(k)s, u.token, u.acquired_at, g.waited, NULL::int, "
             + _NOTIFY
             + " FROM g, u"
@@ -816,7 +834,7 @@ class _Statements:
                 " AND (SELECT stored FROM m) IS NULL THEN %(limit)s ELSE 0 END) AS i) AS x"
                 " WHERE pg_try_advisory_lock(x.slot) LIMIT 1)",
                 "g AS MATERIALIZED (SELECT (SELECT slot FROM s) AS slot)",
-                "u AS (" + holder("g.slot", "g WHERE g.slot IS NOT NULL") + ")",
+                holder("g.slot", "g WHERE g.slot IS NOT NULL"),
                 "d AS (" + unqueue + " AND (SELECT slot FROM g) IS NOT NULL)",
                 "r AS MATERIALIZED (SELECT pg_advisory_unlock(%(k)s) FROM t, g WHERE t.got AND "
                 + ("true)" if arriving else "g.slot IS NOT NULL)"),
