@@ -682,6 +682,11 @@ def test_a_waiter_never_watches_a_node_that_left_unseen(
         assert holder.acquire()
         queue = _Queue(b, raw, f"/{ns}/lock/chain")
         locks = [queue.add(lambda s: s.lock("chain")) for _ in range(3)]
+        # Count from when every waiter watches its predecessor (its node alone is not enough:
+        # the watch is set just after).
+        wait_for(
+            lambda: set(queue.ids()) <= set(_watches_by_session(zookeeper_server, queue.parent))
+        )
         queue.count()
         holder.release()
         wait_for(lambda: locks[0].held)

@@ -46,6 +46,15 @@ def _holder_cache(lookup: Callable[[], tenure.Holder | None]) -> Callable[[], te
     return get
 
 
+def _describe(holder: tenure.Holder | None, *, token_word: str = "token") -> str:
+    """``describe_holder``, but another client's entry (no pid: etcdctl, a Go program, kazoo,
+    Curator) by what is known of it, never "pid 0 on ''"."""
+    if holder is None or holder.pid:
+        return describe_holder(holder, token_word=token_word)
+    where = f" on {holder.host}" if holder.host else ""
+    return f"{holder.owner or 'another client'}{where} ({token_word} {holder.token})"
+
+
 def _lock_for(client: tenure.Client, args: argparse.Namespace) -> tuple[tenure.Lock, str, str]:
     """The lock object ``run`` takes (plain, an rwlock side or a permit), what to call it, and
     its key space."""
@@ -72,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
                 def describe(elapsed: float) -> str:
                     who = holder()
-                    held_by = f" held by {describe_holder(who)}" if who is not None else ""
+                    held_by = f" held by {_describe(who)}" if who is not None else ""
                     return f"waiting for {what}{held_by} … {elapsed:.1f} s"
 
                 timeout: float | None = args.timeout
@@ -85,7 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 who = client.holder(name, kind=kind)
             except tenure.TenureError:
                 who = None
-            held_by = f"held by {describe_holder(who)}" if who is not None else "held by another"
+            held_by = f"held by {_describe(who)}" if who is not None else "held by another"
             if args.no_wait:
                 print_err(f"tenure: {what} is {held_by}; not running CMD (--no-wait)")
             else:
@@ -142,7 +151,7 @@ def cmd_elect(args: argparse.Namespace) -> int:
         def describe(elapsed: float) -> str:
             who = leader()
             led_by = (
-                f"; leader is {describe_holder(who, token_word='term')}"
+                f"; leader is {_describe(who, token_word='term')}"
                 + (f" value {who.value!r}" if who is not None and who.value is not None else "")
                 if who is not None
                 else ""

@@ -40,8 +40,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _split(contenders: list[tenure.Holder]) -> tuple[list[tenure.Holder], list[tenure.Holder]]:
-    holders = [h for h in contenders if not h.waiting and h.acquired_at is not None]
-    return holders, [h for h in contenders if h not in holders]
+    # (Another client's holder may have no grant time: ``waiting`` alone says who holds.)
+    holders = [h for h in contenders if not h.waiting]
+    return holders, [h for h in contenders if h.waiting]
 
 
 def _report(
@@ -90,10 +91,10 @@ def _table(
     for role_name, h in entries:
         row: tuple[str, ...] = (role_name,) + ((h.mode,) if show_mode else ())
         row += (
-            h.owner[:8],
+            _owner(h.owner),
             h.host,
-            str(h.pid),
-            str(h.token) if h.acquired_at is not None else "-",
+            str(h.pid) if h.pid else "-",  # (another client's entry: no pid known)
+            str(h.token) if not h.waiting else "-",
             format_seconds(held_for(h, now)),
             format_seconds(h.expires_in),
         )
@@ -103,6 +104,14 @@ def _table(
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=True)).rstrip())
+
+
+def _owner(owner: str) -> str:
+    """tenure's 128-bit owner ids shortened; another client's label (``go``,
+    ``kazoo:<identifier>``, ``curator``, ``unknown``) in full."""
+    if len(owner) == 32 and all(c in "0123456789abcdef" for c in owner):
+        return owner[:8]
+    return owner
 
 
 def _backend(client: tenure.Client, *, as_json: bool) -> int:

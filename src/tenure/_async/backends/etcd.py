@@ -17,17 +17,28 @@ same stubs serve ``grpc`` (sync) and ``grpc.aio`` (asyncio).
   RWMutex), and a semaphore's key records its limit in the value. The queue is the keys under
   the prefix in create-revision order; the **fencing token is my key's create revision** (etcd's
   one revision counter: strictly increasing across every mode).
-- **The grant rule** (``base.grantable``) is one range read: I hold the key when fewer than
-  ``window`` *blocking* keys are older than mine. A lock, an election, a writer: 1 of all the
-  keys; a reader: 1 of the writers' keys; a permit: ``limit`` of all the keys.
-- **Acquire** is one ``Txn``: create my key if absent (else read it), read the newest blocking
-  keys (older than my new key) and, for a semaphore, the oldest key, whose limit it must share
-  (else its key is deleted and ``limit_mismatch`` raised). Held: done. Else I watch, then look
-  again (a ``Txn`` guarded by my key) until I hold it:
+- **Elections keep the candidate's value as is** in their key (``etcdctl elect`` and Go's
+  ``Election`` read it there); the owner's metadata goes in a second key on the same lease,
+  ``<ns>/meta/election/<name>//<lease-id-hex>`` (``_meta_key``: outside the prefix, where Go does
+  not look), written, rewritten (``proclaim``) and deleted in the same ``Txn`` as the key.
+- **Other clients' keys** under a prefix are contenders like ours, ordered by create revision:
+  ``etcdctl lock <ns>/lock/<name>/`` and ``etcdctl elect <ns>/election/<name>/`` (Go's
+  ``concurrency`` package) queue with tenure's locks and elections both ways. Inspection shows
+  a key without tenure's metadata as owner ``go`` (Go's ``<prefix><lease-hex>``) or ``unknown``.
+- **The grant rule** (``base.grantable``) is a range read or three (``_ranges``): I hold the
+  key when fewer than ``window`` keys of each range are older than mine. A lock, an election, a
+  writer: 1 of all the keys; a reader: 1 of every key but the readers' (the writers', and any
+  key of another layout: exclusive on the safe side); a permit: the same but the permits', and
+  ``limit`` of all the keys.
+- **Acquire** is one ``Txn``: create my key if absent (else read it), read the newest keys of
+  each range (older than my new key) and, for a semaphore, the oldest permit, whose limit it
+  must share (else its key is deleted and ``limit_mismatch`` raised). Held: done. Else I watch,
+  then look again (a ``Txn`` guarded by my key) until I hold it:
 
   - a lock, an election, a writer watch the newest older key's delete (Go's Mutex); a reader
-    the newest older writer's (the recipes RWMutex). So a writer's release wakes exactly the run
-    of readers behind it, and any other release at most the one contender behind it.
+    the newest older writer's (the recipes RWMutex; or another exclusive key's). So a writer's
+    release wakes exactly the run of readers behind it, and any other release at most the one
+    contender behind it.
   - one permit is a lock. With more, a permit may be granted by the release of *any* older
     holder, so one predecessor is not enough, and every waiter watching all of them is a herd.
     The first waiter (exactly ``limit`` older keys: holders) watches the deletes of the whole
@@ -124,21 +135,30 @@ _MODES = {tag: name for name, tag in _TAGS.items()}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class _Range:
+    """Keys ``start`` to ``end`` of which fewer than ``window`` may be older than mine."""
+
+    start: bytes
+    end: bytes
+    window: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class _Queue:
     """My key (``me``) in the queue of all keys under ``prefix``, and the rule that grants it.
 
-    The grant rule (``base.grantable``) as etcd ranges: I hold the key when fewer than ``window``
-    keys of the range ``blocking`` (``start`` to ``end``) are older than mine. A plain lock, an
-    election or a writer: ``window`` 1 over the whole queue; a reader: 1 over the writers' keys
-    only; a permit: ``limit`` over the whole queue.
+    The grant rule (``base.grantable``) as etcd ranges: I hold the key when, in each of the
+    ``ranges``, fewer than its ``window`` keys are older than mine. A plain lock, an election or
+    a writer: 1 over the whole queue; a reader: 1 over every key but the readers' (writers, and
+    on the safe side any key of another layout); a permit: 1 over every key but the permits',
+    and ``limit`` over the whole queue (see ``_ranges``).
     """
 
     prefix: bytes
     me: bytes
     mode: Mode
-    start: bytes
-    end: bytes
-    window: int
+    ranges: tuple[_Range, ...]
+    meta: bytes = b""  # an election candidate's metadata key (``EtcdDriver._meta_key``)
 
 
 class _Place(enum.Enum):
@@ -597,11 +617,34 @@ class EtcdDriver:
     def _key_of(self, grant: Grant) -> bytes:
         return self._key(grant.key, grant.lease, grant.owner.owner, grant.mode)
 
+    def _meta_key(self, me: bytes) -> bytes:
+        """An election candidate's metadata key, ``<ns>/meta/election/<name>//<lease-hex>``
+        (b"" for other keys): outside the election's prefix, where Go's Election does not look,
+        so the candidate's key keeps its value as is. Same lease, written and deleted with it."""
+        root = f"{self._namespace}/".encode()
+        if not me.startswith(root + b"election/"):
+            return b""
+        return root + b"meta/" + me[len(root) :]
+
     def _queue(self, key: str, lease: Lease, owner: str, mode: Mode) -> _Queue:
         prefix = self._prefix(key)
-        start = prefix + _TAGS["exclusive"] + b"/" if mode == SHARED else prefix
         me = self._key(key, lease, owner, mode)
-        return _Queue(prefix, me, mode, start, _prefix_end(start), mode.limit or 1)
+        return _Queue(prefix, me, mode, _ranges(prefix, mode), self._meta_key(me))
+
+    def _puts(
+        self, q: _Queue, lease: Lease, owner: OwnerInfo, at: dt.datetime, value: str | None
+    ) -> list[Any]:
+        """The puts that write my entry: my key with the owner's metadata (JSON), or for an
+        election my key with the candidate's value as is and the metadata in its meta key."""
+        number = _lease_number(lease)
+        meta = _value(owner, at, value, q.mode.limit)
+        if not q.meta:
+            return [pb.RequestOp(request_put=pb.PutRequest(key=q.me, value=meta, lease=number))]
+        plain = (value or "").encode()
+        return [
+            pb.RequestOp(request_put=pb.PutRequest(key=q.me, value=plain, lease=number)),
+            pb.RequestOp(request_put=pb.PutRequest(key=q.meta, value=meta, lease=number)),
+        ]
 
     async def _txn(
         self, what: str, compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()
@@ -720,10 +763,10 @@ class EtcdDriver:
     ) -> Grant | None:
         q = self._queue(key, lease, owner.owner, mode)
         acquired_at = utcnow()
-        value = _value(owner, acquired_at, owner.value, mode.limit)
+        puts = self._puts(q, lease, owner, acquired_at, owner.value)
         try_once = deadline is not None and deadline <= _compat.monotonic()
         try:
-            mine, place = await self._enqueue(q, key, lease, owner, value)
+            mine, place = await self._enqueue(q, key, owner, puts)
         except LeaseExpired as exc:
             raise self._lost_while_waiting(lease, key) from exc
         if place is _Place.OWNER:
@@ -752,13 +795,13 @@ class EtcdDriver:
                         if not await self._lease_alive(lease):
                             raise self._lost_while_waiting(lease, key)
                         try:
-                            mine, place = await self._enqueue(q, key, lease, owner, value)
+                            mine, place = await self._enqueue(q, key, owner, puts)
                         except LeaseExpired as exc:
                             raise self._lost_while_waiting(lease, key) from exc
                         continue
                     if place is _Place.OWNER:
                         # A permit granted after a wait wakes the waiter that watches it.
-                        if q.window > 1 and not await self._touch(q.me, mine):
+                        if q.mode.limit > 1 and not await self._touch(q.me, mine):
                             place = _Place.GONE
                             continue
                         done = True
@@ -792,30 +835,33 @@ class EtcdDriver:
         return LockLostError(reason, name=key.partition("/")[2])
 
     async def _enqueue(
-        self, q: _Queue, key: str, lease: Lease, owner: OwnerInfo, value: bytes
+        self, q: _Queue, key: str, owner: OwnerInfo, puts: list[Any]
     ) -> tuple[int, _Place | _Wait]:
-        """One Txn: create my key unless it exists (else read it), read the newest blocking keys
-        (all older than my new key) and, for a semaphore, the oldest key (its stored limit).
+        """One Txn: create my key unless it exists (else read it, and the key holding its owner
+        id: itself, or an election's meta key), read the newest keys of each range (all older
+        than my new key) and, for a semaphore, the oldest permit (its stored limit).
 
         Returns my create revision and where I stand (``UNKNOWN`` if my key already existed: a
         retry; the caller looks).
         """
-        reads = self._enqueue_ops(q)  # (newest,) or, for a semaphore, (newest, oldest)
-        put = pb.RequestOp(
-            request_put=pb.PutRequest(key=q.me, value=value, lease=_lease_number(lease))
-        )
-        read_me = pb.RequestOp(request_range=pb.RangeRequest(key=q.me))
+        reads = self._enqueue_ops(q)  # the newest of each range, and for a semaphore the oldest
+        oldest = reads[len(q.ranges) :]
+        read_me = [pb.RequestOp(request_range=pb.RangeRequest(key=q.me))]
+        if q.meta:
+            read_me.append(pb.RequestOp(request_range=pb.RangeRequest(key=q.meta)))
         for _ in range(3):
             reply = await self._txn(
-                "acquire", [_created_at(q.me, 0)], [put, *reads], [read_me, *reads[1:]]
+                "acquire", [_created_at(q.me, 0)], [*puts, *reads], [*read_me, *oldest]
             )
             if reply.succeeded:
                 mine = reply.header.revision
-                place = _place(q, mine, reply.responses[1].response_range, mine)
+                newest = reply.responses[len(puts) : len(puts) + len(q.ranges)]
+                place = _place(q, mine, [r.response_range for r in newest], mine)
             else:
                 kv = reply.responses[0].response_range.kvs[0]
                 mine, place = kv.create_revision, _Place.UNKNOWN
-                if _owner_of(kv.value) != owner.owner:
+                owned = reply.responses[len(read_me) - 1].response_range.kvs
+                if not owned or _owner_of(owned[0].value) != owner.owner:
                     # A stale entry of this session (an earlier contender whose clean-up failed):
                     # replace it, so nothing that still knows its revision touches ours.
                     await self._delete_if(q.me, mine)
@@ -830,19 +876,22 @@ class EtcdDriver:
 
     def _enqueue_ops(self, q: _Queue) -> tuple[Any, ...]:
         """The acquire Txn's reads, the same for every contender of one key and mode (cached):
-        the newest ``window + 1`` blocking keys (mine among them), and for a semaphore the
-        oldest key (its stored limit); a lock pays for no read it does not need."""
+        the newest ``window + 1`` keys of each range (mine among them), and for a semaphore the
+        oldest permit (its stored limit); a lock pays for no read it does not need."""
         ops = self._ops_cache.get((q.prefix, q.mode))
         if ops is None:
-            newest = pb.RequestOp(
-                request_range=pb.RangeRequest(key=q.start, range_end=q.end, sort_order=_DESCEND,
-                                              sort_target=_CREATE, limit=q.window + 1,
-                                              keys_only=True)
+            ops = tuple(
+                pb.RequestOp(
+                    request_range=pb.RangeRequest(key=r.start, range_end=r.end, sort_order=_DESCEND,
+                                                  sort_target=_CREATE, limit=r.window + 1,
+                                                  keys_only=True)
+                )
+                for r in q.ranges
             )  # fmt: skip
-            ops = (newest,)
             if q.mode.limit:
+                permits = q.prefix + _TAGS["permit"] + b"/"
                 ops += (pb.RequestOp(
-                    request_range=pb.RangeRequest(key=q.prefix, range_end=_prefix_end(q.prefix),
+                    request_range=pb.RangeRequest(key=permits, range_end=_prefix_end(permits),
                                                   sort_order=_ASCEND, sort_target=_CREATE, limit=1)
                 ),)  # fmt: skip
             if len(self._ops_cache) >= _OPS_CACHE:
@@ -852,19 +901,22 @@ class EtcdDriver:
 
     def _look_request(self, q: _Queue, mine: int) -> Any:
         """The Txn that says where my key stands: if it is still mine, the newest ``window``
-        blocking keys older than it (Go's ``waitDeletes`` reads the newest one)."""
-        newest_older = pb.RangeRequest(
-            key=q.start,
-            range_end=q.end,
-            sort_order=_DESCEND,
-            sort_target=_CREATE,
-            max_create_revision=mine - 1,
-            limit=q.window,
-            keys_only=True,
-        )
+        keys of each range older than it (Go's ``waitDeletes`` reads the newest one)."""
+        newest_older = [
+            pb.RangeRequest(
+                key=r.start,
+                range_end=r.end,
+                sort_order=_DESCEND,
+                sort_target=_CREATE,
+                max_create_revision=mine - 1,
+                limit=r.window,
+                keys_only=True,
+            )
+            for r in q.ranges
+        ]
         return pb.TxnRequest(
             compare=[_created_at(q.me, mine)],
-            success=[pb.RequestOp(request_range=newest_older)],
+            success=[pb.RequestOp(request_range=r) for r in newest_older],
         )
 
     async def _look(self, q: _Queue, mine: int) -> _Place | _Wait:
@@ -936,11 +988,12 @@ class EtcdDriver:
         return bool(reply.TTL > 0)
 
     async def _delete_if(self, me: bytes, revision: int) -> bool:
-        reply = await self._txn(
-            "release",
-            [_created_at(me, revision)],
-            [pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=me))],
-        )
+        """Delete my key (and an election's meta key) if its create revision is ``revision``."""
+        deletes = [pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=me))]
+        meta = self._meta_key(me)
+        if meta:
+            deletes.append(pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=meta)))
+        reply = await self._txn("release", [_created_at(me, revision)], deletes)
         return bool(reply.succeeded)
 
     async def _leave_quietly(self, me: bytes, revision: int) -> None:
@@ -969,16 +1022,10 @@ class EtcdDriver:
         return bool(reply.kvs) and reply.kvs[0].create_revision == grant.token
 
     async def set_value(self, grant: Grant, value: str) -> bool:
-        me = self._key_of(grant)
-        put = pb.PutRequest(
-            key=me,
-            value=_value(grant.owner, grant.acquired_at, value, grant.mode.limit),
-            lease=_lease_number(grant.lease),
-        )
+        q = self._queue(grant.key, grant.lease, grant.owner.owner, grant.mode)
+        puts = self._puts(q, grant.lease, grant.owner, grant.acquired_at, value)
         try:
-            reply = await self._txn(
-                "set value", [_created_at(me, grant.token)], [pb.RequestOp(request_put=put)]
-            )
+            reply = await self._txn("set value", [_created_at(q.me, grant.token)], puts)
         except LeaseExpired:
             return False  # the lease, and so the entry, is gone
         return bool(reply.succeeded)
@@ -996,19 +1043,23 @@ class EtcdDriver:
         """The keys in create order, and each holder's ``expires_in`` (its lease's TTL: one
         request per holders' lease)."""
         prefix = self._prefix(key)
-        reply = await self._range(
-            "inspect",
-            pb.RangeRequest(
-                key=prefix,
-                range_end=_prefix_end(prefix),
-                sort_order=_ASCEND,
-                sort_target=_CREATE,
-                limit=limit,
-            ),
-        )
-        found = _holders(key, prefix, reply.kvs)
+        queue = pb.RangeRequest(
+            key=prefix, range_end=_prefix_end(prefix), sort_order=_ASCEND, sort_target=_CREATE,
+            limit=limit,
+        )  # fmt: skip
+        meta = self._meta_key(prefix)
+        if meta:  # an election: its candidates' metadata too, at the same revision
+            metas = pb.RangeRequest(key=meta, range_end=_prefix_end(meta))
+            reply = await self._txn(
+                "inspect", [], [pb.RequestOp(request_range=r) for r in (queue, metas)]
+            )
+            kvs = reply.responses[0].response_range.kvs
+            owners = {kv.lease: _json(kv.value) for kv in reply.responses[1].response_range.kvs}
+        else:
+            kvs, owners = (await self._range("inspect", queue)).kvs, None
+        found = _holders(key, prefix, kvs, owners)
         ttls: dict[int, float] = {}
-        for i, kv in enumerate(reply.kvs):
+        for i, kv in enumerate(kvs):
             if found[i].waiting:
                 break
             if kv.lease not in ttls:
@@ -1072,25 +1123,40 @@ def _looked(q: _Queue, mine: int, reply: Any) -> _Place | _Wait:
     """Where my key stands, from a look's reply (``GONE``: my key is not there any more)."""
     if not reply.succeeded:
         return _Place.GONE
-    return _place(q, mine, reply.responses[0].response_range, reply.header.revision)
+    newest = [r.response_range for r in reply.responses]
+    return _place(q, mine, newest, reply.header.revision)
 
 
-def _place(q: _Queue, mine: int, newest: Any, read_at: int) -> _Place | _Wait:
-    """Where my key stands, from the newest blocking keys (newest first; my own key, read with
-    them when it was created, is skipped) and whether there are ``more`` older ones.
+def _ranges(prefix: bytes, mode: Mode) -> tuple[_Range, ...]:
+    """The ranges of ``_Queue``. tenure's readers are ``<prefix>read/...``, its permits
+    ``<prefix>permit/...``: every other key (a writer, or another client's) is exclusive."""
+    end = _prefix_end(prefix)
+    if not mode.shared or mode.limit == 1:
+        return (_Range(prefix, end, 1),)
+    tag = prefix + (_TAGS["permit"] if mode.limit else _TAGS["shared"]) + b"/"
+    others = (_Range(prefix, tag, 1), _Range(_prefix_end(tag), end, 1))
+    return others + ((_Range(prefix, end, mode.limit),) if mode.limit else ())
 
-    Fewer than ``window`` older: I hold it. Else I wait for the newest of them to go, as Go's
-    Mutex does (exact when ``window`` is 1: a lock, a reader, a writer, one permit). With more
-    permits, a waiter also waits for it to be touched (granted: my place may be next), and the
-    first waiter (exactly ``window`` older: all holders) for any of them to go.
+
+def _place(q: _Queue, mine: int, newest: Sequence[Any], read_at: int) -> _Place | _Wait:
+    """Where my key stands, from the newest keys of each range (newest first; my own key, read
+    with them when it was created, is skipped) and whether there are ``more`` older ones.
+
+    Fewer than ``window`` older in every range: I hold it. Else I wait for the newest of them to
+    go, as Go's Mutex does (exact when ``window`` is 1: a lock, a reader, a writer, one permit).
+    With more permits, a waiter also waits for it to be touched (granted: my place may be next),
+    and the first waiter (exactly ``window`` older: all holders) for any of them to go.
     """
-    older = [kv for kv in newest.kvs if kv.create_revision < mine]
-    if len(older) < q.window:
-        return _Place.OWNER
-    if q.window > 1 and not newest.more:
-        return _Wait(q.start, q.end, read_at=read_at)
-    newer = older[0]
-    return _Wait(newer.key, puts=q.window > 1, mod_revision=newer.mod_revision, read_at=read_at)
+    for blocking, found in zip(q.ranges, newest, strict=True):
+        older = [kv for kv in found.kvs if kv.create_revision < mine]
+        if len(older) < blocking.window:
+            continue
+        many = blocking.window > 1
+        if many and not found.more:
+            return _Wait(blocking.start, blocking.end, read_at=read_at)
+        newer = older[0]
+        return _Wait(newer.key, puts=many, mod_revision=newer.mod_revision, read_at=read_at)
+    return _Place.OWNER
 
 
 def _lease_number(lease: Lease) -> int:
@@ -1131,36 +1197,58 @@ def _limit_of(value: bytes) -> int:
     return limit if isinstance(limit, int) else 0
 
 
-def _mode_of(prefix: bytes, kv: kv_pb2.KeyValue) -> Mode:
-    """A key's mode: its first path segment under the prefix (none: a plain lock's key)."""
+def _mode_of(kind: str, prefix: bytes, kv: kv_pb2.KeyValue) -> Mode:
+    """A key's mode: its first path segment under the prefix, if the key's ``kind`` has such
+    entries; anything else is exclusive (as ``_ranges`` treats it)."""
     tag, slash, _ = kv.key[len(prefix) :].partition(b"/")
     name = _MODES.get(tag) if slash else None
-    if name == "permit":
+    if name == "permit" and kind == "semaphore":
         return permit(_limit_of(kv.value))
-    return SHARED if name == "shared" else EXCLUSIVE
+    return SHARED if name == "shared" and kind == "rwlock" else EXCLUSIVE
 
 
-def _holders(key: str, prefix: bytes, kvs: Sequence[kv_pb2.KeyValue]) -> list[Holder]:
-    """The queue as ``Holder`` records: ``grantable`` decides who holds, in create order."""
+def _holders(
+    key: str,
+    prefix: bytes,
+    kvs: Sequence[kv_pb2.KeyValue],
+    owners: dict[int, dict[str, Any]] | None,
+) -> list[Holder]:
+    """The queue as ``Holder`` records: ``grantable`` decides who holds, in create order.
+
+    ``owners``: an election's metadata by lease (None: not an election, the keys carry their
+    own). A key without tenure's metadata is another client's: ``go`` in the layout of Go's
+    ``concurrency`` package (``<prefix><lease-hex>``: etcdctl lock/elect), else ``unknown``.
+    """
     found = []
     holding, exclusive_ahead = True, False
     for ahead, kv in enumerate(kvs):
-        mode = _mode_of(prefix, kv)
+        mode = _mode_of(key.partition("/")[0], prefix, kv)
         holding = holding and grantable(mode, ahead, exclusive_ahead)
         exclusive_ahead = exclusive_ahead or not mode.shared
         data = _json(kv.value)
+        value = data.get("value")
+        if owners is not None:  # an election: the candidate's value is the key's, as is
+            meta = owners.get(kv.lease)
+            if meta:  # ("" is None if the metadata says so)
+                data, value = meta, meta.get("value")
+                value = kv.value.decode("utf-8", "replace") if kv.value or value else value
+            elif not _owner_of(kv.value):  # (else: a tenure from before the meta keys)
+                value = kv.value.decode("utf-8", "replace")
+        if not isinstance(data.get("owner"), str):
+            go = kv.key[len(prefix) :] == b"%x" % kv.lease
+            data = {"owner": "go" if go else "unknown"}
         acquired_at = data.get("acquired_at")
         found.append(
             Holder(
                 name=key.partition("/")[2],
-                owner=str(data.get("owner", "")),
+                owner=str(data["owner"]),
                 host=str(data.get("host", "")),
                 pid=int(data.get("pid", 0)),
                 token=kv.create_revision if holding else 0,
                 acquired_at=dt.datetime.fromisoformat(acquired_at)
                 if holding and acquired_at
                 else None,
-                value=data.get("value"),
+                value=value,
                 mode=mode.name,
                 waiting=not holding,
             )

@@ -9,6 +9,15 @@ The mark is the contender's mode: ``lock`` (a lock's or an election's), ``write`
 are made by ``_mark`` and read by ``_parse`` only. The queue is the children in sequence order;
 who is granted follows from it alone (``base.grantable``).
 
+**Every child is a contender**, so tenure and other clients exclude each other on one path:
+kazoo's ``Lock``/``Election`` nodes ``<uuid>__lock__<seq>`` (exclusive) and ``ReadLock`` nodes
+``<uuid>__rlock__<seq>`` (shared); Curator's ``InterProcessMutex`` nodes
+``_c_<uuid>-lock-<seq>``; and, on the safe side, any other node: exclusive, in the order of its
+10-digit sequence suffix, or ahead of everyone if it has none. (kazoo sees tenure's nodes when
+given ``extra_lock_patterns=["-lock-"]``; Curator sorts every child by what follows its last
+``lock-``, which tenure's names already fit.) ``holder``/``contenders`` show such nodes with the
+owner ``kazoo:<identifier>``, ``curator`` (host: its node data) or ``unknown``.
+
 - **Leases are ZooKeeper sessions.** ``grant_lease`` opens one kazoo client whose session timeout
   is the TTL; the server may only *negotiate* it within ``[minSessionTimeout, maxSessionTimeout]``
   and silently does so, so a TTL it would change is refused (``ConfigurationError``). Ephemeral
@@ -177,12 +186,15 @@ class _Held:
 
 @dataclass(frozen=True, slots=True)
 class _Node:
-    """One contender's node, as its name ``<owner id>-<mark>-<sequence>`` tells."""
+    """One contender's node, as its name tells: tenure's ``<owner id>-<mark>-<sequence>``, or
+    another client's (``client`` names it: ``kazoo``, ``curator`` or ``unknown``; ``owner`` is
+    then "")."""
 
     name: str
     owner: str
     mode: Mode
     sequence: str
+    client: str = "tenure"
 
 
 _MODES = {"lock": EXCLUSIVE, "write": EXCLUSIVE, "read": SHARED}
@@ -190,6 +202,8 @@ _NAME = re.compile(
     r"(?P<owner>[^-]+)-(?P<mark>lock|write|read|permit(?P<limit>[1-9][0-9]*))"
     r"-(?P<sequence>[0-9]{10})"
 )
+#: Any sequential node: ZooKeeper appends the parent's counter as 10 digits.
+_SEQUENCE = re.compile(r"[0-9]{10}$")
 
 
 def _mark(kind: str, mode: Mode) -> str:
@@ -201,20 +215,32 @@ def _mark(kind: str, mode: Mode) -> str:
     return "write" if kind == "rwlock" else "lock"
 
 
-def _parse(name: str) -> _Node | None:
-    """The contender a child node's name describes; None for anything else."""
+def _parse(name: str) -> _Node:
+    """The contender a child node's name describes. Every child is a contender: another
+    client's node is one too (kazoo's ``<uuid>__lock__<seq>``, ``__rlock__`` for its readers;
+    Curator's ``_c_<uuid>-lock-<seq>``), and so, on the safe side, is a node of no known layout:
+    exclusive, in the order of its sequence number, or before everyone without one (so it
+    blocks every tenure contender while it exists)."""
     match = _NAME.fullmatch(name)
-    if match is None:
-        return None
-    limit = match["limit"]
-    mode = permit(int(limit)) if limit else _MODES[match["mark"]]
-    return _Node(name, match["owner"], mode, match["sequence"])
+    if match is not None:
+        limit = match["limit"]
+        mode = permit(int(limit)) if limit else _MODES[match["mark"]]
+        return _Node(name, match["owner"], mode, match["sequence"])
+    sequence = _SEQUENCE.search(name)
+    head = name[: sequence.start()] if sequence else name
+    if head.endswith(("__lock__", "__rlock__")):
+        client = "kazoo"
+    elif head.startswith("_c_") and head.endswith("-lock-"):
+        client = "curator"
+    else:
+        client = "unknown"
+    mode = SHARED if client == "kazoo" and head.endswith("__rlock__") else EXCLUSIVE
+    return _Node(name, "", mode, sequence[0] if sequence else "", client)
 
 
 def _queue(children: Sequence[str]) -> list[_Node]:
-    """The contenders in sequence (= arrival) order."""
-    nodes = [node for node in map(_parse, children) if node is not None]
-    return sorted(nodes, key=lambda node: node.sequence)
+    """The contenders in sequence (= arrival) order, as kazoo and Curator sort them too."""
+    return sorted(map(_parse, children), key=lambda node: node.sequence)
 
 
 def _blockers(queue: list[_Node], me: _Node) -> tuple[list[_Node], bool] | None:
@@ -235,12 +261,25 @@ def _blockers(queue: list[_Node], me: _Node) -> tuple[list[_Node], bool] | None:
 
 
 def _stored_limit(queue: list[_Node], me: _Node) -> int | None:
-    """The semaphore's limit if ``me`` asks for another one (see the module docstring)."""
+    """The semaphore's limit if ``me`` asks for another one (see the module docstring; only
+    tenure's permits carry a limit: other clients' nodes are left out)."""
     asked = me.mode.limit
     if not asked:
         return None
-    others = queue[:1] if queue[0] != me else queue
+    permits = [node for node in queue if node.mode.limit]
+    others = permits[:1] if permits[0] != me else permits
     return next((node.mode.limit for node in others if node.mode.limit != asked), None)
+
+
+def _foreign(node: _Node, data: bytes) -> tuple[str, str, str | None]:
+    """Owner, host and value of another client's node: kazoo writes its identifier, Curator the
+    client's address."""
+    text = data.decode("utf-8", "replace")
+    if node.client == "kazoo":
+        return f"kazoo:{text}", "", text
+    if node.client == "curator":
+        return "curator", text, None
+    return "unknown", "", None
 
 
 class ZooKeeperDriver:
@@ -579,7 +618,7 @@ class ZooKeeperDriver:
                 listing = await self._children(client, parent, timeout)
         own, stat = found
         me, queue = _parse(own), _queue(listing)
-        if me is None or me not in queue:
+        if me not in queue:
             raise BackendUnavailableError(
                 f"zookeeper at {self._hosts}: our queue entry {parent}/{own} vanished"
             )
@@ -844,21 +883,31 @@ class ZooKeeperDriver:
                     data, stat = await self._wait(result, self._request_timeout)
                 except kazoo_errors.NoNodeError:
                     continue  # left meanwhile
-                record = json.loads(data)
+                if node.client == "tenure":
+                    record = json.loads(data)
+                    owner, host, value = (
+                        record["owner"],
+                        record.get("host", ""),
+                        record.get("value"),
+                    )
+                else:
+                    owner, host, value = _foreign(node, data or b"")
+                    value = value if key.startswith("election/") else None
+                    record = {}
                 waiting = waiting or not grantable(node.mode, len(found), exclusive_ahead)
                 exclusive_ahead = exclusive_ahead or not node.mode.shared
                 found.append(
                     Holder(
                         name=name,
-                        owner=record["owner"],
-                        host=record.get("host", ""),
+                        owner=owner,
+                        host=host,
                         pid=int(record.get("pid", 0)),
                         token=0 if waiting else int(stat.czxid),
                         acquired_at=None
                         if waiting
                         else dt.datetime.fromtimestamp(stat.ctime / 1000, dt.UTC),
                         expires_in=None,  # a session's expiry is known only to the server
-                        value=record.get("value"),
+                        value=value,
                         mode=node.mode.name,
                         waiting=waiting,
                     )
