@@ -497,6 +497,46 @@ def test_death_inside_the_queue_lock_blocks_nobody(url: str, tmp_path: Path) -> 
         lock.release()
 
 
+def test_a_process_blocked_on_the_queue_lock_is_not_overtaken(url: str, procs: Procs) -> None:
+    """The kernel wakes a process blocked on the queue file's short lock but does not hand it
+    the lock: one that finds the lock free just after must let it go first (else a process
+    releasing and acquiring in a loop takes the fast grant back, again and again)."""
+    lock_path = Path(url.removeprefix("file://")) / "tenure" / "lock" / f"{_stem('q')}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT)
+    pid, resume = 0, None
+
+    def cont() -> None:
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    try:
+        # Hold the short lock (the first byte), as a contender inside it would.
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 0, 1, 0))
+        pid = procs.start("lock", "q", 0, hold=True)
+        probe = struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 1, 1, 0)  # its announcement, byte 1
+
+        def announced() -> bool:
+            found = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, probe)
+            return bool(struct.unpack("hhqqi4x", found)[0] != fcntl.F_UNLCK)
+
+        wait_until(announced, "the process to wait for the queue lock")
+        # Stopped, it cannot take the lock when woken: only the announcement can hold us back.
+        os.kill(pid, signal.SIGSTOP)
+        resume = threading.Timer(0.2, cont)
+        with tenure.connect(url) as client:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", fcntl.F_UNLCK, 0, 0, 1, 0))
+            resume.start()
+            assert not client.lock("q").acquire(blocking=False)  # it went first: it holds
+            wait_until(lambda: len(procs.logged()) == 1, "the waiting process to log its grant")
+    finally:
+        if resume is not None:
+            resume.cancel()
+        cont()
+        os.close(fd)
+
+
 def test_an_entry_created_but_never_locked_is_dead(url: str) -> None:
     with tenure.connect(url) as client:
         lock = client.lock("orphan")

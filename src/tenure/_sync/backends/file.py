@@ -4,23 +4,37 @@
 Layout under ``<root>/<namespace>/<kind>/`` (``root`` from the URL path, default the user's state
 dir)::
 
-    <stem>.lock                  the key's queue file: sequence counter and semaphore limit
+    <stem>.lock                  the key's queue file: sequence counter, semaphore limit, the
+                                 fast path's fields and the fast holder's slot (below)
+    <stem>.hold0, <stem>.hold1   the fast holder's liveness: a write lock on one of them
     <stem>.queue/<seq>-<m>-<id>  one entry per contender (holder or waiter), in arrival order;
                                  m is x (exclusive), s (shared) or p (permit); its content is
                                  the grant time (20 digits, zeros while waiting) and a JSON
                                  record {"host", "pid", "value"}
 
-- **Entries.** A contender takes a short open-file-description lock (``F_OFD_SETLKW``) on
-  ``<stem>.lock``, bumps the sequence counter in place, and creates its entry (``O_EXCL``) with
-  an OFD write lock held for the entry's whole life. OFD locks belong to one open file, not to a
-  process, so two clients in one process are two contenders, and the kernel frees them the
-  moment a process dies: an entry without its lock is dead, and any contender behind it unlinks
-  it. A paused process keeps its entries: this backend has no leases (and one paused inside
+- **The queue file's short lock.** Every contender takes a short open-file-description lock
+  (``F_OFD_SETLKW``) on the first byte of ``<stem>.lock`` to join the queue. One that finds it
+  taken announces itself (a shared lock on the second byte) while it waits, and one that finds
+  it free while someone is announced lets them go first: the kernel wakes a blocked waiter
+  without handing it the lock, so a process releasing and acquiring in a loop would otherwise
+  overtake it again and again.
+- **The fast grant.** If nobody holds or waits, the contender is granted at once without an
+  entry: it write-locks the generation's hold file (generations alternate between the two, so
+  the previous holder's close is never taken for this one's) and writes its token, grant time,
+  mode and record in the queue file's slot, checksummed, in one write. The queue file also
+  keeps the sequence number at which the queue was last seen empty: while no entry was created
+  since, the directory need not be listed. Its release closes the hold file.
+- **Entries.** Otherwise the contender bumps the sequence counter in place and creates its entry
+  (``O_EXCL``) with an OFD write lock held for the entry's whole life. OFD locks belong to one
+  open file, not to a process, so two clients in one process are two contenders, and the
+  kernel frees them the moment a process dies: an entry without its lock is dead, and any
+  contender behind it unlinks it. A paused process keeps its entries: this backend has no leases (and one paused inside
   the queue file's few-microsecond lock holds up that key's new contenders until it resumes).
-- **Grants** follow ``base.grantable`` over the live entries in sequence order (FIFO). The
-  fencing token is the entry's sequence number, as etcd's create revision or ZooKeeper's zxid:
-  grants happen in sequence order, so each token exceeds every one granted before it, and the
-  counter survives crashes.
+- **Grants** follow ``base.grantable`` over the fast holder (always the oldest) and the live
+  entries in sequence order (FIFO). The fencing token is the sequence number, as etcd's create
+  revision or ZooKeeper's zxid: grants happen in sequence order, so each token exceeds every
+  one granted before it, and the counter survives crashes. A used key whose queue file was
+  deleted by hand continues from the clock in µs (a fast grant leaves no entry to count from).
 - **Waiting** without polling or herd: a waiter watches (inotify ``IN_CLOSE_WRITE``, which the
   kernel also sends when a dead process's files are closed) only the entry it depends on: an
   exclusive waiter its nearest live predecessor, a reader the nearest live exclusive entry
@@ -35,7 +49,9 @@ dir)::
   (milliseconds). Without inotify (not Linux, or out of instances or watches) waiters re-check
   with a bounded back-off instead.
 - **Release** unlinks our own entry (while still locked) and closes it: it can never delete
-  another contender's. Deleting an entry, or the queue file, by hand makes its holders lost.
+  another contender's. A fast holder closes its hold file; the waiter watching it (``IN_CLOSE_
+  WRITE``) blanks the slot, so a holder that somehow still runs finds itself lost. Deleting an
+  entry, a hold file or the queue file by hand makes its holders lost.
 """
 
 from __future__ import annotations
@@ -75,7 +91,16 @@ _SETLKW = fcntl.F_OFD_SETLKW if _OFD else fcntl.F_SETLKW
 _GETLK = fcntl.F_OFD_GETLK if _OFD else fcntl.F_GETLK
 _FLOCK = "hhqqi4x"  # struct flock on 64-bit Linux: type, whence, start, len, pid
 _WRLCK = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
-_UNLCK = struct.pack(_FLOCK, fcntl.F_UNLCK, os.SEEK_SET, 0, 0, 0)
+# The queue file's short lock is on its first byte. A contender that finds it taken announces
+# itself with a shared lock on the second byte while it waits, and one that gets the first byte
+# while someone is announced lets them go first: the kernel wakes a blocked waiter but does not
+# hand it the lock, so a process releasing and acquiring again in a loop would otherwise take
+# it back, again and again, before the waiter has even run.
+_QLOCK = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 1, 0)
+_QUNLCK = struct.pack(_FLOCK, fcntl.F_UNLCK, os.SEEK_SET, 0, 1, 0)
+_WANT = struct.pack(_FLOCK, fcntl.F_RDLCK, os.SEEK_SET, 1, 1, 0)
+_WANTED = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 1, 1, 0)  # waits for the announced
+_WANT_UNLCK = struct.pack(_FLOCK, fcntl.F_UNLCK, os.SEEK_SET, 1, 1, 0)
 _HEADER = struct.Struct("<QQ")  # <stem>.lock: last sequence number, semaphore limit (0: none)
 # Then the fast path's fields: the sequence number at which the queue directory was last known
 # to hold no live entry, and the generation of the last fast grant (its hold file: generation % 2).
@@ -152,6 +177,26 @@ def _stem(name: str) -> str:
 def _locked(fd: int) -> bool:
     """Whether anyone holds a write lock on ``fd``'s file, without taking it."""
     return bool(struct.unpack(_FLOCK, fcntl.fcntl(fd, _GETLK, _WRLCK))[0] != fcntl.F_UNLCK)
+
+
+def _lock_queue(fd: int) -> None:
+    """Take a queue file's short lock, after any contender already waiting for it."""
+    try:
+        fcntl.fcntl(fd, _SETLK, _QLOCK)
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+    else:
+        if struct.unpack(_FLOCK, fcntl.fcntl(fd, _GETLK, _WANTED))[0] == fcntl.F_UNLCK:
+            return  # nobody waits for it
+        fcntl.fcntl(fd, _SETLK, _QUNLCK)
+        fcntl.fcntl(fd, _SETLKW, _WANTED)  # until those waiting have had their turn
+        fcntl.fcntl(fd, _SETLK, _WANT_UNLCK)
+    fcntl.fcntl(fd, _SETLKW, _WANT)
+    try:
+        fcntl.fcntl(fd, _SETLKW, _QLOCK)
+    finally:
+        fcntl.fcntl(fd, _SETLK, _WANT_UNLCK)
 
 
 class _Queue:
@@ -528,10 +573,10 @@ class FileDriver:
         for _ in range(100):  # bounded: each round found the file deleted by hand
             queue.mutex.acquire()
             try:
-                fcntl.fcntl(queue.fd, _SETLKW, _WRLCK)
+                _lock_queue(queue.fd)
                 if os.fstat(queue.fd).st_nlink:
                     break
-                fcntl.fcntl(queue.fd, _SETLK, _UNLCK)  # deleted by hand: use the new one
+                fcntl.fcntl(queue.fd, _SETLK, _QUNLCK)  # deleted by hand: use the new one
             except OSError as exc:
                 queue.mutex.release()
                 raise BackendError(f"cannot lock {queue.lock_path}: {exc.strerror}") from exc
@@ -578,7 +623,7 @@ class FileDriver:
         except OSError as exc:
             raise BackendError(f"cannot queue for {key!r} in {queue.dir}: {exc}") from exc
         finally:
-            fcntl.fcntl(queue.fd, _SETLK, _UNLCK)
+            fcntl.fcntl(queue.fd, _SETLK, _QUNLCK)
             queue.mutex.release()
 
     @staticmethod
@@ -617,13 +662,13 @@ class FileDriver:
         may not be dropped yet). Blank its slot, so that nobody counts it any more and, if it
         is somehow alive (someone else wrote to its file), it finds its grant lost."""
         with queue.mutex:
-            fcntl.fcntl(queue.fd, _SETLKW, _WRLCK)
+            _lock_queue(queue.fd)
             try:
                 head = os.pread(queue.fd, _FAST.size, _HEADER.size).ljust(_FAST.size, b"\0")
                 if _FAST.unpack(head)[1] == gen:  # not a later one (cannot be: we wait)
                     os.pwrite(queue.fd, b"\0" * 8, _SLOT_AT)
             finally:
-                fcntl.fcntl(queue.fd, _SETLK, _UNLCK)
+                fcntl.fcntl(queue.fd, _SETLK, _QUNLCK)
 
     def _plan(self, entry: _Entry) -> tuple[tuple[str, int], ...] | None:
         """None if ``entry`` may be granted (``base.grantable``), else the files to watch."""
