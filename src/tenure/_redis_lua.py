@@ -269,12 +269,34 @@ return {0, 0, pttl}
 )
 
 #: The release path. KEYS: holder. ARGV: owner, flags ("e": publish changes; "w": Redlock,
-#: wake instead of grant). Returns 1 if our entry was live and is deleted (and the waiters that
-#: may now go are granted), 0 if it was not ours.
+#: wake instead of grant), [hold_ms]. Returns 1 if our entry was live and is deleted (and the
+#: waiters that may now go are granted), 0 if it was not ours. With hold_ms > 0 (``min_hold``
+#: not yet over) the entry is kept instead, marked ``ended``, and expires in hold_ms by the
+#: server's own clock: waiters go when it expires (the acquire script told them when).
 RELEASE = (
     _COMMON
     + """
 local p = prefix_of(KEYS[1])
+local hold = tonumber(ARGV[3] or '0')
+if hold > 0 then
+  local owner = ARGV[1]
+  if redis.call('HGET', p .. 'holder', 'owner') == owner then
+    redis.call('HSET', p .. 'holder', 'ended', '1')
+    redis.call('PEXPIRE', p .. 'holder', hold)
+  else
+    local deadline = redis.call('ZSCORE', p .. 'shared', owner)
+    if not deadline or tonumber(deadline) <= now_ms() then return 0 end
+    redis.call('HSET', p .. 'h:' .. owner, 'ended', '1')
+    keep_shared(p, owner, hold)
+  end
+  -- Wake the first waiter ("w": no grant): it asks again and learns when the hold ends.
+  local head, ttl = live_waiter(p, 0)
+  if head then
+    redis.call('RPUSH', p .. 's:' .. head, 'w')
+    redis.call('PEXPIRE', p .. 's:' .. head, ttl)
+  end
+  return 1
+end
 if not drop(p, ARGV[1]) then return 0 end
 local channel = channel_of(p, ARGV[2])
 if channel then redis.call('PUBLISH', channel, 0) end
@@ -330,16 +352,20 @@ local ttl = tonumber(ARGV[1])
 local lost = {}
 for i = 1, #KEYS do
   local key, owner = KEYS[i], ARGV[i + 1]
+  -- (An entry released under min_hold is 'ended': its hold is not extended, nor reported lost
+  -- in error: a renewal sent before the release may arrive after it.)
   if string.sub(key, -6) == 'holder' then
     if redis.call('HGET', key, 'owner') == owner then
-      redis.call('PEXPIRE', key, ttl)
+      if redis.call('HEXISTS', key, 'ended') == 0 then redis.call('PEXPIRE', key, ttl) end
     else
       lost[#lost + 1] = i
     end
   else
     local deadline = redis.call('ZSCORE', key, owner)
     if deadline and tonumber(deadline) > now_ms() then
-      keep_shared(prefix_of(key), owner, ttl)
+      if redis.call('HEXISTS', prefix_of(key) .. 'h:' .. owner, 'ended') == 0 then
+        keep_shared(prefix_of(key), owner, ttl)
+      end
     else
       lost[#lost + 1] = i
     end
@@ -374,7 +400,8 @@ return (deadline and tonumber(deadline) > now_ms()) and 1 or 0
 )
 
 #: Read-only: everyone on the key. KEYS: holder. Returns {holders, waiters, limit}: each holder
-#: is {owner, token, at_us, expires_ms, mode, meta, value or false}, the exclusive one first,
+#: is {owner, token, at_us, expires_ms, mode, meta, value or false, ended (0/1)}, the exclusive
+#: one first,
 #: then the shared ones; each live waiter {owner, mode, meta}, in arrival order; the limit of a
 #: semaphore's contenders (else 0).
 INSPECT = (
@@ -383,15 +410,16 @@ INSPECT = (
 local p = prefix_of(KEYS[1])
 local ms = now_ms()
 local found, waiting, limit = {}, {}, 0
-local r = redis.call('HMGET', p .. 'holder', 'owner', 'token', 'at', 'meta', 'value')
+local r = redis.call('HMGET', p .. 'holder', 'owner', 'token', 'at', 'meta', 'value', 'ended')
 if r[1] then
-  found[1] = {r[1], r[2], r[3], redis.call('PTTL', p .. 'holder'), 'x', r[4], r[5]}
+  found[1] = {r[1], r[2], r[3], redis.call('PTTL', p .. 'holder'), 'x', r[4], r[5], r[6] and 1 or 0}
 end
 local shared = redis.call('ZRANGEBYSCORE', p .. 'shared', '(' .. ms, '+inf', 'WITHSCORES')
 for i = 1, #shared, 2 do
-  r = redis.call('HMGET', p .. 'h:' .. shared[i], 'token', 'at', 'meta', 'mode', 'limit')
+  r = redis.call('HMGET', p .. 'h:' .. shared[i], 'token', 'at', 'meta', 'mode', 'limit', 'ended')
   if r[1] then
-    found[#found + 1] = {shared[i], r[1], r[2], tonumber(shared[i + 1]) - ms, r[4], r[3], false}
+    found[#found + 1] = {shared[i], r[1], r[2], tonumber(shared[i + 1]) - ms, r[4], r[3], false,
+                         r[6] and 1 or 0}
     limit = tonumber(r[5])
   end
 end

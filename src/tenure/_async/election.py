@@ -7,6 +7,7 @@ token is the leadership *term*, and its value (e.g. its address) is readable by 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, final
 
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from .session import AsyncSession
 
 __all__ = ["AsyncElection"]
+
+log = logging.getLogger("tenure")
 
 
 @final
@@ -79,14 +82,32 @@ class AsyncElection:
 
     async def campaign(self, timeout: float | _Unset | None = UNSET) -> bool:
         """Wait until this candidate is the leader; False if ``timeout`` passes first."""
-        return await self._lock.acquire(timeout=timeout)
+        if not await self._lock.acquire(timeout=timeout):
+            return False
+        grant = self._lock._grant
+        if grant is not None:
+            log.info(
+                "tenure: election %r: leader now (term %d, owner %s)",
+                self.name,
+                grant.token,
+                grant.owner.owner,
+            )
+        return True
 
     async def resign(self) -> None:
         """Give up leadership (``NotLeaderError`` if not leading)."""
+        grant = self._lock._grant
         try:
             await self._lock.release()
         except NotHeldError as exc:
             raise NotLeaderError(f"not the leader of election {self.name!r}: {exc}") from exc
+        if grant is not None:
+            log.info(
+                "tenure: election %r: resigned (term %d, owner %s)",
+                self.name,
+                grant.token,
+                grant.owner.owner,
+            )
 
     async def proclaim(self, value: str) -> None:
         """Change the leader's value without giving up leadership."""

@@ -14,10 +14,14 @@ nothing else reaches into either class.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
+import math
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, ParamSpec, Protocol, TypeVar
 
+from .._metrics import measured_acquire, measured_loss, measured_release
 from .._names import OwnerInfo, check_name, current_pid, new_owner_id
 from ..errors import AcquireTimeoutError, ConfigurationError, LockError, LockLostError, NotHeldError
 from . import _compat
@@ -27,6 +31,7 @@ __all__ = ["AsyncLock", "LockSession", "SessionLock"]
 
 log = logging.getLogger("tenure")
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class _Unset:
@@ -45,6 +50,29 @@ def check_timeout(timeout: float | None, what: str = "timeout") -> float | None:
     if timeout < 0:
         raise ConfigurationError(f"{what} must be >= 0 seconds or None, got {timeout}")
     return float(timeout)
+
+
+def check_min_hold(min_hold: object, driver: Driver | None = None) -> float:
+    """``min_hold``: None or a finite number of seconds >= 0 (else ``ConfigurationError``);
+    refused on a backend that cannot keep a released entry."""
+    if min_hold is None:
+        return 0.0
+    if isinstance(min_hold, bool) or not isinstance(min_hold, int | float):
+        raise ConfigurationError(f"min_hold must be a number of seconds or None, not {min_hold!r}")
+    if not math.isfinite(min_hold) or min_hold < 0:
+        raise ConfigurationError(f"min_hold must be >= 0 seconds (and finite), got {min_hold}")
+    if min_hold and driver is not None and not driver.capabilities.min_hold:
+        raise ConfigurationError(f"min_hold is not supported on {driver.scheme}:// yet")
+    return float(min_hold)
+
+
+def refuse_min_hold(min_hold: object) -> None:
+    """Elections take no ``min_hold``: leadership is not a job run."""
+    if min_hold is not None:
+        raise ConfigurationError(
+            "min_hold is for locks, rwlocks and semaphores (a job run once), not for elections: "
+            "leadership is not a job run"
+        )
 
 
 class LockSession(Protocol):
@@ -98,6 +126,13 @@ class AsyncLock:
     and raises ``AcquireTimeoutError`` instead of returning False. ``token`` is the fencing token:
     strictly increasing across successive holders of the name. ``lost`` is set the moment the lock
     can no longer be trusted; it is cleared when the lock is acquired again.
+
+    ``min_hold`` (seconds): a release earlier than that after the grant keeps the entry on the
+    server until then, so nobody else gets the lock meanwhile (a job run once across replicas).
+    The lock is also a decorator (``@client.lock(name, timeout=0)``): each call of the function
+    runs while holding it, as ``run()`` does; when the lock cannot be had in time the call raises
+    ``AcquireTimeoutError``, or returns None without running if the lock was made with
+    ``skip_if_busy=True``.
     """
 
     def __init__(
@@ -111,8 +146,13 @@ class AsyncLock:
         kind: str,
         value: str | None = None,
         mode: Mode = EXCLUSIVE,
+        min_hold: float | None = None,
+        skip_if_busy: bool = False,
     ) -> None:
         self.name = check_name(name)
+        self._skip_if_busy = bool(skip_if_busy)
+        #: Seconds after the grant before which a release keeps the entry (0: frees at once).
+        self.min_hold = check_min_hold(min_hold, driver)
         self._kind = kind
         self._mode = mode
         self._key = f"{kind}/{name}"
@@ -142,6 +182,7 @@ class AsyncLock:
 
     # Acquiring.
 
+    @measured_acquire
     async def acquire(self, blocking: bool = True, timeout: float | _Unset | None = UNSET) -> bool:
         """Wait until the lock is held; return False if ``timeout`` passes first.
 
@@ -185,6 +226,9 @@ class AsyncLock:
         if grant is None:
             gate.release()
             return False
+        if self.min_hold:
+            # From the grant's reply, which came after the server granted: never too short.
+            grant.keep_until = _compat.monotonic() + self.min_hold
         with self._state:
             if self._grant is not None and self._lost_reason is not None:
                 self._forget()  # a lost tenure nobody released: drop it
@@ -217,6 +261,7 @@ class AsyncLock:
 
     # Releasing.
 
+    @measured_release
     async def release(self) -> None:
         """Release the lock (owner-checked: it never deletes another holder's entry).
 
@@ -327,6 +372,7 @@ class AsyncLock:
                 return
         self._set_lost(reason)
 
+    @measured_loss
     def _set_lost(self, reason: str) -> None:
         with self._state:
             if self._lost_reason is not None:
@@ -338,7 +384,15 @@ class AsyncLock:
         self.lost.set()
         if gate_held and session is not None:
             self._gate(session).release()  # local waiters may contend again
-        log.warning("tenure: %s %r lost: %s", self._kind, self.name, reason)
+        grant = self._grant
+        log.warning(
+            "tenure: %s %r lost (token %s, owner %s): %s",
+            self._kind,
+            self.name,
+            grant.token if grant is not None else "-",
+            grant.owner.owner if grant is not None else "-",
+            reason,
+        )
         for callback in callbacks:
             call_quietly(callback, self)
 
@@ -352,6 +406,12 @@ class AsyncLock:
         the callable returned. ``AcquireTimeoutError`` if the lock cannot be had in time.
         """
         await self.__aenter__()
+        return await self._run_held(fn, args, kwargs)
+
+    async def _run_held(
+        self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
+        """``run``'s body, the lock being held: run, release, raise ``LockLostError`` if lost."""
         try:
             result, _lost = await _compat.run_until_lost(self.lost, fn, args, kwargs)
         except BaseException:
@@ -363,6 +423,44 @@ class AsyncLock:
             exc.result = result
             raise
         return result  # type: ignore[return-value]  # None only when lost, which raised above
+
+    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T | None]]:
+        """Decorate ``fn`` so that each call runs while holding the lock (as ``run`` does).
+
+        When the lock cannot be had within its ``timeout`` (``timeout=0``: it is busy now), the
+        call raises ``AcquireTimeoutError``, or, for a lock made with ``skip_if_busy=True``,
+        returns None without running ``fn``. ``LockLostError`` if the lock is lost while ``fn``
+        runs (asyncio: ``fn`` is cancelled). An ``aio`` lock decorates ``async def`` functions,
+        a sync lock plain ones (``TypeError`` otherwise).
+        """
+        # tenure: begin async-only
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(
+                f"an aio lock decorates coroutine functions (async def), not {fn!r}; "
+                "use a lock of tenure.connect() for a plain function"
+            )
+        # tenure: end async-only
+        # tenure: begin sync-only
+        # if inspect.iscoroutinefunction(fn):
+        #     raise TypeError(
+        #         f"a sync lock decorates plain functions, not the coroutine function {fn!r}; "
+        #         "use a lock of tenure.aio.connect() for it"
+        #     )
+        # tenure: end sync-only
+
+        @functools.wraps(fn)
+        async def locked(*args: P.args, **kwargs: P.kwargs) -> T | None:
+            if not await self.acquire():
+                if self._skip_if_busy:
+                    log.info("tenure: %s %r is busy: %s skipped", self._kind, self.name, fn)
+                    return None
+                raise AcquireTimeoutError(
+                    f"could not acquire lock {self.name!r} within {self._timeout} s",
+                    name=self.name,
+                )
+            return await self._run_held(fn, args, kwargs)
+
+        return locked
 
 
 def _remaining(deadline: float | None) -> float | None:

@@ -42,13 +42,23 @@ class AsyncRWLock:
         name: str,
         *,
         timeout: float | None,
+        min_hold: float | None = None,
+        skip_if_busy: bool = False,
     ) -> None:
         self.name = check_name(name)
         self._driver = driver
         self._key = f"rwlock/{name}"
         #: The shared side: any number of holders at once.
         self.read = AsyncLock(
-            get_session, driver, name, timeout=timeout, reentrant=False, kind="rwlock", mode=SHARED
+            get_session,
+            driver,
+            name,
+            timeout=timeout,
+            reentrant=False,
+            kind="rwlock",
+            mode=SHARED,
+            min_hold=min_hold,
+            skip_if_busy=skip_if_busy,
         )
         #: The exclusive side: no reader and no other writer.
         self.write = AsyncLock(
@@ -59,6 +69,8 @@ class AsyncRWLock:
             reentrant=False,
             kind="rwlock",
             mode=EXCLUSIVE,
+            min_hold=min_hold,
+            skip_if_busy=skip_if_busy,
         )
 
     def __repr__(self) -> str:
@@ -94,6 +106,8 @@ class AsyncSemaphore(AsyncLock):
         *,
         limit: int,
         timeout: float | None,
+        min_hold: float | None = None,
+        skip_if_busy: bool = False,
     ) -> None:
         self.limit = check_limit(limit)
         super().__init__(
@@ -104,6 +118,8 @@ class AsyncSemaphore(AsyncLock):
             reentrant=False,
             kind="semaphore",
             mode=permit(self.limit),
+            min_hold=min_hold,
+            skip_if_busy=skip_if_busy,
         )
 
     def __repr__(self) -> str:

@@ -15,6 +15,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import TypeVar, final
 
+from .._metrics import metrics_for
 from .._names import OwnerInfo, current_pid
 from .._retry import ExponentialRetry, RetryStrategy
 from ..errors import (
@@ -27,7 +28,7 @@ from ..errors import (
 from . import _compat
 from .backends.base import DRIFT, Driver, Grant, Lease, LeaseExpired, Mode
 from .election import AsyncElection
-from .lock import AsyncLock, SessionLock, call_quietly
+from .lock import AsyncLock, SessionLock, call_quietly, refuse_min_hold
 from .rwlock import AsyncRWLock, AsyncSemaphore
 
 __all__ = ["AsyncSession"]
@@ -83,7 +84,13 @@ class AsyncSession:
     # Public API.
 
     def lock(
-        self, name: str, *, timeout: float | None = None, reentrant: bool = False
+        self,
+        name: str,
+        *,
+        timeout: float | None = None,
+        reentrant: bool = False,
+        min_hold: float | None = None,
+        skip_if_busy: bool = False,
     ) -> AsyncLock:
         """A lock on ``name`` held in this session (see ``Client.lock``).
 
@@ -96,18 +103,37 @@ class AsyncSession:
             timeout=self._default_timeout if timeout is None else timeout,
             reentrant=reentrant,
             kind="lock",
+            min_hold=min_hold,
+            skip_if_busy=skip_if_busy,
         )
 
-    def rwlock(self, name: str, *, timeout: float | None = None) -> AsyncRWLock:
+    def rwlock(
+        self,
+        name: str,
+        *,
+        timeout: float | None = None,
+        min_hold: float | None = None,
+        skip_if_busy: bool = False,
+    ) -> AsyncRWLock:
         """A read-write lock on ``name`` held in this session (see ``Client.rwlock``)."""
         return AsyncRWLock(
             self._use,
             self._driver,
             name,
             timeout=self._default_timeout if timeout is None else timeout,
+            min_hold=min_hold,
+            skip_if_busy=skip_if_busy,
         )
 
-    def semaphore(self, name: str, *, limit: int, timeout: float | None = None) -> AsyncSemaphore:
+    def semaphore(
+        self,
+        name: str,
+        *,
+        limit: int,
+        timeout: float | None = None,
+        min_hold: float | None = None,
+        skip_if_busy: bool = False,
+    ) -> AsyncSemaphore:
         """A semaphore on ``name`` held in this session (see ``Client.semaphore``)."""
         return AsyncSemaphore(
             self._use,
@@ -115,12 +141,23 @@ class AsyncSession:
             name,
             limit=limit,
             timeout=self._default_timeout if timeout is None else timeout,
+            min_hold=min_hold,
+            skip_if_busy=skip_if_busy,
         )
 
     def election(
-        self, name: str, *, value: str | None = None, timeout: float | None = None
+        self,
+        name: str,
+        *,
+        value: str | None = None,
+        timeout: float | None = None,
+        min_hold: float | None = None,
     ) -> AsyncElection:
-        """A leader election on ``name`` in this session (see ``Client.election``)."""
+        """A leader election on ``name`` in this session (see ``Client.election``).
+
+        ``min_hold`` is refused (``ConfigurationError``): leadership is not a job run.
+        """
+        refuse_min_hold(min_hold)
         return AsyncElection(
             self._use,
             self._driver,
@@ -344,14 +381,17 @@ class AsyncSession:
                     lease, grants, timeout=min(remaining, self.ttl / 3)
                 )
             except LeaseExpired as exc:
+                _renewed(self._driver, None)
                 self._expire(f"the server says the lease is gone ({exc})")
                 return False
             except BackendError as exc:
+                _renewed(self._driver, None)
                 attempt += 1
                 delay = min(backoff.delay(attempt) or 0.05, max(0.0, remaining))
                 log.warning("tenure: renewing %s failed: %s; retrying", self, exc)
                 await self._closed.wait(delay)
                 continue
+            _renewed(self._driver, _compat.monotonic() - sent)
             if self.lost.is_set():
                 return False
             deadline = sent + self.ttl * (1 - DRIFT)
@@ -402,11 +442,18 @@ class AsyncSession:
             self._alarm.cancel()
         if self._lease is not None:
             self._lease.end()
-        log.warning("tenure: session %s lost: %s", self, reason)
+        log.warning("tenure: session %s lost (%d grant(s) in it): %s", self, len(held), reason)
         for grant, lock in held:
             lock._session_ended(grant, reason)
         for callback in callbacks:
             call_quietly(callback, self)
+
+
+def _renewed(driver: Driver, seconds: float | None) -> None:
+    """Tell the client's metrics (if it has any) how long a renewal took (None: it failed)."""
+    metrics = metrics_for(driver)
+    if metrics is not None:
+        metrics.renewed(seconds)
 
 
 def check_ttl(driver: Driver, ttl: float) -> None:

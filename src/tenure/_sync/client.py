@@ -5,26 +5,27 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, final
 
+from .. import _metrics as metrics
 from .._names import check_name, check_namespace
 from .._registry import load_driver
 from .._retry import ExponentialRetry, RetryStrategy
 from .._types import Capabilities, Holder
-from .._url import parse_url
+from .._url import bool_option, parse_url
 from ..errors import ConfigurationError
 from . import _compat
 from .backends.base import KINDS, Driver
 from .election import Election
-from .lock import Lock, check_timeout
+from .lock import Lock, check_timeout, refuse_min_hold
 from .rwlock import RWLock, Semaphore
 from .session import Session, check_ttl
 
 __all__ = ["DEFAULT_TTL", "Client"]
 
 DEFAULT_TTL = 30.0
-_CORE_OPTIONS = frozenset({"ttl", "namespace", "timeout"})
+_CORE_OPTIONS = frozenset({"ttl", "namespace", "timeout", "metrics_names", "meter_provider"})
 _FLAVOUR = __name__.split(".")[1]  # "_async" here, "_sync" in the generated twin
 _CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()
 
@@ -44,7 +45,9 @@ class Client:
     Options (keyword arguments, or the URL's query string; keywords win): ``ttl`` (default
     session lease, 30 s), ``namespace`` (prefix of every key, default ``tenure``), ``timeout``
     (default wait of ``acquire``/``with lock:``, default None: forever), ``retry`` (a
-    ``RetryStrategy`` for transient backend errors; keyword only), plus the backend's own.
+    ``RetryStrategy`` for transient backend errors; keyword only), ``metrics_names`` (put lock
+    names on the OpenTelemetry metrics) and ``meter_provider`` (keyword only; default: the
+    global one, if the application configured an SDK), plus the backend's own.
     """
 
     def __init__(
@@ -58,6 +61,14 @@ class Client:
         self.namespace = check_namespace(merged.pop("namespace", "tenure"))
         timeout = merged.pop("timeout", None)
         self.timeout = check_timeout(None if timeout in (None, "") else _number(timeout, "timeout"))
+        # Metrics (docs/observability.md): keyword options; metrics_names also in the URL.
+        meter_provider = merged.pop("meter_provider", None)
+        names = merged.pop("metrics_names", False)
+        metrics_names = (
+            names
+            if isinstance(names, bool)
+            else bool_option({"metrics_names": str(names)}, "metrics_names")
+        )
         driver_cls = load_driver(parsed.scheme, _FLAVOUR)
         unknown = sorted(set(merged) - driver_cls.options)
         if unknown:
@@ -70,6 +81,9 @@ class Client:
             parsed, namespace=self.namespace, options={k: str(v) for k, v in merged.items()}
         )
         self.url = parsed.redacted()
+        metrics.enable(
+            self._driver, parsed.scheme, names=metrics_names, meter_provider=meter_provider
+        )
         self._retry: RetryStrategy = retry or ExponentialRetry(base=0.05, cap=1.0, max_attempts=8)
         check_ttl(self._driver, self.ttl)  # fail at connect, not at the first acquire
         self._sessions: dict[float, Session] = {}
@@ -145,11 +159,18 @@ class Client:
         ttl: float | None = None,
         timeout: float | None = None,
         reentrant: bool = False,
+        min_hold: float | None = None,
+        skip_if_busy: bool = False,
     ) -> Lock:
         """A lock on ``name`` in the default session for ``ttl`` (default: the client's).
 
         ``timeout`` is the default wait of ``acquire()`` and ``with lock:`` (None: the client's
-        default, which is to wait forever). Raises ``ConfigurationError`` for a bad name.
+        default, which is to wait forever). ``min_hold`` (seconds): a release earlier than that
+        after the grant keeps the lock taken on the server until then (ShedLock's
+        ``lockAtLeastFor``; kept by the server's own expiry, even past the TTL and after this
+        process exits). ``skip_if_busy``: the lock used as a decorator returns None instead of
+        raising ``AcquireTimeoutError`` when it cannot be had in time. Raises
+        ``ConfigurationError`` for a bad name or ``min_hold``.
         """
         self._check_open()
         lease_ttl = self.ttl if ttl is None else _number(ttl, "ttl")
@@ -164,16 +185,29 @@ class Client:
             timeout=self.timeout if timeout is None else timeout,
             reentrant=reentrant,
             kind="lock",
+            min_hold=min_hold,
+            skip_if_busy=skip_if_busy,
         )
 
     def rwlock(
-        self, name: str, *, ttl: float | None = None, timeout: float | None = None
+        self,
+        name: str,
+        *,
+        ttl: float | None = None,
+        timeout: float | None = None,
+        min_hold: float | None = None,
+        skip_if_busy: bool = False,
     ) -> RWLock:
         """A read-write lock on ``name`` (its own key space): ``rw.read`` and ``rw.write`` are
-        ``Lock`` objects. ``ttl`` and ``timeout`` as for ``lock()``. Raises
-        ``ConfigurationError`` for a bad name."""
+        ``Lock`` objects. ``ttl``, ``timeout``, ``min_hold`` and ``skip_if_busy`` (each side's)
+        as for ``lock()``. Raises ``ConfigurationError`` for a bad name."""
         return RWLock(
-            self._session_getter(ttl), self._driver, name, timeout=self._timeout_or_default(timeout)
+            self._session_getter(ttl),
+            self._driver,
+            name,
+            timeout=self._timeout_or_default(timeout),
+            min_hold=min_hold,
+            skip_if_busy=skip_if_busy,
         )
 
     def semaphore(
@@ -183,16 +217,20 @@ class Client:
         limit: int,
         ttl: float | None = None,
         timeout: float | None = None,
+        min_hold: float | None = None,
+        skip_if_busy: bool = False,
     ) -> Semaphore:
         """A semaphore on ``name`` (its own key space) with ``limit`` permits; the object holds
-        at most one. ``ttl`` and ``timeout`` as for ``lock()``. Raises ``ConfigurationError``
-        for a bad name or a limit that is not an int >= 1."""
+        at most one. ``ttl``, ``timeout``, ``min_hold`` and ``skip_if_busy`` as for ``lock()``.
+        Raises ``ConfigurationError`` for a bad name or a limit that is not an int >= 1."""
         return Semaphore(
             self._session_getter(ttl),
             self._driver,
             name,
             limit=limit,
             timeout=self._timeout_or_default(timeout),
+            min_hold=min_hold,
+            skip_if_busy=skip_if_busy,
         )
 
     def election(
@@ -202,8 +240,12 @@ class Client:
         value: str | None = None,
         ttl: float | None = None,
         timeout: float | None = None,
+        min_hold: float | None = None,
     ) -> Election:
-        """A leader election on ``name``; ``value`` (e.g. this host's address) is published."""
+        """A leader election on ``name``; ``value`` (e.g. this host's address) is published.
+
+        ``min_hold`` is refused (``ConfigurationError``): leadership is not a job run."""
+        refuse_min_hold(min_hold)
         self._check_open()
         lease_ttl = self.ttl if ttl is None else _number(ttl, "ttl")
 
@@ -229,6 +271,28 @@ class Client:
         ``kind`` as for ``holder``."""
         self.open()
         return self._driver.contenders(_key(kind, name))
+
+    def in_use(self) -> dict[str, list[Holder]]:
+        """Every name of the namespace that has holders or waiters, as ``{"<kind>/<name>":
+        contenders}`` (holders first, then waiters in grant order), sorted; ``{}`` for a
+        namespace nobody uses. Raises ``BackendError`` subclasses."""
+        self.open()
+        return dict(sorted((self._driver.in_use()).items()))
+
+    def changes(self, name: str | None = None, *, kind: str = "lock") -> Iterator[None]:
+        """Yield once watching, then each time ``name``'s holders or waiters may have changed
+        (``name=None``: anything in the namespace; etcd watches it, other backends yield every
+        few seconds). For one name, every backend watches an election; Redis and PostgreSQL
+        publish nothing for the other kinds (their releases stay one round trip), so a caller
+        that follows one of those also looks again now and then, as ``tenure status --watch``
+        does."""
+        self.open()
+        if name is None:
+            source = self._driver.namespace_changes()
+        else:
+            source = self._driver.changes(_key(kind, name))
+        for _ in source:
+            yield
 
     def _session_getter(self, ttl: float | None) -> Callable[[float | None], Session]:
         self._check_open()

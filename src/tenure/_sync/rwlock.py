@@ -43,13 +43,23 @@ class RWLock:
         name: str,
         *,
         timeout: float | None,
+        min_hold: float | None = None,
+        skip_if_busy: bool = False,
     ) -> None:
         self.name = check_name(name)
         self._driver = driver
         self._key = f"rwlock/{name}"
         #: The shared side: any number of holders at once.
         self.read = Lock(
-            get_session, driver, name, timeout=timeout, reentrant=False, kind="rwlock", mode=SHARED
+            get_session,
+            driver,
+            name,
+            timeout=timeout,
+            reentrant=False,
+            kind="rwlock",
+            mode=SHARED,
+            min_hold=min_hold,
+            skip_if_busy=skip_if_busy,
         )
         #: The exclusive side: no reader and no other writer.
         self.write = Lock(
@@ -60,6 +70,8 @@ class RWLock:
             reentrant=False,
             kind="rwlock",
             mode=EXCLUSIVE,
+            min_hold=min_hold,
+            skip_if_busy=skip_if_busy,
         )
 
     def __repr__(self) -> str:
@@ -95,6 +107,8 @@ class Semaphore(Lock):
         *,
         limit: int,
         timeout: float | None,
+        min_hold: float | None = None,
+        skip_if_busy: bool = False,
     ) -> None:
         self.limit = check_limit(limit)
         super().__init__(
@@ -105,6 +119,8 @@ class Semaphore(Lock):
             reentrant=False,
             kind="semaphore",
             mode=permit(self.limit),
+            min_hold=min_hold,
+            skip_if_busy=skip_if_busy,
         )
 
     def __repr__(self) -> str:

@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Callable
 from typing import TypeVar, final
 
+from .._metrics import metrics_for
 from .._names import OwnerInfo, current_pid
 from .._retry import ExponentialRetry, RetryStrategy
 from ..errors import (
@@ -28,7 +29,7 @@ from ..errors import (
 from . import _compat
 from .backends.base import DRIFT, Driver, Grant, Lease, LeaseExpired, Mode
 from .election import Election
-from .lock import Lock, SessionLock, call_quietly
+from .lock import Lock, SessionLock, call_quietly, refuse_min_hold
 from .rwlock import RWLock, Semaphore
 
 __all__ = ["Session"]
@@ -83,7 +84,15 @@ class Session:
 
     # Public API.
 
-    def lock(self, name: str, *, timeout: float | None = None, reentrant: bool = False) -> Lock:
+    def lock(
+        self,
+        name: str,
+        *,
+        timeout: float | None = None,
+        reentrant: bool = False,
+        min_hold: float | None = None,
+        skip_if_busy: bool = False,
+    ) -> Lock:
         """A lock on ``name`` held in this session (see ``Client.lock``).
 
         ``timeout`` None takes the client's default wait, as ``Client.lock`` does.
@@ -95,18 +104,37 @@ class Session:
             timeout=self._default_timeout if timeout is None else timeout,
             reentrant=reentrant,
             kind="lock",
+            min_hold=min_hold,
+            skip_if_busy=skip_if_busy,
         )
 
-    def rwlock(self, name: str, *, timeout: float | None = None) -> RWLock:
+    def rwlock(
+        self,
+        name: str,
+        *,
+        timeout: float | None = None,
+        min_hold: float | None = None,
+        skip_if_busy: bool = False,
+    ) -> RWLock:
         """A read-write lock on ``name`` held in this session (see ``Client.rwlock``)."""
         return RWLock(
             self._use,
             self._driver,
             name,
             timeout=self._default_timeout if timeout is None else timeout,
+            min_hold=min_hold,
+            skip_if_busy=skip_if_busy,
         )
 
-    def semaphore(self, name: str, *, limit: int, timeout: float | None = None) -> Semaphore:
+    def semaphore(
+        self,
+        name: str,
+        *,
+        limit: int,
+        timeout: float | None = None,
+        min_hold: float | None = None,
+        skip_if_busy: bool = False,
+    ) -> Semaphore:
         """A semaphore on ``name`` held in this session (see ``Client.semaphore``)."""
         return Semaphore(
             self._use,
@@ -114,12 +142,23 @@ class Session:
             name,
             limit=limit,
             timeout=self._default_timeout if timeout is None else timeout,
+            min_hold=min_hold,
+            skip_if_busy=skip_if_busy,
         )
 
     def election(
-        self, name: str, *, value: str | None = None, timeout: float | None = None
+        self,
+        name: str,
+        *,
+        value: str | None = None,
+        timeout: float | None = None,
+        min_hold: float | None = None,
     ) -> Election:
-        """A leader election on ``name`` in this session (see ``Client.election``)."""
+        """A leader election on ``name`` in this session (see ``Client.election``).
+
+        ``min_hold`` is refused (``ConfigurationError``): leadership is not a job run.
+        """
+        refuse_min_hold(min_hold)
         return Election(
             self._use,
             self._driver,
@@ -341,14 +380,17 @@ class Session:
             try:
                 gone = self._driver.renew_lease(lease, grants, timeout=min(remaining, self.ttl / 3))
             except LeaseExpired as exc:
+                _renewed(self._driver, None)
                 self._expire(f"the server says the lease is gone ({exc})")
                 return False
             except BackendError as exc:
+                _renewed(self._driver, None)
                 attempt += 1
                 delay = min(backoff.delay(attempt) or 0.05, max(0.0, remaining))
                 log.warning("tenure: renewing %s failed: %s; retrying", self, exc)
                 self._closed.wait(delay)
                 continue
+            _renewed(self._driver, _compat.monotonic() - sent)
             if self.lost.is_set():
                 return False
             deadline = sent + self.ttl * (1 - DRIFT)
@@ -399,11 +441,18 @@ class Session:
             self._alarm.cancel()
         if self._lease is not None:
             self._lease.end()
-        log.warning("tenure: session %s lost: %s", self, reason)
+        log.warning("tenure: session %s lost (%d grant(s) in it): %s", self, len(held), reason)
         for grant, lock in held:
             lock._session_ended(grant, reason)
         for callback in callbacks:
             call_quietly(callback, self)
+
+
+def _renewed(driver: Driver, seconds: float | None) -> None:
+    """Tell the client's metrics (if it has any) how long a renewal took (None: it failed)."""
+    metrics = metrics_for(driver)
+    if metrics is not None:
+        metrics.renewed(seconds)
 
 
 def check_ttl(driver: Driver, ttl: float) -> None:

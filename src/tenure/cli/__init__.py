@@ -1,7 +1,8 @@
 """The ``tenure`` command line (also ``python -m tenure``).
 
 Commands: ``run`` (CMD under a lock, like ``flock(1)``), ``elect`` (CMD while leader),
-``status`` (holder and waiters, or the backend), ``demo`` (lost updates vs the exact total),
+``status`` (holder and waiters, or the backend), ``ls`` (every name in use),
+``demo`` (lost updates vs the exact total),
 ``bench`` (latency and throughput on the user's own backend).
 
 Exit codes (sysexits.h, and the shell's conventions):
@@ -41,6 +42,7 @@ from ._common import (
     print_err,
 )
 from ._demo import cmd_demo
+from ._ls import cmd_ls
 from ._run import cmd_elect, cmd_run
 from ._status import cmd_status
 
@@ -180,6 +182,21 @@ def _build_parser() -> tuple[_Parser, dict[str, _Parser]]:
         default=10.0,
         help="seconds between SIGTERM and SIGKILL when the lock is lost (default 10)",
     )
+    run.add_argument(
+        "--min-hold",
+        type=_seconds,
+        default=None,
+        metavar="S",
+        help="keep the lock at least S seconds after its grant, even if CMD ends sooner "
+        "(kept by the server after tenure exits): a job that cron starts on every replica "
+        "runs once. With --no-wait, the replicas that find it taken exit 75 silently",
+    )
+    run.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="say why CMD was not run (also with --no-wait --min-hold)",
+    )
 
     elect = sub.add_parser(
         "elect",
@@ -232,6 +249,30 @@ def _build_parser() -> tuple[_Parser, dict[str, _Parser]]:
     )
     status.add_argument("--election", action="store_true", help="same as --kind election")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--watch",
+        action="store_true",
+        help="follow NAME: redraw on every change, woken by the backend (Ctrl-C to stop)",
+    )
+
+    ls = sub.add_parser(
+        "ls",
+        parents=[common],
+        help="list every name that has holders or waiters",
+        description=_wrap(
+            "Every name of the namespace that has holders or waiters: its kind (lock, rwlock, "
+            "semaphore, election), mode, holders (owner, host, pid, token, held for, expires "
+            "in), number of waiters and the oldest wait. An unknown namespace lists nothing. "
+            "--watch redraws on every change (woken by the backend where it can watch a "
+            "namespace, etcd; else it looks again every few seconds)."
+        ),
+    )
+    ls.add_argument("--watch", action="store_true", help="redraw on every change (Ctrl-C to stop)")
+    ls.add_argument(
+        "--json",
+        action="store_true",
+        help="machine-readable output (with --watch: one JSON document per line per change)",
+    )
 
     demo = sub.add_parser(
         "demo",
@@ -278,6 +319,7 @@ def _build_parser() -> tuple[_Parser, dict[str, _Parser]]:
         "run": run,
         "elect": elect,
         "status": status,
+        "ls": ls,
         "demo": demo,
         "bench": bench,
     }
@@ -316,6 +358,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "elect": cmd_elect,
     "status": cmd_status,
+    "ls": cmd_ls,
     "demo": cmd_demo,
     "bench": cmd_bench,
 }

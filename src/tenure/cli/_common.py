@@ -26,18 +26,23 @@ __all__ = [
     "EX_USAGE",
     "FORWARDED_SIGNALS",
     "CLIError",
+    "Changes",
     "Interrupted",
     "Progress",
+    "Screen",
     "child_shares_terminal_signals",
     "connect",
     "describe_holder",
     "format_seconds",
+    "format_table",
     "held_for",
     "interrupting_signals",
     "is_main_thread",
     "print_err",
     "shown_url",
     "stderr_is_tty",
+    "stdout_is_tty",
+    "use_colour",
     "wait_in_thread",
 ]
 
@@ -243,3 +248,75 @@ def child_shares_terminal_signals() -> bool:
         except OSError:
             continue
     return False
+
+
+# Following changes (``ls --watch``, ``status --watch``).
+
+
+def stdout_is_tty() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def use_colour() -> bool:
+    """Colour only on a terminal, and not when ``NO_COLOR`` is set (no-color.org)."""
+    return stdout_is_tty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+class Changes:
+    """Follows change streams (``client.changes(...)``), each in a daemon thread, and sets
+    ``event`` on every change; ``wait(timeout)`` returns True once something changed (and raises
+    what a stream raised, e.g. ``BackendUnavailableError``)."""
+
+    def __init__(self, sources: list[Callable[[], Any]]) -> None:
+        self.event = threading.Event()
+        self._errors: list[BaseException] = []
+        for source in sources:
+            threading.Thread(
+                target=self._follow, args=(source,), name="tenure-cli-watch", daemon=True
+            ).start()
+
+    def _follow(self, source: Callable[[], Any]) -> None:
+        try:
+            for _ in source():
+                self.event.set()
+        except BaseException as exc:  # reported by wait() in the main thread
+            self._errors.append(exc)
+            self.event.set()
+
+    def wait(self, timeout: float | None) -> bool:
+        changed = self.event.wait(timeout)
+        if self._errors:
+            raise self._errors[0]
+        self.event.clear()
+        return changed
+
+
+class Screen:
+    """Redraws a whole listing in place on a terminal; appends it when piped."""
+
+    def __init__(self) -> None:
+        self.tty = stdout_is_tty()
+
+    def show(self, text: str) -> None:
+        try:
+            if self.tty:
+                sys.stdout.write("\x1b[H\x1b[2J" + text)
+            else:
+                sys.stdout.write(text + ("\n" if not text.endswith("\n") else ""))
+            sys.stdout.flush()
+        except BrokenPipeError:  # the reader went away (| head): exit as if by SIGPIPE, quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise Interrupted(signal.SIGPIPE) from None
+
+
+def format_table(header: tuple[str, ...], rows: list[tuple[str, ...]], *, bold: bool) -> str:
+    """Columns aligned to their widest cell, two spaces apart, the header bold if asked."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for n, r in enumerate([header, *rows]):
+        line = "  ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=True)).rstrip()
+        lines.append(f"\x1b[1m{line}\x1b[0m" if bold and n == 0 else line)
+    return "\n".join(lines) + "\n"

@@ -59,14 +59,15 @@ def _lock_for(client: tenure.Client, args: argparse.Namespace) -> tuple[tenure.L
     """The lock object ``run`` takes (plain, an rwlock side or a permit), what to call it, and
     its key space."""
     name: str = args.name
+    min_hold: float | None = args.min_hold
     if args.read or args.write:
-        rw = client.rwlock(name, ttl=args.ttl)
+        rw = client.rwlock(name, ttl=args.ttl, min_hold=min_hold)
         side = "read" if args.read else "write"
         return (rw.read if args.read else rw.write), f"rwlock {name} ({side})", "rwlock"
     if args.limit is not None:
-        sem = client.semaphore(name, limit=args.limit, ttl=args.ttl)
+        sem = client.semaphore(name, limit=args.limit, ttl=args.ttl, min_hold=min_hold)
         return sem, f"semaphore {name} (limit {args.limit})", "semaphore"
-    return client.lock(name, ttl=args.ttl), f"lock {name}", "lock"
+    return client.lock(name, ttl=args.ttl, min_hold=min_hold), f"lock {name}", "lock"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -90,11 +91,18 @@ def cmd_run(args: argparse.Namespace) -> int:
                     describe=describe if stderr_is_tty() else None,
                 )
         if not got:
+            if args.no_wait and args.min_hold and not args.verbose:
+                # The cron case: every replica but one finds the job taken (or just run). That
+                # is the expected outcome, so no output (cron mails any); the exit code says it.
+                return EX_TEMPFAIL
             try:
                 who = client.holder(name, kind=kind)
             except tenure.TenureError:
                 who = None
             held_by = f"held by {_describe(who)}" if who is not None else "held by another"
+            if who is not None and who.ended:
+                kept = f" for {who.expires_in:.1f} s more" if who.expires_in is not None else ""
+                held_by = f"kept{kept} after {_describe(who)} ran (--min-hold)"
             if args.no_wait:
                 print_err(f"tenure: {what} is {held_by}; not running CMD (--no-wait)")
             else:

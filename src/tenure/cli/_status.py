@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
+import functools
+import io
 import json
+import time
 from typing import Any
 
 import tenure
 
-from ._common import connect, format_seconds, held_for, shown_url
+from ._common import (
+    EX_USAGE,
+    Changes,
+    CLIError,
+    Screen,
+    connect,
+    format_seconds,
+    held_for,
+    shown_url,
+)
 
 __all__ = ["cmd_status"]
 
@@ -21,22 +34,95 @@ _KINDS = ("lock", "rwlock", "semaphore", "election")
 def cmd_status(args: argparse.Namespace) -> int:
     with connect(args.url, args.namespace) as client:
         if args.name is None:
+            if args.watch:
+                raise CLIError("--watch follows one name: tenure status NAME --watch", EX_USAGE)
             return _backend(client, as_json=args.json)
-        now = dt.datetime.now(dt.UTC)
-        kind = "election" if args.election else args.kind
-        if kind is not None:
-            found = [(kind, client.contenders(args.name, kind=kind))]
-        else:  # every key space where the name is in use; a free name shows as a free lock
-            found = [(k, c) for k in _KINDS if (c := client.contenders(args.name, kind=k))]
-            found = found or [("lock", [])]
+        if args.watch:
+            return _watch(client, args)
+        print(_render(args, _fetch(client, args), dt.datetime.now(dt.UTC)), end="")
+        return 0
+
+
+_Found = list[tuple[str, list[tenure.Holder]]]
+
+
+def _kind(args: argparse.Namespace) -> str | None:
+    return "election" if args.election else args.kind
+
+
+def _fetch(client: tenure.Client, args: argparse.Namespace) -> _Found:
+    kind = _kind(args)
+    if kind is not None:
+        return [(kind, client.contenders(args.name, kind=kind))]
+    # Every key space where the name is in use; a free name shows as a free lock.
+    found = [(k, c) for k in _KINDS if (c := client.contenders(args.name, kind=k))]
+    return found or [("lock", [])]
+
+
+def _render(args: argparse.Namespace, found: _Found, now: dt.datetime, aged: float = 0.0) -> str:
+    """The report of ``found`` as text (``aged``: seconds since it was read, taken off the
+    expiry times)."""
+    if aged:
+        found = [(k, [h if h.expires_in is None else _aged(h, aged) for h in c]) for k, c in found]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
         if args.json:
             reports = [_report(args.name, k, contenders, now) for k, contenders in found]
-            print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
-            return 0
-        for k, contenders in found:
-            holders, waiters = _split(contenders)
-            _table(args.name, k, holders, waiters, now)
-        return 0
+            print(
+                json.dumps(
+                    reports[0] if len(reports) == 1 else reports, indent=None if args.watch else 2
+                )
+            )
+        else:
+            for k, contenders in found:
+                holders, waiters = _split(contenders)
+                _table(args.name, k, holders, waiters, now)
+    return out.getvalue()
+
+
+def _aged(holder: tenure.Holder, aged: float) -> tenure.Holder:
+    return dataclasses.replace(holder, expires_in=max(0.0, (holder.expires_in or 0.0) - aged))
+
+
+#: Backends that publish changes of elections (and PostgreSQL of semaphores) only: for the
+#: other kinds ``status --watch`` also looks again every this many seconds.
+_LOOK_AGAIN = 2.0
+_UNPUBLISHED = ("redis", "rediss", "redlock", "postgres")
+
+
+def _watch(client: tenure.Client, args: argparse.Namespace) -> int:
+    kinds = [_kind(args)] if _kind(args) is not None else list(_KINDS)
+    changes = Changes(
+        [functools.partial(client.changes, args.name, kind=k) for k in kinds if k is not None]
+    )
+    screen = Screen()
+    look_again = _LOOK_AGAIN if client.url.startswith(_UNPUBLISHED) else None
+    changes.wait(None)  # watching
+    shown = None
+    while True:
+        found = _fetch(client, args)
+        fetched, now = time.monotonic(), dt.datetime.now(dt.UTC)
+        if screen.tty and not args.json:  # redrawn in place; relative times move on
+            while True:
+                aged = time.monotonic() - fetched
+                screen.show(
+                    f"tenure status {args.name} (every change; Ctrl-C to stop)\n\n"
+                    + _render(args, found, now + dt.timedelta(seconds=aged), aged)
+                )
+                if changes.wait(1.0) or (look_again is not None and aged >= look_again):
+                    break
+            continue
+        # Piped (or --json): a new report only when something other than the clock changed.
+        text = json.dumps(
+            [(k, [dataclasses.replace(h, expires_in=None) for h in c]) for k, c in found],
+            default=str,
+        )
+        if text != shown:
+            if shown is not None and not args.json:
+                screen.show("")
+            screen.show(_render(args, found, now))
+            shown = text
+        changes.wait(look_again)
 
 
 def _split(contenders: list[tenure.Holder]) -> tuple[list[tenure.Holder], list[tenure.Holder]]:

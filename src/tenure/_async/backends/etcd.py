@@ -95,12 +95,14 @@ from ...errors import (
 from .. import _compat
 from .base import (
     EXCLUSIVE,
+    KINDS,
     SHARED,
     Grant,
     Lease,
     LeaseExpired,
     Mode,
     grantable,
+    hold_left,
     limit_mismatch,
     permit,
 )
@@ -181,6 +183,14 @@ class _Wait:
     puts: bool = False
     mod_revision: int = 0
     read_at: int = dataclasses.field(default=0, compare=False)
+
+
+class _KeptHold(Exception):
+    """My key's name is taken by this session's earlier holder, kept under ``min_hold``."""
+
+    def __init__(self, revision: int) -> None:
+        super().__init__(revision)
+        self.revision = revision
 
 
 class _StreamError(grpc.RpcError):  # type: ignore[misc]  # grpc has no type hints
@@ -460,6 +470,8 @@ class EtcdDriver:
         expiry_slack=1.0,  # the leader's lessor revokes expired leases every 500 ms
         wakeup="watch on the newest older (writer's) key; a permit's first waiter on the holders"
         " (one waiter, or one run of readers, woken per release)",
+        min_hold=True,  # the released key moves to a lease of its own
+        hold_slack=2.0,  # that lease's whole seconds (rounded up) + the lessor's 500 ms checks
     )
     options: ClassVar[frozenset[str]] = frozenset({"request_timeout", "cacert", "cert", "key"})
 
@@ -765,10 +777,20 @@ class EtcdDriver:
         acquired_at = utcnow()
         puts = self._puts(q, lease, owner, acquired_at, owner.value)
         try_once = deadline is not None and deadline <= _compat.monotonic()
-        try:
-            mine, place = await self._enqueue(q, key, owner, puts)
-        except LeaseExpired as exc:
-            raise self._lost_while_waiting(lease, key) from exc
+        while True:
+            try:
+                mine, place = await self._enqueue(q, key, owner, puts)
+                break
+            except LeaseExpired as exc:
+                raise self._lost_while_waiting(lease, key) from exc
+            except _KeptHold as kept:
+                # This session's own key name is taken by its earlier holder, released under
+                # min_hold: wait for etcd to delete it (nothing of ours to leave behind).
+                remaining = math.inf if deadline is None else deadline - _compat.monotonic()
+                if try_once or remaining <= 0:
+                    return None
+                wait = _Wait(q.me, read_at=kept.revision + (1 << 62))  # no look: just the delete
+                await self._wait(lease, q, kept.revision, wait, min(remaining, lease.ttl))
         if place is _Place.OWNER:
             return Grant(key, owner, mine, lease, acquired_at, mode=mode)
         if try_once:
@@ -861,6 +883,8 @@ class EtcdDriver:
                 kv = reply.responses[0].response_range.kvs[0]
                 mine, place = kv.create_revision, _Place.UNKNOWN
                 owned = reply.responses[len(read_me) - 1].response_range.kvs
+                if _json(kv.value).get("ended") is True:
+                    raise _KeptHold(mine)
                 if not owned or _owner_of(owned[0].value) != owner.owner:
                     # A stale entry of this session (an earlier contender whose clean-up failed):
                     # replace it, so nothing that still knows its revision touches ours.
@@ -1015,7 +1039,35 @@ class EtcdDriver:
     async def release(self, grant: Grant) -> bool:
         # Only my key, and only while its create revision is still my token: a retry after a
         # lost reply finds nothing (the core counts that as released) and deletes nobody else's.
+        hold = hold_left(grant)
+        if hold:
+            return await self._keep(grant, hold)
         return await self._delete_if(self._key_of(grant), grant.token)
+
+    async def _keep(self, grant: Grant, hold: float) -> bool:
+        """``min_hold``: instead of deleting my key, move it, marked ended, to a lease of its own
+        that etcd expires at the end of the hold (whole seconds, rounded up; at least the
+        server's minimum lease TTL). A put keeps the key's create revision, so its place in the
+        queue and its token: nobody is granted until etcd deletes it, then the waiter that
+        watches it is woken as by a release. Owner-checked as a release is."""
+        seconds = max(1, math.ceil(hold))
+
+        async def call(endpoint: _Endpoint, metadata: Metadata) -> Any:
+            return await endpoint.lease.LeaseGrant(
+                pb.LeaseGrantRequest(TTL=seconds), timeout=self._request_timeout, metadata=metadata
+            )
+
+        number = int((await self._call("release", call)).ID)
+        me = self._key_of(grant)
+        data = _json(_value(grant.owner, grant.acquired_at, grant.owner.value, grant.mode.limit))
+        data["ended"] = True
+        put = pb.PutRequest(key=me, value=json.dumps(data).encode(), lease=number)
+        reply = await self._txn(
+            "release", [_created_at(me, grant.token)], [pb.RequestOp(request_put=put)]
+        )
+        if not reply.succeeded:
+            await self.revoke_lease(Lease(id=f"{number:016x}", ttl=seconds))
+        return bool(reply.succeeded)
 
     async def check(self, grant: Grant) -> bool:
         reply = await self._range("check", pb.RangeRequest(key=self._key_of(grant), keys_only=True))
@@ -1102,6 +1154,88 @@ class EtcdDriver:
                     self._fail_over(endpoint)
                 else:
                     raise self._error(exc, endpoint.address, "observe") from exc
+            finally:
+                stream.cancel()
+            await _compat.sleep(0.05)  # the stream ended: back-off before watching again
+
+    # Listing (``tenure ls``): one range over the namespace, in pages read at one revision, and
+    # one ``LeaseTimeToLive`` per lease that holds something.
+
+    async def in_use(self) -> dict[str, list[Holder]]:
+        root = f"{self._namespace}/".encode()
+        meta_root = root + b"meta/"
+        queues: dict[bytes, list[kv_pb2.KeyValue]] = {}
+        owners: dict[bytes, dict[int, dict[str, Any]]] = {}  # an election's metadata by lease
+        start, end, revision = root, _prefix_end(root), 0
+        while True:
+            reply = await self._range(
+                "list", pb.RangeRequest(key=start, range_end=end, limit=2000, revision=revision)
+            )
+            revision = reply.header.revision  # the next pages at the same revision
+            for kv in reply.kvs:
+                if kv.key.startswith(meta_root):  # <ns>/meta/election/<name>//<lease-hex>
+                    election = root + kv.key[len(meta_root) :].partition(b"//")[0] + b"//"
+                    owners.setdefault(election, {})[kv.lease] = _json(kv.value)
+                    continue
+                head, sep, _ = kv.key.partition(b"//")
+                if sep:
+                    queues.setdefault(head + sep, []).append(kv)
+            if not reply.more or not reply.kvs:
+                break
+            start = reply.kvs[-1].key + b"\0"
+        listing: dict[str, list[Holder]] = {}
+        leases: dict[int, float] = {}
+        for prefix, kvs in sorted(queues.items()):
+            key = prefix[len(root) : -2].decode("utf-8", "replace")
+            if key.partition("/")[0] not in KINDS or "/" not in key:
+                continue  # another namespace's (nested), or not tenure's layout
+            kvs.sort(key=lambda kv: kv.create_revision)
+            election = key.startswith("election/")
+            found = _holders(key, prefix, kvs, owners.get(prefix, {}) if election else None)
+            for kv, holder in zip(kvs, found, strict=True):
+                if not holder.waiting:
+                    leases.setdefault(kv.lease, 0.0)
+            listing[key] = found
+        for lease in leases:
+
+            async def call(endpoint: _Endpoint, metadata: Metadata, lease: int = lease) -> Any:
+                return await endpoint.lease.LeaseTimeToLive(
+                    pb.LeaseTimeToLiveRequest(ID=lease),
+                    timeout=self._request_timeout,
+                    metadata=metadata,
+                )
+
+            leases[lease] = float(max((await self._call("list", call)).TTL, 0))
+        for key, found in listing.items():
+            kvs = queues[self._prefix(key)]
+            listing[key] = [
+                h if h.waiting else dataclasses.replace(h, expires_in=leases[kv.lease])
+                for kv, h in zip(kvs, found, strict=True)
+            ]
+        return listing
+
+    async def namespace_changes(self) -> AsyncIterator[None]:
+        """A watch on the whole namespace (every key: contenders and election metadata)."""
+        root = f"{self._namespace}/".encode()
+        request = pb.WatchRequest(
+            create_request=pb.WatchCreateRequest(key=root, range_end=_prefix_end(root))
+        )
+        while True:
+            endpoint = self._endpoint()
+            stream = endpoint.watch.Watch(iter([request]), metadata=await self._metadata(endpoint))
+            try:
+                async for reply in stream:
+                    if reply.events or reply.canceled or reply.created:
+                        yield  # (created again after a fail-over: we may have missed a change)
+                    if reply.canceled:
+                        break
+            except grpc.RpcError as exc:
+                if _connection_broken(exc):
+                    await self._reset(endpoint)
+                elif exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    self._fail_over(endpoint)
+                else:
+                    raise self._error(exc, endpoint.address, "watch") from exc
             finally:
                 stream.cancel()
             await _compat.sleep(0.05)  # the stream ended: back-off before watching again
@@ -1251,6 +1385,11 @@ def _holders(
                 value=value,
                 mode=mode.name,
                 waiting=not holding,
+                ended=holding and data.get("ended") is True,  # kept under min_hold
+                # (a contender's metadata is written when it arrives)
+                waiting_since=dt.datetime.fromisoformat(acquired_at)
+                if not holding and acquired_at
+                else None,
             )
         )
     return found

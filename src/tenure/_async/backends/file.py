@@ -27,8 +27,9 @@ dir)::
   (``O_EXCL``) with an OFD write lock held for the entry's whole life. OFD locks belong to one
   open file, not to a process, so two clients in one process are two contenders, and the
   kernel frees them the moment a process dies: an entry without its lock is dead, and any
-  contender behind it unlinks it. A paused process keeps its entries: this backend has no leases (and one paused inside
-  the queue file's few-microsecond lock holds up that key's new contenders until it resumes).
+  contender behind it unlinks it. A paused process keeps its entries: this backend has no
+  leases (and one paused inside the queue file's few-microsecond lock holds up that key's new
+  contenders until it resumes).
 - **Grants** follow ``base.grantable`` over the fast holder (always the oldest) and the live
   entries in sequence order (FIFO). The fencing token is the sequence number, as etcd's create
   revision or ZooKeeper's zxid: grants happen in sequence order, so each token exceeds every
@@ -47,6 +48,12 @@ dir)::
   instances are kept and reused: closing one that had watches waits for an RCU grace period
   (milliseconds). Without inotify (not Linux, or out of instances or watches) waiters re-check
   with a bounded back-off instead.
+- **min_hold.** A release before ``min_hold`` is over leaves a *kept* entry in its place: an
+  unlocked file ``<seq>-<m>-<id>.kept-<until>-<boot>`` (the same sequence number, so the same
+  place in the queue), with the holder's grant time and record, written aside and renamed in
+  under the queue file's lock (which also makes the next contender list the queue). It is live
+  while the machine's monotonic clock (shared by its processes; ``<boot>`` tells a reboot) is
+  before ``until``; contenders it blocks wake at that time (a timer, not a poll) and unlink it.
 - **Release** unlinks our own entry (while still locked) and closes it: it can never delete
   another contender's. A fast holder closes its hold file; the waiter watching it (``IN_CLOSE_
   WRITE``) blanks the slot, so a holder that somehow still runs finds itself lost. Deleting an
@@ -58,11 +65,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import dataclasses
 import datetime as dt
 import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
 import struct
 import threading
@@ -73,14 +82,14 @@ from bisect import bisect_left
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from ..._names import OwnerInfo, new_owner_id
 from ..._types import Capabilities, Holder
 from ..._url import ParsedURL
 from ...errors import BackendError, ConfigurationError
 from .. import _compat
-from .base import KINDS, Grant, Lease, Mode, grantable, limit_mismatch
+from .base import KINDS, Grant, Lease, Mode, grantable, hold_left, limit_mismatch, refreshes
 
 __all__ = ["FileDriver", "default_root", "network_filesystem"]
 
@@ -280,11 +289,12 @@ def _read_slot(fd: int) -> tuple[int, tuple[int, int, str, bytes] | None]:
 class _Entry:
     """Our own entry: its file (OFD write-locked while it lives) and place in the queue."""
 
-    __slots__ = ("ahead", "fd", "mode", "name", "path", "queue", "seq")
+    __slots__ = ("ahead", "fd", "kept_until", "mode", "name", "path", "queue", "seq")
 
     def __init__(self, queue: _Queue, seq: int, mode: Mode, owner: str) -> None:
         self.queue, self.seq, self.mode = queue, seq, mode
         self.ahead: tuple[int, str] | None = None  # the fast holder we wait for: gen, hold file
+        self.kept_until: int | None = None  # the end (monotonic ns) of a kept entry we wait for
         self.name = f"{seq:020d}-{_MODE_CHARS[mode.name]}-{owner}"
         self.path = os.path.join(queue.dir, self.name)
         self.fd = -1
@@ -435,6 +445,8 @@ class FileDriver:
         min_ttl=0.0,
         expiry_slack=0.0,
         wakeup="inotify on the one entry a waiter depends on (its predecessor's close)",
+        min_hold=True,  # a kept entry that contenders honour (see the module docstring)
+        hold_slack=0.1,
     )
     options: ClassVar[frozenset[str]] = frozenset()
 
@@ -536,6 +548,9 @@ class FileDriver:
                         watch.close()
                     watch = _Watch(plan)
                     continue
+                if entry.kept_until is not None:  # a kept entry blocks us: wake at its end
+                    left = max(0.0, (entry.kept_until - time.monotonic_ns()) / 1e9) + 0.001
+                    remaining = left if remaining is None else min(remaining, left)
                 await watch.wait(remaining)
                 # Only an entry's owner opens it for writing (and only a fast holder its hold
                 # file), so its IN_CLOSE_WRITE means the owner left or died. A dead process's
@@ -679,10 +694,14 @@ class FileDriver:
         live: list[str] = []  # paths of live contenders before ours that matter, nearest first
         shared_only = entry.mode.shared and not entry.mode.limit  # a reader waits for writers
         exclusive_ahead = False
+        entry.kept_until = None
         for name in reversed(ahead):
             if shared_only and name[21] != "x":
                 continue
             if self._live(queue.dir, name):
+                until = _kept_until(name)
+                if until is not None:
+                    entry.kept_until = min(until, entry.kept_until or until)
                 live.append(os.path.join(queue.dir, name))
                 exclusive_ahead = exclusive_ahead or name[21] == "x"
                 if len(live) > entry.mode.limit:  # enough to decide
@@ -710,8 +729,15 @@ class FileDriver:
 
     @staticmethod
     def _live(queue_dir: str, name: str) -> bool:
-        """Whether the entry ``name`` (before ours) is alive; a dead one is unlinked."""
+        """Whether the entry ``name`` (before ours) is alive; a dead one is unlinked (so is a
+        kept entry whose hold is over)."""
         path = os.path.join(queue_dir, name)
+        if _KEPT in name:
+            if _kept_until(name) is not None:
+                return True
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return False
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -739,11 +765,32 @@ class FileDriver:
         try:
             try:
                 ours = entry.ours()
+                keep = hold_left(grant)
+                if ours and keep:
+                    self._keep(grant, entry, keep)
             finally:
                 entry.leave()
         except OSError as exc:
             raise BackendError(f"cannot release {grant.key!r}: {exc}") from exc
         return ours
+
+    def _keep(self, grant: Grant, entry: _Entry | _Fast, keep: float) -> None:
+        """``min_hold``: put a kept entry in the queue in our place (before we leave it)."""
+        queue, owner = entry.queue, grant.owner
+        until = time.monotonic_ns() + math.ceil(keep * 1e9)
+        name = f"{entry.seq:020d}-{_MODE_CHARS[entry.mode.name]}-{owner.owner}{_KEPT}{until}-"
+        name += _boot_id()
+        granted = entry.granted if isinstance(entry, _Fast) else int(os.pread(entry.fd, 20, 0))
+        aside = os.path.join(os.path.dirname(queue.dir), f".{owner.owner}.kept")
+        Path(aside).write_bytes(b"%020d\n" % granted + owner.meta.encode())
+        with queue.mutex:
+            _lock_queue(queue.fd)
+            try:
+                os.rename(aside, os.path.join(queue.dir, name))
+                # The queue is no longer known empty: the next contender lists it.
+                os.pwrite(queue.fd, b"\0" * 8, _HEADER.size)
+            finally:
+                fcntl.fcntl(queue.fd, _SETLK, _QUNLCK)
 
     async def check(self, grant: Grant) -> bool:
         return self._ours(grant)
@@ -792,6 +839,19 @@ class FileDriver:
             if fast is not None:
                 found.append(_holder(key, *fast))
             for name in sorted(_listdir(queue_dir)):
+                until = _kept_until(name) if _KEPT in name else None
+                if until is not None:  # kept under min_hold: an ended holder
+                    with contextlib.suppress(FileNotFoundError):
+                        kept = _read_all(os.path.join(queue_dir, name))
+                        left = max(0.0, (until - time.monotonic_ns()) / 1e9)
+                        found.append(
+                            dataclasses.replace(
+                                _holder(key, name.partition(_KEPT)[0], kept),
+                                ended=True,
+                                expires_in=left,
+                            )
+                        )
+                    continue
                 data = _read_live(os.path.join(queue_dir, name))
                 if data is not None:  # None: its process died, or it is leaving
                     found.append(_holder(key, name, data))
@@ -823,6 +883,69 @@ class FileDriver:
             grant.data = None
         self._grants = weakref.WeakSet()
         self._queues = {}  # the fork hook closed the inherited files
+
+    # Listing (``tenure ls``): the kinds' directories, each key's queue read by ``contenders``;
+    # a waiter's arrival is its entry's creation. (A name too long for a file name is stored
+    # under a hash and cannot be listed.)
+
+    async def in_use(self) -> dict[str, list[Holder]]:
+        listing: dict[str, list[Holder]] = {}
+        for kind in KINDS:
+            for file_name in sorted(_listdir(os.path.join(self._dir, kind))):
+                stem = file_name.removesuffix(".lock")
+                if stem == file_name or _stem(unquote(stem)) != stem:
+                    continue
+                key = f"{kind}/{unquote(stem)}"
+                found = await self.contenders(key)
+                if any(h.waiting for h in found):
+                    queue_dir = self._paths(key)[1]
+                    since: dict[str, dt.datetime] = {}
+                    for entry in _listdir(queue_dir):
+                        with contextlib.suppress(OSError):
+                            at = os.stat(os.path.join(queue_dir, entry)).st_mtime
+                            since[entry[23:]] = dt.datetime.fromtimestamp(at, dt.UTC)
+                    found = [
+                        dataclasses.replace(h, waiting_since=since.get(h.owner)) if h.waiting else h
+                        for h in found
+                    ]
+                if found:
+                    listing[key] = found
+        return listing
+
+    def namespace_changes(self) -> AsyncIterator[None]:
+        return refreshes()  # (an inotify watch per key would be a watch per key per listing)
+
+
+#: In a kept entry's name, between the entry's own name and ``<until>-<boot>``.
+_KEPT = ".kept-"
+_BOOT: list[str] = []
+
+
+def _boot_id() -> str:
+    """This boot of the machine (Linux; "0" elsewhere): a kept entry's clock is only valid in
+    the boot that wrote it."""
+    if not _BOOT:
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as f:
+                _BOOT.append(f.read().strip().replace("-", "")[:12] or "0")
+        except OSError:
+            _BOOT.append("0")
+    return _BOOT[0]
+
+
+def _kept_until(name: str) -> int | None:
+    """A kept entry's end (monotonic ns) while its hold lasts, else None (over, another boot,
+    or not a kept entry)."""
+    _, sep, rest = name.partition(_KEPT)
+    until, _, boot = rest.partition("-")
+    if not sep or not until.isdigit() or boot != _boot_id():
+        return None
+    return int(until) if int(until) > time.monotonic_ns() else None
+
+
+def _read_all(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def _listdir(path: str) -> list[str]:

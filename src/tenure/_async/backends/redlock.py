@@ -69,6 +69,7 @@ from __future__ import annotations
 import asyncio  # tenure: async-only
 import dataclasses
 import json
+import math
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -97,12 +98,14 @@ from ._redis_common import (
     entry_key,
     from_us,
     holders_from_reply,
+    key_of,
     mode_args,
     ms,
     prefix,
+    scan_pattern,
     ssl_settings,
 )
-from .base import Grant, Lease, Mode, limit_mismatch
+from .base import Grant, Lease, Mode, hold_left, limit_mismatch, refreshes
 
 __all__ = ["RedlockDriver", "quorum", "validity"]
 
@@ -175,6 +178,7 @@ class RedlockDriver:
         min_ttl=0.5,
         expiry_slack=0.0,
         wakeup="release pushes a wake-up to the waiters of each master that may go (BLPOP on one)",
+        min_hold=True,  # each master's release script keeps the entry with PEXPIRE
     )
     options: ClassVar[frozenset[str]] = frozenset(
         {"node_timeout", "connect_timeout", "drift_factor", "retry_delay", *SSL_OPTIONS}
@@ -494,7 +498,13 @@ class RedlockDriver:
 
     async def release(self, grant: Grant) -> bool:
         keys = [self._prefix(grant.key) + "holder"]
-        results = await self._scripts("release", keys, [grant.owner.owner, "w"], "release")
+        args: list[Any] = [grant.owner.owner, "w"]
+        hold = hold_left(grant)
+        if hold:
+            # min_hold: every master keeps the entry, marked ended, for the rest of the hold,
+            # plus the drift allowance (a master whose clock runs fast must not end it early).
+            args.append(math.ceil((hold + hold * self._drift_factor + 0.002) * 1000))
+        results = await self._scripts("release", keys, args, "release")
         released = sum(1 for r in results if not isinstance(r, BackendError) and r == 1)
         if released >= self._quorum_of(grant.mode):
             await self._publish(grant.key, 0)
@@ -617,6 +627,38 @@ class RedlockDriver:
     def forget_after_fork(self) -> None:
         """redis-py's pools notice the new pid and open fresh connections by themselves."""
         # tenure: sync self._pool = None  # threads do not survive fork
+
+    # Listing (``tenure ls``): the names any master has (SCAN), each shown as ``contenders``
+    # shows it (what a quorum names).
+
+    async def in_use(self) -> dict[str, list[Holder]]:
+        found: set[str] = set()
+        answered = 0
+        for master in self._masters:
+            try:
+                with master.errors("list"):
+                    async for redis_key in master.client.scan_iter(
+                        match=scan_pattern(self._namespace), count=1000
+                    ):
+                        key = key_of(self._namespace, redis_key)
+                        if key is not None:
+                            found.add(key)
+                answered += 1
+            except BackendError:
+                continue
+        if answered < self._quorum:
+            raise BackendUnavailableError(
+                f"redlock: only {answered} of {len(self._masters)} redis masters answered (list)"
+            )
+        listing: dict[str, list[Holder]] = {}
+        for key in sorted(found):
+            contenders = await self.contenders(key)
+            if contenders:
+                listing[key] = contenders
+        return listing
+
+    def namespace_changes(self) -> AsyncIterator[None]:
+        return refreshes()  # locks publish nothing: look again at a bounded interval
 
 
 async def _read_by(conn: Any, deadline: float) -> Any:

@@ -25,9 +25,10 @@ from ...errors import (
     BackendUnavailableError,
     ConfigurationError,
 )
-from .base import Mode
+from .base import KINDS, Mode
 
 __all__ = [
+    "LIST",
     "SSL_OPTIONS",
     "ErrorBoundary",
     "OwnConnection",
@@ -36,9 +37,12 @@ __all__ = [
     "entry_key",
     "from_us",
     "holders_from_reply",
+    "key_of",
     "mode_args",
     "ms",
     "prefix",
+    "reply_from_json",
+    "scan_pattern",
     "ssl_settings",
 ]
 
@@ -104,8 +108,9 @@ def holders_from_reply(key: str, reply: Sequence[Any]) -> tuple[list[Holder], li
     found, waiting = reply[0], reply[1]
     holders = [
         _holder(name, owner, mode, meta_text, value, token=int(token), acquired_at=from_us(at),
-                expires_in=max(0.0, int(expires_ms) / 1000) if int(expires_ms) >= 0 else None)
-        for owner, token, at, expires_ms, mode, meta_text, value in found
+                expires_in=max(0.0, int(expires_ms) / 1000) if int(expires_ms) >= 0 else None,
+                ended=bool(int(ended[0])) if ended else False)
+        for owner, token, at, expires_ms, mode, meta_text, value, *ended in found
     ]  # fmt: skip
     holders.sort(key=lambda h: (h.mode != "exclusive", h.token))
     waiters = [
@@ -222,3 +227,60 @@ class ErrorBoundary:
         if isinstance(exc, redis_errors.ConnectionError | redis_errors.RedisClusterException):
             return BackendUnavailableError(f"redis at {where} is unreachable ({what}): {exc}")
         return BackendError(f"redis at {where} failed ({what}): {exc}")
+
+
+# Listing (``tenure ls``).
+
+#: The suffixes of the keys that exist while a name has holders or waiters (``<p>token`` stays
+#: after the last release, so it does not count).
+_LIVE_SUFFIXES = ("}:holder", "}:shared", "}:queue")
+
+
+def scan_pattern(namespace: str) -> str:
+    """The SCAN ``MATCH`` pattern of every key of ``namespace`` (glob characters escaped)."""
+    escaped = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in namespace)
+    # Only keys ending in }:holder, }:shared or }:queue (and a few that key_of then drops): the
+    # server filters out the fencing counters, which outlive the names' use.
+    return escaped + ":{*}:[hsq][ohu][lae]*"
+
+
+def key_of(namespace: str, redis_key: str) -> str | None:
+    """The ``<kind>/<name>`` of a key a name has while in use, else None."""
+    start = namespace + ":{"
+    if not redis_key.startswith(start):
+        return None
+    for suffix in _LIVE_SUFFIXES:
+        if redis_key.endswith(suffix):
+            key = redis_key[len(start) : -len(suffix)]
+            return key if key.partition("/")[0] in KINDS and "/" in key else None
+    return None
+
+
+def _list_script() -> str:
+    """``INSPECT`` over every key it is given (one script call per batch of names), each key's
+    reply one JSON string: one bulk string to parse per name instead of a nested array."""
+    start = lua.INSPECT.index("local p = prefix_of(KEYS[1])")
+    body = lua.INSPECT[start:].replace("KEYS[1]", "key")
+    return (
+        lua.INSPECT[:start]
+        + "local function inspect(key)\n"
+        + body
+        + "\nend\nlocal out = {}\n"
+        + "for i, key in ipairs(KEYS) do out[i] = cjson.encode(inspect(key)) end\n"
+        + "return out\n"
+    )
+
+
+#: KEYS: the ``<p>holder`` of each name. Returns each name's ``INSPECT`` reply as JSON.
+LIST = _list_script()
+
+
+def reply_from_json(text: str) -> list[Any]:
+    """An ``INSPECT`` reply back from ``LIST``'s JSON (Lua's false is nil; an empty table is
+    ``{}``)."""
+    found, waiting, limit = json.loads(text)
+    return [
+        [[None if field is False else field for field in h] for h in found or []],
+        list(waiting or []),
+        limit,
+    ]

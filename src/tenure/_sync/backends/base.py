@@ -28,9 +28,18 @@ backend: local coalescing of waiters, reentrancy, retries, deadlines, keep-alive
   returns False if it found none. (A retried release whose first reply was lost finds nothing and
   returns False too: the core, not the driver, counts that as released; see
   ``Grant.release_sent``.) ``check`` says whether the entry is still there.
+- **min_hold.** A release while :func:`hold_left` is positive keeps the entry, marked ended, for
+  that long (the server's expiry where it has one); acquirers treat it as a holder meanwhile and
+  ``holder``/``contenders`` report it with ``ended=True``. Drivers that do this say so in
+  ``capabilities.min_hold``; the core refuses ``min_hold`` on the others.
 - ``holder``/``contenders`` report :class:`~tenure.Holder` records (with ``mode``, and
   ``waiting=True`` for queued contenders); ``changes`` yields when a key's holder may have changed
   (for ``Election.observe``).
+- **Listing** (``tenure ls``): ``in_use`` returns every key of the namespace that has holders or
+  waiters with its contenders, in a number of round trips that grows with the number of keys
+  far slower than one per key; ``namespace_changes`` yields when anything in the namespace may
+  have changed: woken by the server where it can watch a whole namespace, else every
+  :data:`REFRESH` seconds (:func:`refreshes`).
 
 Keys are ``"<kind>/<name>"`` with a kind from :data:`KINDS` and a name already validated by
 ``tenure._names.check_name``; the driver maps them into its namespace. Kinds never interact.
@@ -42,6 +51,7 @@ Every method translates its client library's exceptions to :mod:`tenure.errors` 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Protocol, TypeVar, final
@@ -50,11 +60,13 @@ from ..._names import OwnerInfo
 from ..._types import Capabilities, Holder
 from ..._url import ParsedURL
 from ...errors import ConfigurationError
+from .. import _compat
 
 __all__ = [
     "DRIFT",
     "EXCLUSIVE",
     "KINDS",
+    "REFRESH",
     "SHARED",
     "Driver",
     "Grant",
@@ -63,8 +75,10 @@ __all__ = [
     "Mode",
     "data_of",
     "grantable",
+    "hold_left",
     "limit_mismatch",
     "permit",
+    "refreshes",
 ]
 
 #: Part of the TTL kept back for clock-rate differences between this host and the server.
@@ -72,6 +86,17 @@ DRIFT: Final = 0.01
 
 #: The key spaces; a name in one never meets the same name in another.
 KINDS: Final = ("lock", "election", "rwlock", "semaphore")
+
+#: Seconds between two looks of ``namespace_changes`` on a backend that cannot watch a namespace.
+REFRESH: Final = 2.0
+
+
+def refreshes(interval: float = REFRESH) -> Iterator[None]:
+    """``namespace_changes`` of a backend without a namespace-wide watch: yield now, then every
+    ``interval`` seconds (a bounded refresh, not a busy loop)."""
+    while True:
+        yield
+        _compat.sleep(interval)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +192,7 @@ class Grant:
         "_on_lost",
         "acquired_at",
         "data",
+        "keep_until",
         "key",
         "lease",
         "mode",
@@ -201,6 +227,9 @@ class Grant:
         #: Set by the core once a release of this entry was sent; a later attempt that finds
         #: nothing then counts as released (the first one's reply was lost). Drivers never read it.
         self.release_sent = False
+        #: Set by the core for a ``min_hold`` lock: the ``monotonic()`` time until which a
+        #: release must keep the entry (see :func:`hold_left`); None: release frees at once.
+        self.keep_until: float | None = None
         self._on_lost: Callable[[str], None] | None = None
 
     def lost(self, reason: str) -> None:
@@ -210,6 +239,20 @@ class Grant:
 
     def __repr__(self) -> str:
         return f"Grant(key={self.key!r}, token={self.token}, owner={self.owner.owner!r})"
+
+
+def hold_left(grant: Grant) -> float:
+    """Seconds a release of ``grant`` must still keep its entry (``min_hold``; 0: free it).
+
+    The core sets ``grant.keep_until`` from the moment the grant's reply arrived, which is after
+    the server granted: so the kept entry never ends before grant + ``min_hold``. A driver whose
+    ``capabilities.min_hold`` is True keeps the entry, marked as ended, for this long on the
+    server (its own expiry), outside the session's lease, so no renewal and no process is needed
+    to keep it, and nobody else is granted meanwhile.
+    """
+    if grant.keep_until is None:
+        return 0.0
+    return max(0.0, grant.keep_until - time.monotonic())
 
 
 D = TypeVar("D")
@@ -268,6 +311,15 @@ class Driver(Protocol):
 
     def changes(self, key: str) -> Iterator[None]:
         """Yield once the watch is set up, then each time the holder of ``key`` may have changed."""
+        ...
+
+    def in_use(self) -> dict[str, list[Holder]]:
+        """Every key (``"<kind>/<name>"``) of the namespace that has holders or waiters, with its
+        contenders as ``contenders`` reports them (an unknown namespace: ``{}``)."""
+        ...
+
+    def namespace_changes(self) -> Iterator[None]:
+        """Yield at once, then each time anything in the namespace may have changed."""
         ...
 
     def forget_after_fork(self) -> None:

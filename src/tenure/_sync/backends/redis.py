@@ -65,6 +65,7 @@ from ..._url import ParsedURL, bool_option, seconds_option
 from ...errors import BackendError, BackendUnavailableError, ConfigurationError
 from .. import _compat
 from ._redis_common import (
+    LIST,
     SSL_OPTIONS,
     ErrorBoundary,
     OwnConnection,
@@ -73,12 +74,15 @@ from ._redis_common import (
     entry_key,
     from_us,
     holders_from_reply,
+    key_of,
     mode_args,
     ms,
     prefix,
+    reply_from_json,
+    scan_pattern,
     ssl_settings,
 )
-from .base import Grant, Lease, Mode, limit_mismatch
+from .base import Grant, Lease, Mode, hold_left, limit_mismatch, refreshes
 
 __all__ = ["RedisDriver"]
 
@@ -106,6 +110,7 @@ class RedisDriver:
         min_ttl=0.1,
         expiry_slack=0.0,
         wakeup="per-waiter signal list (BLPOP) pushed by the release script",
+        min_hold=True,  # the release script keeps the entry with PEXPIRE
     )
     options: ClassVar[frozenset[str]] = frozenset(
         {
@@ -407,7 +412,7 @@ class RedisDriver:
                 with self._errors("wait"):
                     pushed = self._client.blpop([signal], timeout=max(wait, 0.001))
                 _compat.raise_if_cancelled()
-                if pushed is not None:
+                if pushed is not None and pushed[1] != "w":  # ("w": a min_hold release)
                     token, _, at = cast(str, pushed[1]).partition(" ")
                     grant = Grant(key, owner, int(token), lease, from_us(at), mode=mode)
                     break
@@ -430,12 +435,13 @@ class RedisDriver:
             pass  # our records expire after the TTL
 
     def release(self, grant: Grant) -> bool:
+        # Under min_hold the script keeps the entry, marked ended, for the rest of the hold.
+        args: list[Any] = [grant.owner.owner, self._flags(grant.key)]
+        hold = hold_left(grant)
+        if hold:
+            args.append(math.ceil(hold * 1000))
         with self._errors("release"):
-            released = self._run(
-                self._scripts.release,
-                [self._prefix(grant.key) + "holder"],
-                [grant.owner.owner, self._flags(grant.key)],
-            )
+            released = self._run(self._scripts.release, [self._prefix(grant.key) + "holder"], args)
         return bool(released)
 
     def check(self, grant: Grant) -> bool:
@@ -486,6 +492,42 @@ class RedisDriver:
 
     def forget_after_fork(self) -> None:
         return None  # redis-py's pool notices the new pid and opens fresh connections
+
+    # Listing (``tenure ls``): one SCAN pass over the namespace's keys, then the read-only
+    # inspect script for every name found, pipelined (a round trip per thousand names).
+
+    def in_use(self) -> dict[str, list[Holder]]:
+        found: set[str] = set()
+        with self._errors("list"):
+            for redis_key in self._client.scan_iter(
+                match=scan_pattern(self._namespace), count=5000
+            ):
+                key = key_of(self._namespace, redis_key)
+                if key is not None:
+                    found.add(key)
+            keys = sorted(found)
+            replies = self._inspect_all(keys)
+        listing: dict[str, list[Holder]] = {}
+        for key, reply in zip(keys, replies, strict=True):
+            holders, waiters = holders_from_reply(key, reply)
+            if holders or waiters:
+                listing[key] = holders + waiters
+        return listing
+
+    def _inspect_all(self, keys: list[str]) -> list[Any]:
+        if self._cluster:  # (the names are in many slots: one script call each)
+            return [self._scripts.inspect(keys=[self._prefix(k) + "holder"]) for k in keys]
+        script = self._client.register_script(LIST)
+        replies: list[Any] = []
+        for start in range(0, len(keys), 1000):
+            batch = [self._prefix(key) + "holder" for key in keys[start : start + 1000]]
+            replies.extend(reply_from_json(text) for text in script(keys=batch))
+        return replies
+
+    def namespace_changes(self) -> Iterator[None]:
+        # Releases publish nothing for locks (it would cost every release a PUBLISH): look again
+        # at a bounded interval.
+        return refreshes()
 
 
 @functools.lru_cache(maxsize=4096)

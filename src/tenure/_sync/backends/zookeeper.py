@@ -78,6 +78,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import re
 import threading
 from base64 import b64encode
@@ -85,7 +86,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, ClassVar
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from kazoo import exceptions as kazoo_errors
 from kazoo.client import KazooClient
@@ -106,6 +107,7 @@ from ...errors import (
 from .. import _compat
 from .base import (
     EXCLUSIVE,
+    KINDS,
     SHARED,
     Grant,
     Lease,
@@ -113,8 +115,10 @@ from .base import (
     Mode,
     data_of,
     grantable,
+    hold_left,
     limit_mismatch,
     permit,
+    refreshes,
 )
 
 __all__ = ["ZooKeeperDriver"]
@@ -195,11 +199,12 @@ class _Node:
     mode: Mode
     sequence: str
     client: str = "tenure"
+    kept: bool = False  # a persistent node keeping a released entry under min_hold
 
 
 _MODES = {"lock": EXCLUSIVE, "write": EXCLUSIVE, "read": SHARED}
 _NAME = re.compile(
-    r"(?P<owner>[^-]+)-(?P<mark>lock|write|read|permit(?P<limit>[1-9][0-9]*))"
+    r"(?P<owner>[^-.]+)(?P<kept>\.kept)?-(?P<mark>lock|write|read|permit(?P<limit>[1-9][0-9]*))"
     r"-(?P<sequence>[0-9]{10})"
 )
 #: Any sequential node: ZooKeeper appends the parent's counter as 10 digits.
@@ -225,7 +230,7 @@ def _parse(name: str) -> _Node:
     if match is not None:
         limit = match["limit"]
         mode = permit(int(limit)) if limit else _MODES[match["mark"]]
-        return _Node(name, match["owner"], mode, match["sequence"])
+        return _Node(name, match["owner"], mode, match["sequence"], kept=bool(match["kept"]))
     sequence = _SEQUENCE.search(name)
     head = name[: sequence.start()] if sequence else name
     if head.endswith(("__lock__", "__rlock__")):
@@ -297,6 +302,8 @@ class ZooKeeperDriver:
         expiry_slack=2.0,
         wakeup="data watch on the node before (a reader: the newest writer; the first permit "
         "waiter: every holder); one watch fired per handoff",
+        min_hold=True,  # a persistent kept node that contenders honour and remove
+        hold_slack=0.2,
     )
     options: ClassVar[frozenset[str]] = frozenset(
         {*_FLOAT_OPTIONS, *_BOOL_OPTIONS, "ca", "certfile", "keyfile", "keyfile_password"}
@@ -653,13 +660,24 @@ class ZooKeeperDriver:
                             f"zookeeper at {self._hosts}: our queue entry {path} vanished"
                         ) from None
                 return True
+            watched, promotion = blockers
+            until = deadline
+            kept = [node for node in watched if node.kept]
+            if kept:  # held under min_hold: until when, by the server's clock?
+                left = self._kept_left(state.client, parent, kept, timeout)
+                if left <= 0:  # over (and removed): look again
+                    queue = _queue(self._children(state.client, parent, timeout))
+                    continue
+                end = _compat.monotonic() + left
+                until = end if deadline is None else min(deadline, end)
             if try_once:
                 return False
             waited = True
-            watched, promotion = blockers
             woken = self._wait_for_change(
-                state, [parent + "/" + node.name for node in watched], promotion, deadline, timeout
+                state, [parent + "/" + node.name for node in watched], promotion, until, timeout
             )
+            if woken is None and until != deadline:
+                woken = []  # a hold's end: look again
             if woken is None:
                 return False
             if woken:  # deletions we were told of: nobody can have queued ahead of us since
@@ -785,6 +803,9 @@ class ZooKeeperDriver:
 
     def release(self, grant: Grant) -> bool:
         held = data_of(grant, _Held)
+        keep = hold_left(grant)
+        if keep:
+            return self._keep(grant, held, keep)
         try:
             with self._errors("release", held.state):
                 try:
@@ -797,6 +818,68 @@ class ZooKeeperDriver:
             # not: either way the lock was ours until now and is free now.
             return True
         return True
+
+    def _keep(self, grant: Grant, held: _Held, keep: float) -> bool:
+        """``min_hold``: replace my ephemeral node, in one transaction, by a persistent *kept*
+        node ``<owner>.kept-<mark>-<sequence>`` (the same sequence: the same place in the
+        queue) recording the hold (``hold_ms`` from its creation, by the server's clock). It
+        outlives this session; contenders it blocks remove it once the hold is over
+        (``_kept_left``). My node's data is set first in the same transaction, so a waiter's
+        data watch on it fires as *changed*, not *deleted*: the waiter lists the queue again
+        (and finds the kept node) instead of taking the delete for a handoff."""
+        parent, _, own = held.path.rpartition("/")
+        owner, _, rest = own.partition("-")
+        record = {
+            "owner": grant.owner.owner,
+            "host": grant.owner.host,
+            "pid": grant.owner.pid,
+            "value": grant.owner.value,
+            "token": grant.token,
+            "acquired_at": grant.acquired_at.isoformat(),
+            "hold_ms": math.ceil(keep * 1000),
+        }
+        client = held.state.client
+        transaction = client.transaction()
+        transaction.set_data(held.path, b"ended")
+        transaction.delete(held.path)
+        transaction.create(
+            f"{parent}/{owner}.kept-{rest}", json.dumps(record).encode(), acl=self._acl
+        )
+        try:
+            with self._errors("release", held.state):
+                results = self._wait(transaction.commit_async(), self._request_timeout)
+        except LeaseExpired:
+            return True  # as in release(): the node went with the session (no hold kept)
+        return not any(isinstance(r, Exception) for r in results)
+
+    def _kept_left(
+        self, client: KazooClient, parent: str, kept: list[_Node], timeout: float
+    ) -> float:
+        """Seconds until the first of the ``kept`` nodes ends its hold (by the server's clock:
+        a write to the queue's parent node tells the server's time now); 0 if one has ended, which
+        is then deleted (by whichever contender comes first; the version check makes sure it is
+        that node)."""
+        reads = [(node, client.get_async(f"{parent}/{node.name}")) for node in kept]
+        clock = client.set_async(parent, b"")  # pipelined: one round trip
+        found = []
+        for node, result in reads:
+            try:
+                data, stat = self._wait(result, timeout)
+            except kazoo_errors.NoNodeError:
+                return 0.0  # gone meanwhile
+            found.append((node, stat, int(json.loads(data).get("hold_ms", 0))))
+        now = (self._wait(clock, timeout)).mtime
+        left = math.inf
+        for node, stat, hold_ms in found:
+            end = stat.ctime + hold_ms
+            if end <= now:
+                with suppress(kazoo_errors.NoNodeError, kazoo_errors.BadVersionError):
+                    self._wait(
+                        client.delete_async(f"{parent}/{node.name}", version=stat.version), timeout
+                    )
+                return 0.0
+            left = min(left, (end - now) / 1000)
+        return left
 
     def check(self, grant: Grant) -> bool:
         held = data_of(grant, _Held)
@@ -842,8 +925,14 @@ class ZooKeeperDriver:
         found: list[Holder] = []
         with self._errors("contenders"):
             queue = _queue(self._children(client, parent, self._request_timeout))
-            if first_only:
-                queue = queue[:1]
+            if first_only:  # (up to the first node not kept: a kept one may be over)
+                queue = queue[
+                    : next((i for i, n in enumerate(queue) if not n.kept), len(queue)) + 1
+                ]
+            now_ms = 0
+            if any(node.kept for node in queue):  # the server's time: a write tells it
+                stat = self._wait(client.set_async(parent, b""), self._request_timeout)
+                now_ms = stat.mtime
             sent = [(node, client.get_async(parent + "/" + node.name)) for node in queue]
             waiting = exclusive_ahead = False
             for node, result in sent:
@@ -851,6 +940,13 @@ class ZooKeeperDriver:
                     data, stat = self._wait(result, self._request_timeout)
                 except kazoo_errors.NoNodeError:
                     continue  # left meanwhile
+                if node.client == "tenure" and node.kept:
+                    record = json.loads(data)
+                    left = stat.ctime + int(record.get("hold_ms", 0)) - now_ms
+                    if left > 0:  # (else over: the next contender removes it)
+                        found.append(_kept_holder(name, node, record, left / 1000))
+                        exclusive_ahead = exclusive_ahead or not node.mode.shared
+                    continue
                 if node.client == "tenure":
                     record = json.loads(data)
                     owner, host, value = (
@@ -878,6 +974,9 @@ class ZooKeeperDriver:
                         value=value,
                         mode=node.mode.name,
                         waiting=waiting,
+                        waiting_since=dt.datetime.fromtimestamp(stat.ctime / 1000, dt.UTC)
+                        if waiting
+                        else None,
                     )
                 )
         return found
@@ -920,6 +1019,58 @@ class ZooKeeperDriver:
         # and the inspection client is opened again on first use.
         self._admin = None
         self._forked = True
+
+    # Listing (``tenure ls``): the children of each kind's node, then every name's queue listed
+    # in one pipelined burst; only the names with contenders are read further.
+
+    def in_use(self) -> dict[str, list[Holder]]:
+        client = self._admin_client()
+        t = self._request_timeout
+        listing: dict[str, list[Holder]] = {}
+        with self._errors("list"):
+            kinds = {kind: client.get_children_async(f"{self._root}/{kind}") for kind in KINDS}
+            names: list[str] = []
+            for kind, result in kinds.items():
+                try:
+                    children = self._wait(result, t)
+                except kazoo_errors.NoNodeError:
+                    continue
+                names.extend(f"{kind}/{unquote(child)}" for child in children)
+            queues = [(key, client.get_children_async(self._path(key))) for key in sorted(names)]
+            busy = []
+            for key, result in queues:
+                try:
+                    if self._wait(result, t):
+                        busy.append(key)
+                except kazoo_errors.NoNodeError:
+                    continue
+        for key in busy:
+            found = self._contenders(key, first_only=False)
+            if found:
+                listing[key] = found
+        return listing
+
+    def namespace_changes(self) -> Iterator[None]:
+        # A child watch per name would cost a watch per name per listing: look again at a
+        # bounded interval instead.
+        return refreshes()
+
+
+def _kept_holder(name: str, node: _Node, record: dict[str, Any], left: float) -> Holder:
+    """A kept node (``min_hold``) as the ended holder it stands for, ``left`` seconds more."""
+    at = record.get("acquired_at")
+    return Holder(
+        name=name,
+        owner=str(record.get("owner", node.owner)),
+        host=str(record.get("host", "")),
+        pid=int(record.get("pid", 0)),
+        token=int(record.get("token", 0)),
+        acquired_at=dt.datetime.fromisoformat(at) if isinstance(at, str) else None,
+        expires_in=left,
+        value=record.get("value"),
+        mode=node.mode.name,
+        ended=True,
+    )
 
 
 def _loss_reason(client_state: str) -> str:
