@@ -24,7 +24,7 @@ PYTHON=${PYTHON:-python3}
 "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11), "tenure needs Python >= 3.11"'
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade 'pip>=25.1'
-.venv/bin/python -m pip install -q -e '.[all]' --group dev
+.venv/bin/python -m pip install -q -e '.[all]' --group dev --group docs
 
 step "generated sync code is current"
 .venv/bin/python scripts/async_to_sync.py --check
@@ -40,6 +40,11 @@ step "ruff"
 
 step "mypy --strict"
 .venv/bin/mypy
+
+step "docs site (mkdocs build --strict)"
+site_dir=$(mktemp -d)
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$site_dir"
+rm -rf "$site_dir"
 
 step "pytest"
 exec .venv/bin/python -m pytest "$@"
