@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from benchmarks._env import filesystem_of
@@ -167,6 +167,59 @@ def _start_redlock() -> Running:
     )
 
 
+def _start_redis_sentinel() -> Running:
+    from tests.servers.redis import start_redis_sentinel
+
+    group = start_redis_sentinel(replicas=1, sentinels=3)
+    master = group.master
+    target = Target(
+        backend="redis-sentinel",
+        url=f"{group.url}?namespace=bench",
+        host=master.host,
+        port=master.port,
+    )
+    return Running(
+        target=target,
+        close=group.close,
+        info={
+            "master": master.endpoint,
+            "replicas": ", ".join(r.endpoint for r in group.replicas),
+            "sentinels": ", ".join(s.endpoint for s in group.sentinels),
+            "persistence": "off",
+        },
+        pids=[n.pid for n in group.data_nodes if n.pid],
+    )
+
+
+def _start_redis_cluster() -> Running:
+    from tests.servers.redis import start_redis_cluster
+
+    cluster = start_redis_cluster(3, 1)
+    # The floor pings the master of the benchmark's lock names' slot (they share one: tenure's
+    # keys carry a hash tag per name, and the names differ; the floor is per round trip anyway).
+    first = cluster.masters()[0]
+    target = Target(
+        backend="redis-cluster",
+        url=f"{cluster.url}&namespace=bench",
+        host=first.host,
+        port=first.port,
+    )
+    return Running(
+        target=target,
+        close=cluster.close,
+        info={"nodes": "3 masters + 3 replicas", "persistence": "off"},
+        pids=[n.pid for n in cluster.nodes if n.pid],
+    )
+
+
+def _tenure_on_master(target: Target) -> TenureClient:
+    """tenure on the Sentinel group's master directly (redis://), the same server and replica:
+    what following the sentinels costs on top."""
+    return TenureClient(
+        replace(target, url=f"redis://{target.host}:{target.port}/0?namespace=bench")
+    )
+
+
 def _start_file() -> Running:
     directory = tempfile.mkdtemp(prefix="tenure-bench-")
     return Running(
@@ -271,6 +324,47 @@ BACKENDS: dict[str, Backend] = {
             ),
         ),
         wakeup="PostgreSQL's lock queue (the backend wakes the next waiter)",
+    ),
+    "redis-sentinel": Backend(
+        name="redis-sentinel",
+        start=_start_redis_sentinel,
+        floor=redis_floor,
+        floor_label="2 x PING (redis-py) to the master",
+        libraries=(
+            Library(
+                "tenure",
+                "tenure (redis+sentinel://)",
+                TenureClient,
+                ("tenure", "redis"),
+                is_tenure=True,
+                note="master found through 3 sentinels; 1 replica",
+            ),
+            Library(
+                "tenure-master",
+                "tenure (redis:// to the same master)",
+                _tenure_on_master,
+                ("tenure", "redis"),
+                note="the same master and replica, without Sentinel",
+            ),
+        ),
+        wakeup="as redis://",
+    ),
+    "redis-cluster": Backend(
+        name="redis-cluster",
+        start=_start_redis_cluster,
+        floor=redis_floor,
+        floor_label="2 x PING (redis-py) to one master",
+        libraries=(
+            Library(
+                "tenure",
+                "tenure (cluster=true)",
+                TenureClient,
+                ("tenure", "redis"),
+                is_tenure=True,
+                note="3 masters + 3 replicas; a connection per master",
+            ),
+        ),
+        wakeup="as redis://",
     ),
     "redlock": Backend(
         name="redlock",
