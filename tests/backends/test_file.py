@@ -581,6 +581,69 @@ def test_contenders_in_grant_order_with_modes(url: str, procs: Procs) -> None:
         assert [i for i, _, _ in procs.logged()] == [0, 1]
 
 
+def _queued_behind(url: str, name: str, holder: tenure.Lock, waiter: tenure.Lock) -> int:
+    """``waiter`` queues (an entry) behind ``holder``, is granted when it releases, releases in
+    turn; returns its entry's inode."""
+    assert holder.acquire(timeout=DEADLINE)
+    inode: list[int] = []
+
+    def wait() -> None:
+        assert waiter.acquire(timeout=DEADLINE)
+        entry = waiter._grant.data  # type: ignore[union-attr]
+        assert isinstance(entry, file_backend._Entry)
+        inode.append(os.fstat(entry.fd).st_ino)
+        waiter.release()
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    with tenure.connect(url) as observer:
+        queued(observer, f"lock/{name}", 2, waiting=1)
+    holder.release()
+    thread.join(DEADLINE)
+    assert len(inode) == 1
+    return inode[0]
+
+
+def test_a_released_entry_is_kept_hidden_and_reused(url: str) -> None:
+    """Creating an entry file costs an inode (hundreds of µs on a busy ext4): a released entry
+    is renamed to a hidden spare, still locked (its watchers wake on the rename), and becomes
+    the same client's next entry; closing the client deletes it."""
+    with tenure.connect(url) as a, tenure.connect(url) as b:
+        holder, waiter = a.lock("reuse"), b.lock("reuse")
+        first = _queued_behind(url, "reuse", holder, waiter)
+        spares = [p for p in queue_dir(url, "lock", "reuse").iterdir() if p.name[0] == "."]
+        assert [p.stat().st_ino for p in spares] == [first]
+        assert b.contenders("reuse") == []  # hidden: not a contender
+        assert _queued_behind(url, "reuse", holder, waiter) == first
+    assert list(queue_dir(url, "lock", "reuse").iterdir()) == []
+
+
+def _keep_a_spare(url: str, marker: str) -> None:
+    with tenure.connect(url) as a, tenure.connect(url) as b:
+        _queued_behind(url, "swept", a.lock("swept"), b.lock("swept"))
+        Path(marker).touch()
+        signal.pause()
+
+
+def test_a_dead_processs_spare_is_swept(url: str, tmp_path: Path) -> None:
+    marker = tmp_path / "spare"
+    proc = SPAWN.Process(target=_keep_a_spare, args=(url, str(marker)))
+    proc.start()
+    try:
+        wait_until(marker.exists, "the child to keep a spare")
+        spares = [p for p in queue_dir(url, "lock", "swept").iterdir() if p.name[0] == "."]
+        assert len(spares) == 1
+        os.kill(proc.pid or 0, signal.SIGKILL)
+        proc.join(DEADLINE)
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join(10)
+    with tenure.connect(url) as client:  # its first use of the key sweeps
+        assert client.lock("swept").acquire(blocking=False)
+        assert list(queue_dir(url, "lock", "swept").iterdir()) == []
+
+
 def test_threads_sharing_a_client_get_distinct_tokens(url: str) -> None:
     """A client's sessions share its open queue file, whose OFD lock does not exclude threads:
     they must not number (or judge dead) each other's half-made entries."""
