@@ -54,6 +54,8 @@ def test_no_wait_min_hold_runs_the_job_once_across_replicas(tmp_path: Path) -> N
         held = client.holder("reports/nightly")
         assert held is not None
         assert held.ended
+    status = tenure_cli("status", "reports/nightly", "--url", any_url)
+    assert "holder (ended)" in status.stdout, status.stdout
     # ... so a replica whose timer fires late skips it too; -v says why.
     late = tenure_cli("run", "reports/nightly", "--url", any_url, "--no-wait", "--min-hold",
                       "8", "-v", "--", sys.executable, "-c", JOB, str(ran))  # fmt: skip

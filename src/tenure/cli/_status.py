@@ -175,7 +175,9 @@ def _table(
     if show_value:
         header += ("VALUE",)
     for role_name, h in entries:
-        row: tuple[str, ...] = (role_name,) + ((h.mode,) if show_mode else ())
+        # An ended holder (released before its min_hold) keeps the name until its hold ends.
+        shown = f"{role_name} (ended)" if h.ended else role_name
+        row: tuple[str, ...] = (shown,) + ((h.mode,) if show_mode else ())
         row += (
             _owner(h.owner),
             h.host,
