@@ -237,7 +237,9 @@ async def test_non_reentrant_lock_refuses_a_second_acquire_by_its_owner(aclients
     client = await aclients()
     lock = client.lock("once")
     assert await lock.acquire()
-    with pytest.raises(LockError, match="reentrant=True"):
+    owner = "task"  # tenure: async-only
+    # tenure: sync owner = "thread"
+    with pytest.raises(LockError, match=f"held by this {owner}; pass reentrant=True"):
         await lock.acquire(timeout=0.1)
     await lock.release()
 

@@ -233,7 +233,8 @@ def test_non_reentrant_lock_refuses_a_second_acquire_by_its_owner(clients: Clien
     client = clients()
     lock = client.lock("once")
     assert lock.acquire()
-    with pytest.raises(LockError, match="reentrant=True"):
+    owner = "thread"
+    with pytest.raises(LockError, match=f"held by this {owner}; pass reentrant=True"):
         lock.acquire(timeout=0.1)
     lock.release()
 

@@ -468,7 +468,8 @@ def _remaining(deadline: float | None) -> float | None:
 
 
 def _owner_kind() -> str:
-    return "task" if "_async" in __name__ else "thread"
+    return "task"  # tenure: async-only
+    # tenure: sync return "thread"
 
 
 def call_quietly(callback: Callable[..., object], arg: object) -> None:

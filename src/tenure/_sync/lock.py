@@ -458,7 +458,7 @@ def _remaining(deadline: float | None) -> float | None:
 
 
 def _owner_kind() -> str:
-    return "task" if "_sync" in __name__ else "thread"
+    return "thread"
 
 
 def call_quietly(callback: Callable[..., object], arg: object) -> None:
