@@ -540,6 +540,25 @@ def test_a_process_blocked_on_the_queue_lock_is_not_overtaken(url: str, procs: P
         os.close(fd)
 
 
+def test_a_fast_holder_that_released_lets_waiters_in_before_it_closes(url: str) -> None:
+    """A fast holder marks its slot released before it closes its hold file: a waiter that
+    looks between the close's event and the kernel's unlock sees the file still locked, and
+    must be let in by the mark (it would wait for an event that has passed)."""
+    with tenure.connect(url) as a, tenure.connect(url) as b:
+        holder = a.lock("mark")
+        assert holder.acquire(blocking=False)
+        fast = holder._grant.data  # type: ignore[union-attr]
+        assert isinstance(fast, file_backend._Fast)
+        # The state between the mark and the close: marked, the hold file still locked.
+        os.pwrite(fast.queue.fd, b"r", file_backend._RELEASED_AT)
+        waiter = b.lock("mark")
+        assert waiter.acquire(timeout=DEADLINE)
+        assert b.holder("mark") is not None
+        assert b.holder("mark").token == waiter.token  # type: ignore[union-attr]
+        waiter.release()
+        holder.release()
+
+
 def test_an_entry_created_but_never_locked_is_dead(url: str) -> None:
     with tenure.connect(url) as client:
         lock = client.lock("orphan")

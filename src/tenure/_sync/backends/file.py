@@ -120,6 +120,11 @@ _HEADER = struct.Struct("<QQ")  # <stem>.lock: last sequence number, semaphore l
 _FAST = struct.Struct("<QQ")
 _SLOT = struct.Struct("<QQ4sII")  # the fast holder: token, grant time (ns), mode, blob size, crc
 _SLOT_AT = _HEADER.size + _FAST.size
+_TOKEN = struct.Struct("<Q")  # the slot's first field
+_GEN_TOKEN = struct.Struct("<QQ")  # the last fast generation and the slot's token, adjacent
+# The second byte of the slot's mode: "r" once its holder released (written before it closes its
+# hold file: see ``_Fast.leave``). Outside the checksum.
+_RELEASED_AT = _SLOT_AT + 17
 _WAITING = b"0" * 20  # an entry's grant time until it is granted
 _MODE_CHARS = {"exclusive": "x", "shared": "s", "permit": "p"}
 _MODE_NAMES = {v: k for k, v in _MODE_CHARS.items()}
@@ -291,20 +296,21 @@ class _Queue:
         _INHERITED.update(self.holds)
 
     def fast_holder(self) -> tuple[int, int, str, str] | None:
-        """The live fast holder: (generation, token, entry-style name, hold file), or None."""
+        """The live fast holder: (generation, token, entry-style name, hold file), or None
+        (also for one that released but has not closed its hold file yet)."""
         gen, slot = _read_slot(self.fd)
-        if slot is None or not _locked(self.holds[gen % 2]):
+        if slot is None or slot[4] or not _locked(self.holds[gen % 2]):
             return None
-        token, _, mode, blob = slot
+        token, _, mode, blob, _ = slot
         owner = blob.partition(b"\n")[0].decode()
         return gen, token, f"{token:020d}-{mode}-{owner}", self.hold_paths[gen % 2]
 
 
-def _read_slot(fd: int) -> tuple[int, tuple[int, int, str, bytes] | None]:
-    """A queue file's last fast generation and its slot: (token, grant time, mode char, blob),
-    None if there was none or it was buried (its holder found dead). A slot being rewritten
-    (``set_value``) fails its checksum: read it again."""
-    size = 4096
+def _read_slot(fd: int) -> tuple[int, tuple[int, int, str, bytes, bool] | None]:
+    """A queue file's last fast generation and its slot: (token, grant time, mode char, blob,
+    released), None if there was none or it was buried (its holder found dead). A slot being
+    rewritten (``set_value``) fails its checksum: read it again."""
+    size = 512  # header, slot and a typical record (a longer one: read again, whole)
     for _ in range(100):
         data = os.pread(fd, size, 0)
         if len(data) < _SLOT_AT + _SLOT.size:
@@ -317,19 +323,20 @@ def _read_slot(fd: int) -> tuple[int, tuple[int, int, str, bytes] | None]:
         if len(blob) < length:
             size = _SLOT_AT + _SLOT.size + length
         elif _slot_crc(token, granted, mode[:1], blob) == crc:
-            return gen, (token, granted, mode[:1].decode(), blob)
+            return gen, (token, granted, mode[:1].decode(), blob, mode[1:2] == b"r")
     return 0, None  # never settled: a writer keeps rewriting it (cannot happen)
 
 
 class _Entry:
     """Our own entry: its file (OFD write-locked while it lives) and place in the queue."""
 
-    __slots__ = ("ahead", "fd", "kept_until", "mode", "name", "path", "queue", "seq")
+    __slots__ = ("ahead", "fd", "kept_until", "listing", "mode", "name", "path", "queue", "seq")
 
     def __init__(self, queue: _Queue, seq: int, mode: Mode, owner: str) -> None:
         self.queue, self.seq, self.mode = queue, seq, mode
         self.ahead: tuple[int, str] | None = None  # the fast holder we wait for: gen, hold file
         self.kept_until: int | None = None  # the end (monotonic ns) of a kept entry we wait for
+        self.listing: list[str] | None = None  # the queue as listed when we joined it
         self.name = f"{seq:020d}-{_MODE_CHARS[mode.name]}-{owner}"
         self.path = os.path.join(queue.dir, self.name)
         self.fd = -1
@@ -370,12 +377,13 @@ class _Fast:
     Two hold files alternate so that the close of the previous holder's file can never be taken
     for this one's."""
 
-    __slots__ = ("blob", "fd", "gen", "granted", "mode", "queue", "seq")
+    __slots__ = ("blob", "fd", "gen", "granted", "mode", "posted", "queue", "seq")
 
     def __init__(self, queue: _Queue, seq: int, gen: int, mode: Mode, blob: bytes) -> None:
         self.queue, self.seq, self.gen, self.mode, self.blob = queue, seq, gen, mode, blob
         self.granted = time.time_ns()
         self.fd = -1
+        self.posted = False  # our slot is written in the queue file
 
     @property
     def path(self) -> str:
@@ -391,14 +399,20 @@ class _Fast:
         by a waiter that saw our hold file closed (``FileDriver._bury``)."""
         if self.fd < 0 or os.fstat(self.fd).st_nlink == 0 or self.queue.replaced():
             return False
-        gen, slot = _read_slot(self.queue.fd)
-        return gen == self.gen and slot is not None and slot[0] == self.seq
+        head = os.pread(self.queue.fd, 16, _HEADER.size + 8)  # the generation, our token
+        return len(head) == 16 and _GEN_TOKEN.unpack(head) == (self.gen, self.seq)
 
     def leave(self) -> None:
-        """Release: close the hold file, which drops its lock (after the kernel has sent the
-        ``IN_CLOSE_WRITE`` that wakes the next contender, if one waits)."""
+        """Release: mark our slot released, then close the hold file, which drops its lock
+        (after the kernel has sent the ``IN_CLOSE_WRITE`` that wakes the next contender, if one
+        waits). The mark first: a waiter that sets its watch between that event and the unlock
+        sees the file still locked, and must see the mark instead of waiting for an event that
+        has passed. (The slot is ours: a newer fast grant needs our hold file unlocked.)"""
         fd, self.fd = self.fd, -1
         if fd >= 0:
+            if self.posted and self.queue.pid == os.getpid():
+                with contextlib.suppress(OSError):
+                    os.pwrite(self.queue.fd, b"r", _RELEASED_AT)
             _INHERITED.discard(fd)
             os.close(fd)
 
@@ -595,7 +609,8 @@ class FileDriver:
                     if watch is not None:
                         watch.close()
                     watch = _Watch(plan)
-                    continue
+                    if watch.gone or not self._still_ahead(entry, plan):
+                        continue
                 if entry.kept_until is not None:  # a kept entry blocks us: wake at its end
                     left = max(0.0, (entry.kept_until - time.monotonic_ns()) / 1e9) + 0.001
                     remaining = left if remaining is None else min(remaining, left)
@@ -649,9 +664,10 @@ class FileDriver:
         else:
             raise BackendError(f"cannot lock {queue.lock_path}: it keeps being deleted")
         try:
-            head = os.pread(queue.fd, _SLOT_AT, 0).ljust(_SLOT_AT, b"\0")
+            head = os.pread(queue.fd, _SLOT_AT + 8, 0).ljust(_SLOT_AT + 8, b"\0")
             seq, limit = _HEADER.unpack_from(head)
             checked, gen = _FAST.unpack_from(head, _HEADER.size)
+            slot_token = _TOKEN.unpack_from(head, _SLOT_AT)[0]  # 0: none, or buried
             if seq == 0:  # a new (or hand-recreated) queue file: continue after what is left
                 # (a fast grant leaves no entry: after a used key's queue file was deleted by
                 # hand, continue from the clock in µs, which no earlier token can have passed)
@@ -659,8 +675,12 @@ class FileDriver:
                 seq = max([int(n[:20]) for n in _listdir(queue.dir)] + [_old_token(queue)] + clock)
             # Live entries? Not one was created since the queue was last seen empty (the
             # counter did not move), else look. Then the fast holder: the last generation's.
-            queued = seq != checked and any(self._live(queue.dir, n) for n in _listdir(queue.dir))
-            held = bool(gen) and queue.fast_holder() is not None
+            listing = _listdir(queue.dir) if seq != checked else None
+            queued = listing is not None and any(self._live(queue.dir, n) for n in listing)
+            # (One that released but has not closed yet still counts: no fast grant may take
+            # the next generation's hold file while the one before is locked.)
+            # (Only whether it holds: its record's checksum is not needed for that.)
+            held = bool(gen and slot_token) and _locked(queue.holds[gen % 2])
             if mode.limit and limit != mode.limit:
                 if limit and (queued or held):
                     raise limit_mismatch(key.partition("/")[2], limit, mode.limit)
@@ -670,6 +690,7 @@ class FileDriver:
                     _sweep_spares(queue.dir)
                 return self._take_fast(queue, seq + 1, limit, gen + 1, mode, owner)
             entry = _Entry(queue, seq + 1, mode, owner.owner)
+            entry.listing = listing  # every entry ahead of ours, for its first plan
             os.pwrite(queue.fd, _HEADER.pack(entry.seq, limit), 0)
             content = _WAITING + b"\n" + owner.meta.encode()
             if self._reuse(queue, entry, content):
@@ -743,6 +764,7 @@ class FileDriver:
         except OSError:
             fast.leave()
             raise
+        fast.posted = True
         return fast
 
     def _bury(self, queue: _Queue, gen: int) -> None:
@@ -761,8 +783,12 @@ class FileDriver:
     def _plan(self, entry: _Entry) -> tuple[tuple[str, int], ...] | None:
         """None if ``entry`` may be granted (``base.grantable``), else the files to watch."""
         queue = entry.queue
-        names = sorted(_listdir(queue.dir))
-        ahead = names[: bisect_left(names, entry.name)]
+        if entry.listing is not None:  # listed when we joined: all of it is ahead of us (the
+            # entries that left since are found gone below; later ones are behind us)
+            ahead, entry.listing = sorted(entry.listing), None
+        else:
+            names = sorted(_listdir(queue.dir))
+            ahead = names[: bisect_left(names, entry.name)]
         live: list[str] = []  # paths of live contenders before ours that matter, nearest first
         shared_only = entry.mode.shared and not entry.mode.limit  # a reader waits for writers
         exclusive_ahead = False
@@ -798,6 +824,28 @@ class FileDriver:
             # A later permit waiter moves up when its predecessor leaves or is granted.
             return ((live[0], _LEFT | _IN_MODIFY),)
         return ((live[0], _LEFT),)
+
+    @staticmethod
+    def _still_ahead(entry: _Entry, plan: tuple[tuple[str, int], ...]) -> bool:
+        """After the watch on ``plan`` is set: whether the one contender we wait for (a plain
+        wait on one entry or on the fast holder) is still there, so that we may wait without
+        listing the queue again: it is ahead of us, its leaving wakes us, and nothing behind
+        us can let us in first. Anything else (several files, a permit's wait, a kept entry,
+        the file gone or unlocked): False, look again."""
+        if len(plan) != 1 or plan[0][1] != _LEFT or _KEPT in plan[0][0]:
+            return False
+        path = plan[0][0]
+        if entry.ahead is not None and path == entry.ahead[1]:
+            fast = entry.queue.fast_holder()  # (locked, and not marked released)
+            return fast is not None and fast[0] == entry.ahead[0]
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            return _locked(fd)
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _live(queue_dir: str, name: str) -> bool:
@@ -1062,9 +1110,9 @@ def _read_fast(lock_path: str) -> tuple[str, bytes] | None:
         gen, slot = _read_slot(fd)
     finally:
         os.close(fd)
-    if slot is None:
+    if slot is None or slot[4]:
         return None
-    token, granted, mode, blob = slot
+    token, granted, mode, blob, _ = slot
     try:
         hold = os.open(
             f"{lock_path.removesuffix('.lock')}.hold{gen % 2}", os.O_RDONLY | os.O_CLOEXEC
