@@ -502,11 +502,16 @@ def test_death_inside_the_queue_lock_blocks_nobody(url: str, tmp_path: Path) -> 
 
 def test_a_process_blocked_on_the_queue_lock_is_not_overtaken(url: str, procs: Procs) -> None:
     """The kernel wakes a process blocked on the queue file's short lock but does not hand it
-    the lock: one that finds the lock free just after must let it go first (else a process
-    releasing and acquiring in a loop takes the fast grant back, again and again)."""
+    the lock: a client that just left a fast grant and finds the lock free must let it go
+    first (else, releasing and acquiring in a loop, it takes the fast grant back, again and
+    again)."""
+    client = tenure.connect(url)
+    again = client.lock("q")
+    assert again.acquire(blocking=False)
+    assert isinstance(again._grant.data, file_backend._Fast)  # type: ignore[union-attr]
+    again.release()
     lock_path = Path(url.removeprefix("file://")) / "tenure" / "lock" / f"{_stem('q')}.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT)
+    fd = os.open(lock_path, os.O_RDWR)
     pid, resume = 0, None
 
     def cont() -> None:
@@ -528,16 +533,16 @@ def test_a_process_blocked_on_the_queue_lock_is_not_overtaken(url: str, procs: P
         # Stopped, it cannot take the lock when woken: only the announcement can hold us back.
         os.kill(pid, signal.SIGSTOP)
         resume = threading.Timer(0.2, cont)
-        with tenure.connect(url) as client:
-            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", fcntl.F_UNLCK, 0, 0, 1, 0))
-            resume.start()
-            assert not client.lock("q").acquire(blocking=False)  # it went first: it holds
-            wait_until(lambda: len(procs.logged()) == 1, "the waiting process to log its grant")
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", fcntl.F_UNLCK, 0, 0, 1, 0))
+        resume.start()
+        assert not again.acquire(blocking=False)  # it went first: it holds
+        wait_until(lambda: len(procs.logged()) == 1, "the waiting process to log its grant")
     finally:
         if resume is not None:
             resume.cancel()
         cont()
         os.close(fd)
+        client.close()
 
 
 def test_a_fast_holder_that_released_lets_waiters_in_before_it_closes(url: str) -> None:

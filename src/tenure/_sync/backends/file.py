@@ -15,10 +15,10 @@ dir)::
 
 - **The queue file's short lock.** Every contender takes a short open-file-description lock
   (``F_OFD_SETLKW``) on the first byte of ``<stem>.lock`` to join the queue. One that finds it
-  taken announces itself (a shared lock on the second byte) while it waits, and one that finds
-  it free while someone is announced lets them go first: the kernel wakes a blocked waiter
-  without handing it the lock, so a process releasing and acquiring in a loop would otherwise
-  overtake it again and again.
+  taken announces itself (a shared lock on the second byte) while it waits, and a client that
+  just left a fast grant of the key and finds it free while someone is announced lets them go
+  first: the kernel wakes a blocked waiter without handing it the lock, so a process releasing
+  and acquiring in a loop would otherwise overtake it again and again.
 - **The fast grant.** If nobody holds or waits, the contender is granted at once without an
   entry: it write-locks the generation's hold file (generations alternate between the two, so
   the previous holder's close is never taken for this one's) and writes its token, grant time,
@@ -201,14 +201,19 @@ def _locked(fd: int) -> bool:
     return bool(struct.unpack(_FLOCK, fcntl.fcntl(fd, _GETLK, _WRLCK))[0] != fcntl.F_UNLCK)
 
 
-def _lock_queue(fd: int) -> None:
-    """Take a queue file's short lock, after any contender already waiting for it."""
+def _lock_queue(fd: int, polite: bool = False) -> None:
+    """Take a queue file's short lock; ``polite`` (we just left a fast grant of this key, and
+    may take the next one at once): after any contender already waiting for it. Only then:
+    waiting for every announced contender is unfair in turn when many queue (a crowd keeps
+    announcing), and only the fast path lets one process overtake again and again."""
     try:
         fcntl.fcntl(fd, _SETLK, _QLOCK)
     except OSError as exc:
         if exc.errno not in (errno.EAGAIN, errno.EACCES):
             raise
     else:
+        if not polite:
+            return
         if struct.unpack(_FLOCK, fcntl.fcntl(fd, _GETLK, _WANTED))[0] == fcntl.F_UNLCK:
             return  # nobody waits for it
         fcntl.fcntl(fd, _SETLK, _QUNLCK)
@@ -230,6 +235,7 @@ class _Queue:
         "hold_paths",
         "holds",
         "ino",
+        "left_fast",
         "lock_path",
         "mutex",
         "pid",
@@ -243,6 +249,7 @@ class _Queue:
         # Released entries kept, still locked, under a hidden name: (fd, path, size). Creating a
         # file costs an inode (hundreds of µs on ext4 under load), renaming one a few µs.
         self.spares: list[tuple[int, str]] = []
+        self.left_fast = False  # our last grant of this key was fast, and we released it
         # The OFD lock excludes other open files, not other threads sharing this one.
         self.mutex = threading.Lock()
         self.fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -413,6 +420,7 @@ class _Fast:
             if self.posted and self.queue.pid == os.getpid():
                 with contextlib.suppress(OSError):
                     os.pwrite(self.queue.fd, b"r", _RELEASED_AT)
+                self.queue.left_fast = True
             _INHERITED.discard(fd)
             os.close(fd)
 
@@ -652,7 +660,8 @@ class FileDriver:
         for _ in range(100):  # bounded: each round found the file deleted by hand
             queue.mutex.acquire()
             try:
-                _lock_queue(queue.fd)
+                _lock_queue(queue.fd, queue.left_fast)
+                queue.left_fast = False
                 if os.fstat(queue.fd).st_nlink:
                     break
                 fcntl.fcntl(queue.fd, _SETLK, _QUNLCK)  # deleted by hand: use the new one
