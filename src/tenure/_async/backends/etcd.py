@@ -1129,22 +1129,22 @@ class EtcdDriver:
             found[i] = dataclasses.replace(found[i], expires_in=ttls[kv.lease])
         return found
 
-    async def changes(self, key: str) -> AsyncIterator[None]:
+    def changes(self, key: str) -> AsyncIterator[None]:
         prefix = self._prefix(key)
-        request = pb.WatchRequest(
-            create_request=pb.WatchCreateRequest(key=prefix, range_end=_prefix_end(prefix))
-        )
-        announced = False
+        return self._watch(prefix, _prefix_end(prefix), "observe")
+
+    async def _watch(self, start: bytes, end: bytes, what: str) -> AsyncIterator[None]:
+        """Yield once a watch on the keys [start, end) is set up, then at every change, and
+        again each time it is set up anew (after a fail-over or a broken stream: a change may
+        have been missed meanwhile)."""
+        request = pb.WatchRequest(create_request=pb.WatchCreateRequest(key=start, range_end=end))
         while True:
             endpoint = self._endpoint()
             stream = endpoint.watch.Watch(iter([request]), metadata=await self._metadata(endpoint))
             try:
                 async for reply in stream:
-                    if reply.created and not announced:
-                        announced = True
+                    if reply.events or reply.canceled or reply.created:
                         yield
-                    elif reply.events or reply.canceled or reply.created:
-                        yield  # (created again after a fail-over: we may have missed a change)
                     if reply.canceled:
                         break
             except grpc.RpcError as exc:
@@ -1153,7 +1153,7 @@ class EtcdDriver:
                 elif exc.code() == grpc.StatusCode.UNAVAILABLE:
                     self._fail_over(endpoint)
                 else:
-                    raise self._error(exc, endpoint.address, "observe") from exc
+                    raise self._error(exc, endpoint.address, what) from exc
             finally:
                 stream.cancel()
             await _compat.sleep(0.05)  # the stream ended: back-off before watching again
@@ -1214,31 +1214,10 @@ class EtcdDriver:
             ]
         return listing
 
-    async def namespace_changes(self) -> AsyncIterator[None]:
+    def namespace_changes(self) -> AsyncIterator[None]:
         """A watch on the whole namespace (every key: contenders and election metadata)."""
         root = f"{self._namespace}/".encode()
-        request = pb.WatchRequest(
-            create_request=pb.WatchCreateRequest(key=root, range_end=_prefix_end(root))
-        )
-        while True:
-            endpoint = self._endpoint()
-            stream = endpoint.watch.Watch(iter([request]), metadata=await self._metadata(endpoint))
-            try:
-                async for reply in stream:
-                    if reply.events or reply.canceled or reply.created:
-                        yield  # (created again after a fail-over: we may have missed a change)
-                    if reply.canceled:
-                        break
-            except grpc.RpcError as exc:
-                if _connection_broken(exc):
-                    await self._reset(endpoint)
-                elif exc.code() == grpc.StatusCode.UNAVAILABLE:
-                    self._fail_over(endpoint)
-                else:
-                    raise self._error(exc, endpoint.address, "watch") from exc
-            finally:
-                stream.cancel()
-            await _compat.sleep(0.05)  # the stream ended: back-off before watching again
+        return self._watch(root, _prefix_end(root), "watch")
 
 
 def _created_at(key: bytes, revision: int) -> Any:
