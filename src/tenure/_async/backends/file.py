@@ -200,6 +200,18 @@ def _locked(fd: int) -> bool:
     return bool(struct.unpack(_FLOCK, fcntl.fcntl(fd, _GETLK, _WRLCK))[0] != fcntl.F_UNLCK)
 
 
+def _path_locked(path: str) -> bool | None:
+    """Whether anyone holds a write lock on the file ``path``; None if there is no such file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        return _locked(fd)
+    finally:
+        os.close(fd)
+
+
 def _lock_queue(fd: int, polite: bool = False) -> None:
     """Take a queue file's short lock; ``polite`` (we just left a fast grant of this key, and
     may take the next one at once): after any contender already waiting for it. Only then:
@@ -245,7 +257,7 @@ class _Queue:
     def __init__(self, lock_path: str, dir: str) -> None:
         self.lock_path, self.dir, self.pid, self.fd = lock_path, dir, os.getpid(), -1
         self.holds: tuple[int, ...] = ()
-        # Released entries kept, still locked, under a hidden name: (fd, path, size). Creating a
+        # Released entries kept, still locked, under a hidden name: (fd, path). Creating a
         # file costs an inode (hundreds of µs on ext4 under load), renaming one a few µs.
         self.spares: list[tuple[int, str]] = []
         self.left_fast = False  # our last grant of this key was fast, and we released it
@@ -848,14 +860,7 @@ class FileDriver:
         if entry.ahead is not None and path == entry.ahead[1]:
             fast = entry.queue.fast_holder()  # (locked, and not marked released)
             return fast is not None and fast[0] == entry.ahead[0]
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return False
-        try:
-            return _locked(fd)
-        finally:
-            os.close(fd)
+        return bool(_path_locked(path))
 
     @staticmethod
     def _live(queue_dir: str, name: str) -> bool:
@@ -868,25 +873,21 @@ class FileDriver:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             return False
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return False
-        try:
-            if _locked(fd):
-                return True
-        finally:
-            os.close(fd)
-        # Entries are locked from creation until unlinked: unlocked and present means its
-        # process died (the kernel dropped the lock). Its name is never reused.
+        locked = _path_locked(path)
+        if locked is None or locked:
+            return bool(locked)
+        # Entries are locked from creation until unlinked (spares too, while hidden): unlocked
+        # and present means its process died (the kernel dropped the lock). Its name is never
+        # reused.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         return False
 
     async def release(self, grant: Grant) -> bool:
-        """Delete our own entry (the release path): unlink, then close, which frees the lock
-        and wakes exactly the contenders watching this entry. A fast grant closes its hold file
-        (``_Fast.leave``)."""
+        """Leave our own entry (the release path, ``_Entry.leave``: renamed away to a spare, or
+        unlinked and closed), which wakes exactly the contenders watching it. A fast grant marks
+        its slot released and closes its hold file (``_Fast.leave``). A release before
+        ``min_hold`` first puts a kept entry in our place (``_keep``)."""
         entry: _Entry | _Fast | None = grant.data
         if entry is None:
             return False
@@ -1096,18 +1097,7 @@ def _sweep_spares(queue_dir: str) -> None:
     except FileNotFoundError:
         return
     for name in names:
-        path = os.path.join(queue_dir, name)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
-        try:
-            dead = not _locked(fd)
-        finally:
-            os.close(fd)
-        if dead:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        FileDriver._live(queue_dir, name)  # (which unlinks a dead one)
 
 
 def _read_fast(lock_path: str) -> tuple[str, bytes] | None:
@@ -1123,17 +1113,8 @@ def _read_fast(lock_path: str) -> tuple[str, bytes] | None:
     if slot is None or slot[4]:
         return None
     token, granted, mode, blob, _ = slot
-    try:
-        hold = os.open(
-            f"{lock_path.removesuffix('.lock')}.hold{gen % 2}", os.O_RDONLY | os.O_CLOEXEC
-        )
-    except FileNotFoundError:
+    if not _path_locked(f"{lock_path.removesuffix('.lock')}.hold{gen % 2}"):
         return None
-    try:
-        if not _locked(hold):
-            return None
-    finally:
-        os.close(hold)
     owner, _, meta = blob.partition(b"\n")
     return f"{token:020d}-{mode}-{owner.decode()}", b"%020d\n" % granted + meta
 
