@@ -686,21 +686,7 @@ class PostgresDriver:
         args = {"k": self._lock_key(key), "waiters": waiters}
         with self._errors("contenders"):
             rows = await (await conn.execute(self._sql.contenders, args)).fetchall()
-        return [
-            Holder(
-                name=key.partition("/")[2],
-                owner=owner,
-                host=host,
-                pid=int(pid),
-                token=int(token),
-                acquired_at=acquired_at if isinstance(acquired_at, dt.datetime) else None,
-                expires_in=None if expires_in is None else float(expires_in),
-                value=value,  # psycopg loads jsonb
-                mode=mode,
-                waiting=waiting,
-            )
-            for owner, host, pid, token, acquired_at, value, expires_in, mode, waiting in rows
-        ]
+        return [_holder(key, row) for row in rows]
 
     async def _kept(self, key: str) -> list[Holder]:
         """The entries kept under min_hold (``ended``), in token order."""
@@ -762,23 +748,8 @@ class PostgresDriver:
                 await conn.execute("SET LOCAL enable_nestloop = off")
                 rows = await (await conn.execute(statement, {"ns": self._namespace})).fetchall()
         listing: dict[str, list[Holder]] = {}
-        for row in rows:
-            key, owner, host, pid, token, acquired_at, value, expires_in, mode, waiting, since = row
-            listing.setdefault(key, []).append(
-                Holder(
-                    name=key.partition("/")[2],
-                    owner=owner,
-                    host=host,
-                    pid=int(pid),
-                    token=int(token),
-                    acquired_at=acquired_at if isinstance(acquired_at, dt.datetime) else None,
-                    expires_in=None if expires_in is None else float(expires_in),
-                    value=value,
-                    mode=mode,
-                    waiting=waiting,
-                    waiting_since=since if isinstance(since, dt.datetime) else None,
-                )
-            )
+        for key, *row, since in rows:
+            listing.setdefault(key, []).append(_holder(key, row, since))
         return listing
 
     def namespace_changes(self) -> AsyncIterator[None]:
@@ -1055,6 +1026,25 @@ class _Statements:
             " AND " + _lock_of("w.key") + " WHERE w.key = %(k)s AND %(waiters)s"
             ") AS c ORDER BY rank, n, since NULLS LAST"
         )
+
+
+def _holder(key: str, row: Sequence[Any], since: object = None) -> Holder:
+    """A contender of ``key`` from a row of ``contenders`` (or of the listing, which adds the
+    key before and the time its wait began after)."""
+    owner, host, pid, token, acquired_at, value, expires_in, mode, waiting = row
+    return Holder(
+        name=key.partition("/")[2],
+        owner=owner,
+        host=host,
+        pid=int(pid),
+        token=int(token),
+        acquired_at=acquired_at if isinstance(acquired_at, dt.datetime) else None,
+        expires_in=None if expires_in is None else float(expires_in),
+        value=value,  # psycopg loads jsonb
+        mode=mode,
+        waiting=waiting,
+        waiting_since=since if isinstance(since, dt.datetime) else None,
+    )
 
 
 def _lock_of(key: str) -> str:
