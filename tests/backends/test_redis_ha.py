@@ -20,6 +20,7 @@ import redis
 import tenure
 from tenure import ExponentialRetry
 from tenure.errors import BackendUnavailableError, ConfigurationError
+from tests.backends.fencing import FencedResource
 from tests.contract.runners import Runner
 from tests.servers.process import free_port, make_temp_dir, remove_temp_dir, wait_until
 from tests.servers.proxy import TcpProxy
@@ -48,25 +49,6 @@ def ns() -> str:
 def counter(server: RedisServer, ns: str, name: str) -> int:
     with server.client() as r:
         return int(r.get(f"{ns}:{{lock/{name}}}:token") or 0)
-
-
-class FencedResource:
-    """Accepts a write only with a token above every token it has seen."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self.last = 0
-        self.accepted: list[int] = []
-        self.rejected: list[int] = []
-
-    def write(self, token: int) -> bool:
-        with self._guard:
-            if token <= self.last:
-                self.rejected.append(token)
-                return False
-            self.last = token
-            self.accepted.append(token)
-            return True
 
 
 # -- tokens across a failover ----------------------------------------------------------------

@@ -17,6 +17,7 @@ import tenure
 from tenure import NoRetry
 from tenure._async.backends.redlock import quorum, validity
 from tenure.errors import BackendUnavailableError, ConfigurationError
+from tests.backends.fencing import FencedResource
 from tests.contract.runners import Runner
 from tests.servers import RedisServer, TcpProxy, redlock_url, start_redis_masters
 
@@ -65,25 +66,6 @@ def leftovers(servers: list[RedisServer], ns: str) -> dict[str, list[str]]:
         if keys:
             found[server.endpoint] = sorted(keys)
     return found
-
-
-class FencedResource:
-    """Accepts a write only with a token above every token it has seen."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self.last = 0
-        self.accepted: list[int] = []
-        self.rejected: list[int] = []
-
-    def write(self, token: int) -> bool:
-        with self._guard:
-            if token <= self.last:
-                self.rejected.append(token)
-                return False
-            self.last = token
-            self.accepted.append(token)
-            return True
 
 
 def test_quorum_and_validity_arithmetic() -> None:
