@@ -255,6 +255,17 @@ def key_of(namespace: str, redis_key: str) -> str | None:
     return None
 
 
+async def names_in_use(client: Any, namespace: str, count: int) -> set[str]:
+    """The ``<kind>/<name>`` of every name in use in ``namespace`` on one server: one SCAN pass
+    (``count`` keys a step) over its keys."""
+    found: set[str] = set()
+    async for redis_key in client.scan_iter(match=scan_pattern(namespace), count=count):
+        key = key_of(namespace, redis_key)
+        if key is not None:
+            found.add(key)
+    return found
+
+
 def _list_script() -> str:
     """``INSPECT`` over every key it is given (one script call per batch of names), each key's
     reply one JSON string: one bulk string to parse per name instead of a nested array."""

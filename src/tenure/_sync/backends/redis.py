@@ -74,12 +74,11 @@ from ._redis_common import (
     entry_key,
     from_us,
     holders_from_reply,
-    key_of,
     mode_args,
     ms,
+    names_in_use,
     prefix,
     reply_from_json,
-    scan_pattern,
     ssl_settings,
 )
 from .base import Grant, Lease, Mode, hold_left, limit_mismatch, refreshes
@@ -497,15 +496,8 @@ class RedisDriver:
     # inspect script for every name found, pipelined (a round trip per thousand names).
 
     def in_use(self) -> dict[str, list[Holder]]:
-        found: set[str] = set()
         with self._errors("list"):
-            for redis_key in self._client.scan_iter(
-                match=scan_pattern(self._namespace), count=5000
-            ):
-                key = key_of(self._namespace, redis_key)
-                if key is not None:
-                    found.add(key)
-            keys = sorted(found)
+            keys = sorted(names_in_use(self._client, self._namespace, 5000))
             replies = self._inspect_all(keys)
         listing: dict[str, list[Holder]] = {}
         for key, reply in zip(keys, replies, strict=True):

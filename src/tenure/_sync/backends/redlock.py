@@ -96,11 +96,10 @@ from ._redis_common import (
     entry_key,
     from_us,
     holders_from_reply,
-    key_of,
     mode_args,
     ms,
+    names_in_use,
     prefix,
-    scan_pattern,
     ssl_settings,
 )
 from .base import Grant, Lease, Mode, hold_left, limit_mismatch, refreshes
@@ -612,12 +611,7 @@ class RedlockDriver:
         for master in self._masters:
             try:
                 with master.errors("list"):
-                    for redis_key in master.client.scan_iter(
-                        match=scan_pattern(self._namespace), count=1000
-                    ):
-                        key = key_of(self._namespace, redis_key)
-                        if key is not None:
-                            found.add(key)
+                    found |= names_in_use(master.client, self._namespace, 1000)
                 answered += 1
             except BackendError:
                 continue
