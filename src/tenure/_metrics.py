@@ -25,8 +25,9 @@ with ``metrics_names=True``, since names can be unbounded):
 
 Counts (grants, losses, held, waiting, leader) are plain integers read by the SDK at collection
 (observable instruments), and the histograms' samples are handed to the SDK in batches (at each
-collection, and every :data:`BATCH` samples): an SDK's ``record`` costs tens of microseconds, a
+collection, and every :data:`BATCH` samples): an SDK's ``record`` costs 10-25 microseconds, a
 good part of a round trip to a local server, so the lock's own path only appends to an array.
+Each lock resolves its attribute set once, when it is made (:func:`probe_for`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ __all__ = [
     "measured_loss",
     "measured_release",
     "metrics_for",
+    "probe_for",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -96,9 +98,22 @@ def enable(driver: object, backend: str, *, names: bool, meter_provider: Any) ->
 
 
 class Series:
-    """One attribute set (backend, kind, mode[, name]) and its counts."""
+    """One attribute set (backend, kind, mode[, name]): its counts and its samples not yet
+    handed to the SDK (arrays of floats, which leave nothing for the garbage collector)."""
 
-    __slots__ = ("attributes", "grants", "held", "kind", "leader", "losses", "waiting")
+    __slots__ = (
+        "attributes",
+        "granted",
+        "grants",
+        "held",
+        "holds",
+        "kind",
+        "leader",
+        "losses",
+        "outcomes",
+        "waited",
+        "waiting",
+    )
 
     def __init__(self, attributes: dict[str, str], kind: str) -> None:
         self.attributes = attributes
@@ -108,6 +123,86 @@ class Series:
         self.waiting = 0
         self.leader = 0
         self.losses: dict[str, int] = {}
+        #: The attribute set of each acquire outcome (granted, timeout, cancelled, error).
+        self.outcomes = {
+            outcome: {**attributes, "outcome": outcome}
+            for outcome in ("granted", "timeout", "cancelled", "error")
+        }
+        self.granted: array[float] = array("d")  # waits that ended in a grant
+        self.waited: list[tuple[str, float]] = []  # waits that did not (outcome, seconds)
+        self.holds: array[float] = array("d")
+
+
+class Probe:
+    """A lock's handle on its series: what the hooks on its path touch (see the decorators)."""
+
+    __slots__ = ("metrics", "mutex", "series")
+
+    def __init__(self, metrics: Metrics, series: Series) -> None:
+        self.metrics = metrics
+        self.series = series
+        self.mutex = metrics._mutex
+
+    def enter(self) -> float:
+        """A caller starts waiting in ``acquire``: the time it started."""
+        with self.mutex:
+            self.series.waiting += 1
+        return time.perf_counter()
+
+    def left(self, lock: Any, before: object, got: bool, started: float) -> None:
+        """``acquire`` returned ``got``; a new grant (not a reentrant count) is measured."""
+        now = time.perf_counter()
+        grant = lock._grant
+        series = self.series
+        metrics = self.metrics
+        with self.mutex:
+            series.waiting -= 1
+            if got and grant is not None and grant is not before:
+                series.granted.append(now - started)
+                series.grants += 1
+                series.held += 1
+                if series.kind == "election":
+                    series.leader += 1
+                lock._measured = (grant, now)
+            elif not got:
+                series.waited.append(("timeout", now - started))
+            metrics._count += 1
+            full = metrics._count >= BATCH
+        if full:
+            metrics.flush()
+
+    def failed(self, started: float, exc: BaseException) -> None:
+        """``acquire`` raised ``exc``."""
+        cancelled = isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "CancelledError"
+        waited = time.perf_counter() - started
+        with self.mutex:
+            self.series.waiting -= 1
+            self.series.waited.append(("cancelled" if cancelled else "error", waited))
+            self.metrics._count += 1
+            full = self.metrics._count >= BATCH
+        if full:
+            self.metrics.flush()
+
+    def ended(self, lock: Any, grant: object, reason: str | None) -> None:
+        """``grant`` was released (``reason`` None) or lost; counted once, whichever is first."""
+        now = time.perf_counter()
+        series = self.series
+        metrics = self.metrics
+        with self.mutex:
+            measured = lock._measured
+            if measured is None or measured[0] is not grant:
+                return
+            lock._measured = None
+            series.held -= 1
+            if series.kind == "election":
+                series.leader -= 1
+            if reason is not None:
+                series.losses[reason] = series.losses.get(reason, 0) + 1
+            series.holds.append(now - measured[1])
+            metrics._count += 1
+            full = metrics._count >= BATCH
+        if full:
+            metrics.flush()
 
 
 class Metrics:
@@ -118,16 +213,10 @@ class Metrics:
         self.names = names
         self._mutex = threading.Lock()  # the counts are changed from threads (sync flavour)
         self._series: dict[tuple[str, str, str], Series] = {}
-        self._outcomes: dict[tuple[Series, str], dict[str, str]] = {}
-        # Held grants (until released or lost, which every grant is in the end, if only when
-        # its session closes): the series and the time of the grant.
-        self._held: dict[Any, tuple[Series, float]] = {}
         self._renewal_failures = 0
         self._renewal_attributes = {"backend": backend}
-        # Samples not yet handed to the SDK, per (histogram, attribute set): arrays of floats,
-        # which leave nothing for the garbage collector to follow.
-        self._pending: dict[tuple[int, int], tuple[Any, dict[str, str], array[float]]] = {}
-        self._count = 0
+        self._renewals: array[float] = array("d")
+        self._count = 0  # samples not yet handed to the SDK
         self.acquire_duration = meter.create_histogram(
             "tenure.lock.acquire.duration",
             unit="s",
@@ -208,96 +297,55 @@ class Metrics:
 
         return observe
 
-    def series(self, kind: str, mode: str, name: str) -> Series:
+    def probe(self, kind: str, mode: str, name: str) -> Probe:
+        """The hooks' handle for a lock of this ``kind``, ``mode`` and ``name``."""
         key = (kind, mode, name if self.names else "")
-        found = self._series.get(key)
-        if found is None:
-            attributes = {"backend": self.backend, "kind": kind, "mode": mode}
-            if self.names:
-                attributes["name"] = name
-            with self._mutex:
-                found = self._series.setdefault(key, Series(attributes, kind))
-        return found
-
-    def outcome(self, series: Series, outcome: str) -> dict[str, str]:
-        found = self._outcomes.get((series, outcome))
-        if found is None:
-            found = self._outcomes[series, outcome] = {**series.attributes, "outcome": outcome}
-        return found
-
-    def _record(self, histogram: Any, value: float, attributes: dict[str, str]) -> None:
         with self._mutex:
-            full = self._keep(histogram, value, attributes)
-        if full:
-            self.flush()
-
-    def _keep(self, histogram: Any, value: float, attributes: dict[str, str]) -> bool:
-        """Keep a sample (holding ``_mutex``); True when a batch is full."""
-        found = self._pending.get((id(histogram), id(attributes)))
-        if found is None:  # (the attribute dicts are cached: one per series and outcome)
-            found = self._pending[id(histogram), id(attributes)] = (
-                histogram,
-                attributes,
-                array("d"),
-            )
-        found[2].append(value)
-        self._count += 1
-        return self._count >= BATCH
+            found = self._series.get(key)
+            if found is None:
+                attributes = {"backend": self.backend, "kind": kind, "mode": mode}
+                if self.names:
+                    attributes["name"] = name
+                found = self._series[key] = Series(attributes, kind)
+        return Probe(self, found)
 
     def flush(self) -> None:
         """Hand the pending histogram samples to the SDK."""
+        batches: list[tuple[Any, dict[str, str], Iterable[float]]] = []
         with self._mutex:
-            pending, self._pending, self._count = self._pending, {}, 0
-        for histogram, attributes, values in pending.values():
+            if not self._count:
+                return
+            self._count = 0
+            for series in self._series.values():
+                if series.granted:
+                    batches.append(
+                        (self.acquire_duration, series.outcomes["granted"], series.granted)
+                    )
+                    series.granted = array("d")
+                for outcome, seconds in series.waited:
+                    batches.append((self.acquire_duration, series.outcomes[outcome], (seconds,)))
+                series.waited = []
+                if series.holds:
+                    batches.append((self.hold_duration, series.attributes, series.holds))
+                    series.holds = array("d")
+            if self._renewals:
+                batches.append((self.renewal_duration, self._renewal_attributes, self._renewals))
+                self._renewals = array("d")
+        for histogram, attributes, values in batches:
             for value in values:
                 histogram.record(value, attributes)
 
-    # The hooks.
-
-    def waiting(self, series: Series, change: int) -> None:
-        with self._mutex:
-            series.waiting += change
-
-    def granted(self, series: Series, grant: object, waited: float, now: float) -> None:
-        """A new grant after ``waited`` seconds in ``acquire`` (which no longer waits)."""
-        attributes = self.outcome(series, "granted")
-        with self._mutex:
-            full = self._keep(self.acquire_duration, waited, attributes)
-            series.waiting -= 1
-            series.grants += 1
-            series.held += 1
-            if series.kind == "election":
-                series.leader += 1
-            self._held[grant] = (series, now)
-        if full:
-            self.flush()
-
-    def not_granted(self, series: Series, outcome: str, waited: float) -> None:
-        self._record(self.acquire_duration, waited, self.outcome(series, outcome))
-
-    def ended(self, grant: object, reason: str | None) -> None:
-        """``grant`` was released (``reason`` None) or lost; counted once, whichever is first."""
-        with self._mutex:
-            found = self._held.pop(grant, None)
-            if found is None:
-                return
-            series, since = found
-            series.held -= 1
-            if series.kind == "election":
-                series.leader -= 1
-            if reason is not None:
-                series.losses[reason] = series.losses.get(reason, 0) + 1
-            full = self._keep(self.hold_duration, time.perf_counter() - since, series.attributes)
-        if full:
-            self.flush()
-
     def renewed(self, seconds: float | None) -> None:
         """A renewal took ``seconds``; None: it failed."""
-        if seconds is None:
-            with self._mutex:
+        with self._mutex:
+            if seconds is None:
                 self._renewal_failures += 1
-        else:
-            self._record(self.renewal_duration, seconds, self._renewal_attributes)
+                return
+            self._renewals.append(seconds)
+            self._count += 1
+            full = self._count >= BATCH
+        if full:
+            self.flush()
 
 
 def _observation_class() -> Any:
@@ -322,106 +370,94 @@ def loss_reason(reason: str) -> str:
 # methods are plain functions, the asyncio lock's coroutine functions).
 
 
+def probe_for(driver: object, kind: str, mode: str, name: str) -> Probe | None:
+    """The hooks' handle for a new lock on ``driver`` (None: nothing is measured)."""
+    metrics = metrics_for(driver)
+    return None if metrics is None else metrics.probe(kind, mode, name)
+
+
 def measured_acquire(acquire: F) -> F:
     """Measure ``Lock.acquire``: the wait and its outcome, a new grant, the waiting count."""
-
-    def start(lock: Any) -> tuple[Metrics, Series, Any, float] | None:
-        metrics = metrics_for(lock._driver)
-        if metrics is None:
-            return None
-        cached = lock.__dict__.get("_metrics_series")  # (a lock's series never changes)
-        if cached is not None and cached[0] is metrics:
-            series = cached[1]
-        else:
-            series = metrics.series(lock._kind, lock._mode.name, lock.name)
-            lock.__dict__["_metrics_series"] = (metrics, series)
-        metrics.waiting(series, 1)
-        return metrics, series, lock._grant, time.perf_counter()
-
-    def finish(lock: Any, begun: tuple[Metrics, Series, Any, float], got: bool) -> None:
-        metrics, series, before, started = begun
-        now = time.perf_counter()
-        if got and lock._grant is not None and lock._grant is not before:
-            metrics.granted(series, lock._grant, now - started, now)
-            return
-        metrics.waiting(series, -1)
-        if not got:
-            metrics.not_granted(series, "timeout", now - started)
-
-    def failed(begun: tuple[Metrics, Series, Any, float], exc: BaseException) -> None:
-        metrics, series, _, started = begun
-        metrics.waiting(series, -1)
-        cancelled = isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "CancelledError"
-        outcome = "cancelled" if cancelled else "error"
-        metrics.not_granted(series, outcome, time.perf_counter() - started)
 
     if inspect.iscoroutinefunction(acquire):
 
         @functools.wraps(acquire)
         async def measured_async(self: Any, *args: Any, **kwargs: Any) -> bool:
-            begun = start(self)
-            if begun is None:
+            probe = self._probe
+            if probe is None:
                 return bool(await acquire(self, *args, **kwargs))
+            before = self._grant
+            started = probe.enter()
             try:
                 got = bool(await acquire(self, *args, **kwargs))
             except BaseException as exc:
-                failed(begun, exc)
+                probe.failed(started, exc)
                 raise
-            finish(self, begun, got)
+            probe.left(self, before, got, started)
             return got
 
         return measured_async  # type: ignore[return-value]
 
     @functools.wraps(acquire)
     def measured(self: Any, *args: Any, **kwargs: Any) -> bool:
-        begun = start(self)
-        if begun is None:
+        probe = self._probe
+        if probe is None:
             return bool(acquire(self, *args, **kwargs))
+        before = self._grant
+        started = probe.enter()
         try:
             got = bool(acquire(self, *args, **kwargs))
         except BaseException as exc:
-            failed(begun, exc)
+            probe.failed(started, exc)
             raise
-        finish(self, begun, got)
+        probe.left(self, before, got, started)
         return got
 
     return measured  # type: ignore[return-value]
 
 
 def measured_release(release: F) -> F:
-    """Measure ``Lock.release``: the hold time of a grant that ended (not a reentrant count)."""
+    """Measure ``Lock.release``: the hold time of a grant that ended (not a reentrant count);
+    found deleted or taken at release, a loss (one lost earlier was counted then)."""
 
-    def end(lock: Any, grant: Any, exc: BaseException | None) -> None:
-        if grant is not None and lock._grant is not grant:
-            metrics = metrics_for(lock._driver)
-            if metrics is not None:
-                # Found deleted or taken at release: a loss (one lost earlier was counted then).
-                lost = type(exc).__name__ == "LockLostError"
-                metrics.ended(grant, loss_reason(str(exc)) if lost else None)
+    def reason(exc: BaseException) -> str | None:
+        return loss_reason(str(exc)) if type(exc).__name__ == "LockLostError" else None
 
     if inspect.iscoroutinefunction(release):
 
         @functools.wraps(release)
         async def measured_async(self: Any) -> None:
+            probe = self._probe
             grant = self._grant
+            if probe is None or grant is None:
+                await release(self)
+                return
             try:
                 await release(self)
             except BaseException as exc:
-                end(self, grant, exc)
+                if self._grant is not grant:
+                    probe.ended(self, grant, reason(exc))
                 raise
-            end(self, grant, None)
+            if self._grant is not grant:
+                probe.ended(self, grant, None)
 
         return measured_async  # type: ignore[return-value]
 
     @functools.wraps(release)
     def measured(self: Any) -> None:
+        probe = self._probe
         grant = self._grant
+        if probe is None or grant is None:
+            release(self)
+            return
         try:
             release(self)
         except BaseException as exc:
-            end(self, grant, exc)
+            if self._grant is not grant:
+                probe.ended(self, grant, reason(exc))
             raise
-        end(self, grant, None)
+        if self._grant is not grant:
+            probe.ended(self, grant, None)
 
     return measured  # type: ignore[return-value]
 
@@ -432,10 +468,9 @@ def measured_loss(set_lost: Callable[[Any, str], None]) -> Callable[[Any, str], 
     @functools.wraps(set_lost)
     def measured(self: Any, reason: str) -> None:
         grant = self._grant
-        if grant is not None:  # (before ``lost`` is set: whoever waits for it sees the count)
-            metrics = metrics_for(self._driver)
-            if metrics is not None:
-                metrics.ended(grant, loss_reason(reason))
+        probe = self._probe
+        if probe is not None and grant is not None:  # (before ``lost`` is set: whoever waits
+            probe.ended(self, grant, loss_reason(reason))  # for it sees the count)
         set_lost(self, reason)
 
     return measured

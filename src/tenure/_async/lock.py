@@ -21,7 +21,7 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, ParamSpec, Protocol, TypeVar
 
-from .._metrics import measured_acquire, measured_loss, measured_release
+from .._metrics import measured_acquire, measured_loss, measured_release, probe_for
 from .._names import OwnerInfo, check_name, current_pid, new_owner_id
 from ..errors import AcquireTimeoutError, ConfigurationError, LockError, LockLostError, NotHeldError
 from . import _compat
@@ -175,6 +175,9 @@ class AsyncLock:
         self._lost_reason: str | None = None
         self.lost = _compat.Event()
         self._callbacks: list[Callable[[AsyncLock], object]] = []
+        # Metrics (None: not measured), and the grant measured as held with its time.
+        self._probe = probe_for(driver, kind, mode.name, name)
+        self._measured: tuple[Grant, float] | None = None
 
     def __repr__(self) -> str:
         state = "held" if self.held else "lost" if self._lost_reason is not None else "free"
