@@ -14,7 +14,8 @@ tag (one Cluster slot)::
     <p>token         fencing counter, set by every grant of any mode to max(counter + 1, server
                      clock in µs) (never expires; tokens never go back across a failover or a
                      restart that lost recent writes, see ``grant``)
-    <p>queue         zset of waiting owner ids, scored by arrival (<p>seq)
+    <p>queue         zset of waiting owner ids, scored by arrival (<p>seq; Redlock: the
+                     contender's arrival on the masters' clock, the same on every master)
     <p>w:<owner>     a waiter's record "<ttl_ms> <mode> <limit> <meta>", expires after the TTL
                      unless refreshed
     <p>s:<owner>     a waiter's signal list: the granting script pushes "<token> <at>", the waiter
@@ -197,14 +198,36 @@ local function advance(p, channel, how, caller)
   end
   return mine, exclusive, count, head, mode, limit
 end
+
+-- Redlock: may `owner`, which arrived at `score` (µs of the masters' clock, the same number on
+-- every master: the contender sends it), take the key now? Only if the rule allows it after
+-- every live waiter that arrived before it (ties by owner id), each let go first in that order.
+-- The order is the same on every master, so the earliest live waiter is first wherever it is
+-- queued: no two masters' queues can hold each other up, and nobody overtakes a waiter.
+local function turn(p, owner, score, mode, limit, exclusive, count)
+  local queue = p .. 'queue'
+  local at = 0
+  while true do
+    local head, _, head_mode, head_limit = live_waiter(p, at)
+    if not head or head == owner then break end
+    local head_score = tonumber(redis.call('ZSCORE', queue, head))
+    if head_score > score or (head_score == score and head > owner) then break end
+    if not grantable(head_mode, head_limit, exclusive, count) then return false end
+    if head_mode == 'x' then exclusive = true else count = count + 1 end
+    at = at + 1
+  end
+  return grantable(mode, limit, exclusive, count)
+end
 """
 
-#: KEYS: holder. ARGV: owner, ttl_ms, meta, flags, mode (x/s/p), limit. Flags: "q" queue if
-#: not granted; "e" publish changes; "n" Redlock: the queue only orders wake-ups, so the key goes
-#: to whoever asks when the rule allows, except that a shared contender lets a queued exclusive
-#: one go first (else overlapping readers could starve a writer).
-#: Returns {1, token, at_us} when granted; {0, 0, ms until the first holder expires} when not;
-#: {-1, stored_limit, 0} when a semaphore's stored limit differs from ours.
+#: KEYS: holder. ARGV: owner, ttl_ms, meta, flags, mode (x/s/p), limit, [arrival]. Flags: "q"
+#: queue if not granted; "e" publish changes; "n" Redlock: nobody is granted here directly (each
+#: must win a quorum itself), so the key goes to whoever asks when the rule allows it after the
+#: waiters that arrived before it (``turn``); the queue is ordered by ``arrival`` (µs, the same
+#: number on every master), not by this master's ``seq``.
+#: Returns {1, token, at_us} when granted; {0, 0 (Redlock: the server clock, µs), ms until the
+#: first holder expires} when not; {-1, stored_limit, 0} when a semaphore's stored limit differs
+#: from ours.
 ACQUIRE = (
     _COMMON
     + """
@@ -240,7 +263,8 @@ if mode == 'p' then
 end
 local free = grantable(mode, limit, exclusive, count)
 if redlock then
-  free = free and (mode == 'x' or not head or head == owner or head_mode ~= 'x')
+  local arrival = tonumber(redis.call('ZSCORE', p .. 'queue', owner) or ARGV[7])
+  free = free and turn(p, owner, arrival, mode, limit, exclusive, count)
   if free and redis.call('ZREM', p .. 'queue', owner) == 1 then
     redis.call('DEL', p .. 'w:' .. owner, p .. 's:' .. owner)
   end
@@ -252,7 +276,9 @@ if free then
   return {1, token, now_us()}
 end
 if string.find(flags, 'q', 1, true) then
-  if not redis.call('ZSCORE', p .. 'queue', owner) then
+  if redlock then
+    redis.call('ZADD', p .. 'queue', 'NX', ARGV[7], owner)
+  elseif not redis.call('ZSCORE', p .. 'queue', owner) then
     redis.call('ZADD', p .. 'queue', redis.call('INCR', p .. 'seq'), owner)
   end
   redis.call('SET', p .. 'w:' .. owner, ttl .. ' ' .. mode .. ' ' .. limit .. ' ' .. meta,
@@ -264,7 +290,7 @@ if pttl < 0 then
   local first = redis.call('ZRANGE', p .. 'shared', 0, 0, 'WITHSCORES')[2]
   pttl = first and tonumber(first) - now_ms() or 0
 end
-return {0, 0, pttl}
+return {0, redlock and now_us() or 0, pttl}
 """
 )
 

@@ -307,8 +307,8 @@ def test_a_grant_leaves_the_queues_of_masters_that_did_not_grant(
 def test_a_queued_writer_is_not_starved_by_later_readers(
     masters: list[RedisServer], ns: str
 ) -> None:
-    """Not FIFO, but a reader lets a queued writer go first on every master: readers that
-    keep overlapping cannot keep the writer out."""
+    """A reader lets a queued writer (that arrived before it) go first on every master:
+    readers that keep overlapping cannot keep the writer out."""
     url = f"{redlock_url(masters)}?namespace={ns}"
     with tenure.connect(url) as a, tenure.connect(url) as b, tenure.connect(url) as c:
         first, writer, late = a.rwlock("starve"), b.rwlock("starve"), c.rwlock("starve")
@@ -327,6 +327,40 @@ def test_a_queued_writer_is_not_starved_by_later_readers(
         assert late.read.acquire(blocking=False)
         assert late.read.token > write_token
         late.read.release()
+    assert leftovers(masters, ns) == {}
+
+
+def test_a_releaser_asking_again_queues_behind_the_waiter(
+    masters: list[RedisServer], ns: str
+) -> None:
+    """No barging: the waiter's arrival is the same number on every master, each master lets
+    only the earliest live waiter take the key, so a releaser asking again at once (the loop
+    that starved 7 of 8 processes: fairness 0.23) is refused and queues behind it."""
+    url = f"{redlock_url(masters)}?namespace={ns}"
+    p = f"{ns}:{{lock/barge}}:"
+    with tenure.connect(url) as a, tenure.connect(url) as b:
+        mine, theirs = a.lock("barge"), b.lock("barge")
+        for _ in range(3):
+            assert mine.acquire(timeout=10)
+            runner = Runner()
+            runner.start(lambda: theirs.acquire(timeout=30))
+            wait_for(lambda: [h.waiting for h in a.contenders("barge")] == [False, True])
+            scores = set()
+            for server in masters:
+                with raw(server) as r:
+                    scores.add(tuple(r.zrange(p + "queue", 0, -1, withscores=True)))
+            assert len(scores) == 1, scores  # one order on every master
+            mine.release()
+            assert not mine.acquire(blocking=False)  # the waiter is first, on every master
+            assert runner.join(30) == [True]
+            runner = Runner()
+            runner.start(lambda: mine.acquire(timeout=30))  # queues behind the holder now
+            wait_for(lambda: [h.waiting for h in a.contenders("barge")] == [False, True])
+            their_token = theirs.token
+            theirs.release()
+            assert runner.join(30) == [True]
+            assert mine.token > their_token
+            mine.release()
     assert leftovers(masters, ns) == {}
 
 
