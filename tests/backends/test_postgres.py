@@ -231,6 +231,34 @@ def test_many_locks_in_one_session_share_one_connection(
             lock.release()
 
 
+def test_a_process_that_only_takes_locks_keeps_one_connection(
+    url: str, admin: psycopg.Connection[Any]
+) -> None:
+    """connect()'s connection becomes the first session's primary, with the session's
+    settings (set_config): one connection per process, not two; holder() opens its own."""
+    app = "tenure-one-" + uuid.uuid4().hex[:8]
+
+    def connections() -> list[tuple[int, str]]:
+        return [(int(pid), str(state)) for pid, state in admin.execute(
+            "SELECT pid, state FROM pg_stat_activity WHERE application_name = %s", (app,)
+        ).fetchall()]  # fmt: skip
+
+    with tenure.connect(f"{url}&application_name={app}", ttl=1.5) as client:
+        assert len(connections()) == 1
+        with client.lock("one") as lock:
+            assert [pid for pid, _ in connections()] == [backend_pid_of(admin, url, "one")]
+            # It carries the session's settings, as one opened for the session would.
+            assert lock._grant is not None
+            conn = lock._grant.data.conn
+            shown = [conn.execute(f"SHOW {name}").fetchone()[0] for name in (
+                "idle_session_timeout", "client_connection_check_interval", "tcp_user_timeout"
+            )]  # fmt: skip
+            assert shown == ["1500ms", "500ms", "1500"]
+        assert len(connections()) == 1
+        assert client.holder("one") is None  # opens a connection for inspection
+        assert len(connections()) == 2
+
+
 def test_a_schema_made_by_an_earlier_tenure_is_refused_clearly(
     postgres_server: PostgresServer,
 ) -> None:

@@ -13,7 +13,12 @@ itself ends it, freeing its locks, when its client goes silent:
   client side): a dead client is noticed even while it waits in a lock queue, a dead server by
   the client.
 
-**Connections.** A tenure session (one lease) has a *primary* connection, on which every acquire
+**Connections.** ``connect()`` opens one connection (checking the server, the settings and the
+schema); the first session takes it as its primary, giving it its TTL's settings with one
+``set_config`` statement (and its socket the client's TCP options), so that a process that only
+takes locks keeps one connection; ``holder()``, ``contenders()`` and ``tenure ls`` use one of
+their own, opened when first needed (or connect's, if no session took it). A tenure session
+(one lease) has a *primary* connection, on which every acquire
 first tries ``pg_try_advisory_lock`` (one statement: the try, the fencing token and the holder
 record; one round trip). Uncontended locks are held there, so renewing them is one ``SELECT 1``
 however many there are. A contender that must wait does so on a connection of its own, in
@@ -72,11 +77,14 @@ error if they did not.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import logging
 import math
+import os
+import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -193,6 +201,7 @@ class PostgresDriver:
         self._params = params
         self._ready = False
         self._inspect: _Conn | None = None
+        self._first: _Conn | None = None  # connect()'s, until the first session takes it
         self._sql = _Statements(schema)
 
     def __repr__(self) -> str:
@@ -235,19 +244,28 @@ class PostgresDriver:
                 f"postgresql at {self._address} failed ({what}): {_first_line(exc)}"
             ) from exc
 
-    def _open(self, ttl: float | None) -> _Conn:
-        """A new dedicated connection whose server session ends after ``ttl`` s of silence."""
+    @staticmethod
+    def _session_settings(ttl: float | None) -> dict[str, int]:
+        """The server session's settings for a session TTL (None: a connection that holds no
+        locks): the server ends it after ``ttl`` s of silence, and notices a dead client."""
         ms = 0 if ttl is None else max(1, int(ttl * 1000))
-        marker = new_owner_id()[:16]
-        check_ms = max(100, ms // 3) if ms else 0
         keepalive = max(1, int(ttl / 3)) if ttl else 10
-        settings = {
+        return {
             "idle_session_timeout": ms,
-            "client_connection_check_interval": check_ms,
+            "client_connection_check_interval": max(100, ms // 3) if ms else 0,
             "tcp_keepalives_idle": keepalive,
             "tcp_keepalives_interval": keepalive,
             "tcp_keepalives_count": 3,
             "tcp_user_timeout": ms,
+        }
+
+    def _open(self, ttl: float | None) -> _Conn:
+        """A new dedicated connection whose server session ends after ``ttl`` s of silence."""
+        ms = 0 if ttl is None else max(1, int(ttl * 1000))
+        marker = new_owner_id()[:16]
+        keepalive = max(1, int(ttl / 3)) if ttl else 10
+        settings: dict[str, int | str] = {
+            **self._session_settings(ttl),
             "lock_timeout": 0,
             "statement_timeout": 0,
             # A marker read back below: proof that our settings reached this server session.
@@ -316,13 +334,29 @@ class PostgresDriver:
         self._ready = True
 
     def connect(self) -> None:
-        self._inspector()
+        # The connection that proves the server reachable (and makes the schema) becomes the
+        # first session's primary (``grant_lease``): a process that only takes locks keeps one
+        # connection, not two; holder() and friends open their own when first asked.
+        self._first = self._open(None)
+
+    def _arm(self, conn: _Conn, ttl: float) -> None:
+        """Give a connection opened without a TTL (``connect``'s) a session's settings: the
+        server's by ``set_config`` (one round trip), the client's TCP options on its socket."""
+        settings = self._session_settings(ttl)
+        names = list(settings)
+        calls = ", ".join("set_config(%s, %s, false)" for _ in names)
+        args: list[str] = [x for name in names for x in (name, str(settings[name]))]
+        with self._errors("connect"):
+            conn.execute(f"SELECT {calls}", args)  # (placeholders only)
+        _client_keepalive(conn, settings["tcp_keepalives_idle"], settings["tcp_user_timeout"])
 
     def _inspector(self) -> _Conn:
         """The connection for holder()/contenders()/changes(): no locks, no idle timeout."""
         conn = self._inspect
         if conn is None or conn.closed:
-            conn = self._open(None)
+            conn, self._first = self._first, None  # (no session took it: no TTL settings)
+            if conn is None or conn.closed:
+                conn = self._open(None)
             if self._inspect is not None and not self._inspect.closed:
                 _close_quietly(conn)  # another task opened one meanwhile
                 return self._inspect
@@ -330,15 +364,23 @@ class PostgresDriver:
         return conn
 
     def close(self) -> None:
-        conn, self._inspect = self._inspect, None
-        if conn is not None:
-            _close_quietly(conn)  # sessions close their own connections
+        for conn in (self._first, self._inspect):
+            if conn is not None:
+                _close_quietly(conn)  # sessions close their own connections
+        self._first = self._inspect = None
 
     # Leases: a set of dedicated connections, each ended by the server when silent for a TTL.
 
     def grant_lease(self, ttl: float) -> Lease:
         pool = _Pool()
-        pool.primary = self._open(ttl)
+        conn, self._first = self._first, None
+        if conn is not None and not conn.closed:
+            try:
+                self._arm(conn, ttl)
+            except BackendError:
+                _close_quietly(conn)
+                conn = None
+        pool.primary = conn if conn is not None and not conn.closed else self._open(ttl)
         return Lease(id=new_owner_id()[:16], ttl=ttl, data=pool)
 
     def renew_lease(self, lease: Lease, grants: Sequence[Grant], timeout: float) -> Sequence[Grant]:
@@ -722,7 +764,8 @@ class PostgresDriver:
             _close_quietly(conn)
 
     def forget_after_fork(self) -> None:
-        self._inspect = None  # the parent's connection: never used (or closed) by the child
+        # The parent's connections: never used (or closed) by the child.
+        self._inspect = self._first = None
 
     # Listing (``tenure ls``): one statement, the namespace's holder records joined with
     # pg_locks (so only live holders count), then the waiters of those keys.
@@ -1104,6 +1147,23 @@ def _ping(conn: _Conn) -> bool:
     except psycopg.Error:
         return False
     return True
+
+
+def _client_keepalive(conn: _Conn, idle: int, user_timeout_ms: int) -> None:
+    """Set the client side's TCP keepalive and user timeout on ``conn``'s socket, as libpq's
+    ``keepalives_idle``/``keepalives_interval``/``tcp_user_timeout`` would have at connection
+    start (nothing to do on a Unix socket)."""
+    try:
+        sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
+    except OSError:
+        return
+    with sock:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        with contextlib.suppress(OSError, AttributeError):  # (the options are Linux's)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, user_timeout_ms)
 
 
 def _close_quietly(conn: _Conn) -> None:
