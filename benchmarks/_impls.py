@@ -16,11 +16,15 @@ import math
 import os
 import struct
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 __all__ = [
+    "AsyncBenchClient",
+    "AsyncBenchLock",
+    "AsyncFloorOp",
+    "AsyncTenureClient",
     "BenchClient",
     "BenchLock",
     "FloorOp",
@@ -30,9 +34,13 @@ __all__ = [
     "Target",
     "count_redis_requests",
     "delta",
+    "etcd_afloor",
     "file_floor",
+    "postgres_afloor",
     "postgres_floor",
+    "redis_afloor",
     "redis_floor",
+    "redlock_afloor",
     "redlock_floor",
     "zookeeper_floor",
 ]
@@ -64,16 +72,48 @@ class BenchClient(Protocol):
     def close(self) -> None: ...
 
 
+# An asyncio library: made inside the running event loop, connected by ``open()``; every call is
+# awaited in that one loop (the workers run their whole loop inside ``asyncio.run``).
+
+
+class AsyncBenchLock(Protocol):
+    async def acquire(self, timeout: float) -> bool: ...
+
+    async def release(self) -> None: ...
+
+
+class AsyncBenchClient(Protocol):
+    async def open(self) -> None: ...
+
+    def lock(self, name: str) -> AsyncBenchLock: ...
+
+    async def close(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class Library:
     key: str
     label: str
-    make: Callable[[Target], BenchClient]
+    make: Callable[[Target], Any]  # a BenchClient, or an AsyncBenchClient when is_async
     requires: tuple[str, ...] = ()
     note: str = ""
     is_tenure: bool = False
     uncontended_only: bool = False  # a diagnostic, not a lock to contend on
     extra: dict[str, Any] = field(default_factory=dict)
+    is_async: bool = False  # measured inside one running event loop (see AsyncBenchClient)
+    twin: str = ""  # the sync library this asyncio row is compared with (its key)
+
+    def client(self, target: Target) -> BenchClient:
+        if self.is_async:
+            raise TypeError(f"{self.label} is an asyncio library: use async_client()")
+        client: BenchClient = self.make(target)
+        return client
+
+    def async_client(self, target: Target) -> AsyncBenchClient:
+        if not self.is_async:
+            raise TypeError(f"{self.label} is not an asyncio library: use client()")
+        client: AsyncBenchClient = self.make(target)
+        return client
 
     def missing(self) -> list[str]:
         gone = []
@@ -112,6 +152,36 @@ class TenureClient:
         self._client.close()
 
 
+# tenure.aio: the same client, asyncio flavour (made and awaited inside the running loop).
+
+
+class _AsyncTenureLock:
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+
+    async def acquire(self, timeout: float) -> bool:
+        return bool(await self._lock.acquire(timeout=timeout))
+
+    async def release(self) -> None:
+        await self._lock.release()
+
+
+class AsyncTenureClient:
+    def __init__(self, target: Target) -> None:
+        from tenure import aio
+
+        self._client = aio.connect(target.url, ttl=LOCK_TTL)
+
+    async def open(self) -> None:
+        await self._client.open()
+
+    def lock(self, name: str) -> AsyncBenchLock:
+        return _AsyncTenureLock(self._client.lock(name))
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
 # Diagnostic: tenure's own Lua scripts called with bare redis-py, without tenure's Python layers
 # (same keys and arguments as the driver sends). Uncontended only: it splits tenure's distance to
 # the floor into "what the scripts cost" and "what tenure's Python costs".
@@ -122,19 +192,21 @@ class _ScriptsLock:
         import json
         import socket
 
+        from tenure._sync.backends._redis_common import mode_args, prefix
+        from tenure._sync.backends.base import EXCLUSIVE
+
         self._acquire_script, self._release_script = scripts
-        p = f"{namespace}:{{lock/{name}}}:"
-        self._keys = [p + "holder", p + "token", p + "queue", p + "seq"]
+        self._keys = [prefix(namespace, f"lock/{name}") + "holder"]
         self._owner = uuid.uuid4().hex
         meta = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "value": None})
-        self._args = [self._owner, LOCK_TTL * 1000, meta, "q"]
+        self._args = [self._owner, LOCK_TTL * 1000, meta, "q", *mode_args(EXCLUSIVE)]
 
     def acquire(self, timeout: float) -> bool:
         granted, _token, _at = self._acquire_script(keys=self._keys, args=self._args)
         return bool(granted)
 
     def release(self) -> None:
-        self._release_script(keys=self._keys[:3], args=[self._owner, ""])
+        self._release_script(keys=self._keys, args=[self._owner, ""])
 
 
 class TenureScriptsClient:
@@ -428,6 +500,9 @@ class PortalockerClient(_LockFileClient):
 # acquire + release in the same process (both then see the same CPU placement).
 
 FloorOp = tuple[Callable[[], object], Callable[[], None]]
+# The asyncio floors: made inside the running loop (``await floor(target)``), each operation
+# awaited in it, as the asyncio library rows are.
+AsyncFloorOp = tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]
 
 
 # pottery's Redlock on every master of a Redlock target.
@@ -480,6 +555,51 @@ def redis_floor(target: Target) -> FloorOp:
     return two_pings, client.close
 
 
+async def redlock_afloor(target: Target) -> AsyncFloorOp:
+    """tenure.aio's acquire + release on ONE of the masters: :func:`redlock_floor`, asyncio."""
+    from tenure import aio
+
+    host, port = target.masters[0]
+    client = await aio.connect(f"redis://{host}:{port}/0?namespace=bench-single", ttl=LOCK_TTL)
+    lock = client.lock("afloor")
+
+    async def acquire_release() -> None:
+        await lock.acquire()
+        await lock.release()
+
+    return acquire_release, client.close
+
+
+async def redis_afloor(target: Target) -> AsyncFloorOp:
+    """Two PING round trips with ``redis.asyncio`` on one connection."""
+    import redis.asyncio
+
+    client = redis.asyncio.Redis(host=target.host, port=target.port)
+
+    async def two_pings() -> None:
+        await client.ping()
+        await client.ping()
+
+    return two_pings, client.aclose
+
+
+async def postgres_afloor(target: Target) -> AsyncFloorOp:
+    """Two ``SELECT 1`` with psycopg's ``AsyncConnection`` (autocommit, prepared)."""
+    import psycopg
+
+    conn = await psycopg.AsyncConnection.connect(
+        f"postgresql://postgres@{target.host}:{target.port}/postgres",
+        autocommit=True,
+        prepare_threshold=0,
+    )
+
+    async def two_selects() -> None:
+        await (await conn.execute("SELECT 1")).fetchone()
+        await (await conn.execute("SELECT 1")).fetchone()
+
+    return two_selects, conn.close
+
+
 def postgres_floor(target: Target) -> FloorOp:
     """Two ``SELECT 1`` round trips with psycopg on one connection (prepared, as tenure's are)."""
     import psycopg
@@ -521,21 +641,29 @@ def file_floor(target: Target) -> FloorOp:
 def count_redis_requests() -> Callable[[], int]:
     """Count requests sent by redis-py in this process (a pipeline is one); returns a reader.
 
-    Patches ``AbstractConnection.send_packed_command``, which every command, pipeline and
-    connection handshake goes through: a request is a round trip (BLPOP included).
+    Patches ``AbstractConnection.send_packed_command`` (sync and ``redis.asyncio``), which every
+    command, pipeline and connection handshake goes through: a request is a round trip (BLPOP
+    included).
     """
     try:
+        from redis.asyncio.connection import AbstractConnection as AsyncConnection
         from redis.connection import AbstractConnection
     except ImportError:
         return lambda: 0
     sent = [0]
     original = AbstractConnection.send_packed_command
+    aoriginal = AsyncConnection.send_packed_command
 
     def counted(self: Any, command: Any, check_health: bool = True) -> None:
         sent[0] += 1
         original(self, command, check_health)
 
+    async def acounted(self: Any, command: Any, check_health: bool = True) -> None:
+        sent[0] += 1
+        await aoriginal(self, command, check_health)
+
     AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
+    AsyncConnection.send_packed_command = acounted  # type: ignore[method-assign]
     return lambda: sent[0]
 
 
@@ -678,6 +806,36 @@ class ToozEtcdClient:
 
     def close(self) -> None:
         self._coord.stop()
+
+
+async def etcd_afloor(target: Target) -> AsyncFloorOp:
+    """:func:`etcd_floor` with ``grpc.aio`` (the same stubs serve both, as in tenure)."""
+    import grpc
+
+    from tenure._etcdpb import rpc_pb2 as pb
+    from tenure._etcdpb import rpc_pb2_grpc as pb_grpc
+
+    channel = grpc.aio.insecure_channel(f"{target.host}:{target.port}")
+    kv = pb_grpc.KVStub(channel)
+    key = b"bench-afloor/" + uuid.uuid4().hex.encode()
+    create = pb.TxnRequest(
+        compare=[
+            pb.Compare(
+                key=key, target=pb.Compare.CREATE, result=pb.Compare.EQUAL, create_revision=0
+            )
+        ],
+        success=[pb.RequestOp(request_put=pb.PutRequest(key=key, value=b"x"))],
+    )
+    delete = pb.DeleteRangeRequest(key=key)
+
+    async def txn_and_delete() -> None:
+        await kv.Txn(create, timeout=5)
+        await kv.DeleteRange(delete, timeout=5)
+
+    async def close() -> None:
+        await channel.close()
+
+    return txn_and_delete, close
 
 
 def zookeeper_floor(target: Target) -> FloorOp:

@@ -3,19 +3,25 @@
 Adding etcd, ZooKeeper or PostgreSQL is one more :class:`Backend` entry: a ``start`` that returns
 a :class:`Target` (from ``tests.servers``), a floor function with the same client library tenure
 uses (etcd: Txn + DeleteRange over grpc; ZooKeeper: create + delete with kazoo; PostgreSQL:
-2 x SELECT 1 with psycopg), and the peers' adapters in ``_impls``.
+2 x SELECT 1 with psycopg), and the peers' adapters in ``_impls``. Every backend also lists
+``tenure aio`` (``tenure.aio``, measured inside one event loop per process) with, where the
+client library has an asyncio flavour, its asyncio floor (``afloor``: redis.asyncio 2 x PING,
+psycopg ``AsyncConnection`` 2 x SELECT 1, grpc.aio Txn + DeleteRange, tenure aio on one Redlock
+master); ZooKeeper (kazoo has no asyncio client) and files compare it with the sync floor.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from benchmarks._env import filesystem_of
 from benchmarks._impls import (
+    AsyncFloorOp,
+    AsyncTenureClient,
     EtcdServerStats,
     FastenersClient,
     FileLockClient,
@@ -35,10 +41,14 @@ from benchmarks._impls import (
     ToozEtcdClient,
     ToozPostgresClient,
     ToozZooKeeperClient,
+    etcd_afloor,
     etcd_floor,
     file_floor,
+    postgres_afloor,
     postgres_floor,
+    redis_afloor,
     redis_floor,
+    redlock_afloor,
     redlock_floor,
     zookeeper_floor,
 )
@@ -46,6 +56,7 @@ from benchmarks._impls import (
 __all__ = ["BACKENDS", "Backend", "Running"]
 
 FloorFn = Callable[[Target], FloorOp]
+AsyncFloorFn = Callable[[Target], Awaitable[AsyncFloorOp]]
 
 
 @dataclass
@@ -70,6 +81,24 @@ class Backend:
     wakeup: str = ""
     #: the per-request counters when commandstats is set (default: Redis' INFO commandstats)
     stats: Callable[[Target], Any] | None = None
+    #: the asyncio floor the ``aio`` row is compared with; None: no asyncio client, the aio row
+    #: is compared with the sync floor (``afloor_label`` says why)
+    afloor: AsyncFloorFn | None = None
+    afloor_label: str = ""
+
+
+def _aio(requires: tuple[str, ...], note: str = "") -> Library:
+    """tenure's asyncio flavour (``tenure.aio``), compared with its asyncio floor and its sync
+    twin (the library keyed ``tenure``)."""
+    return Library(
+        "tenure-aio",
+        "tenure aio (asyncio)",
+        AsyncTenureClient,
+        requires,
+        note=note or "tenure.aio, one event loop per process",
+        is_async=True,
+        twin="tenure",
+    )
 
 
 def _start_redis() -> Running:
@@ -246,6 +275,7 @@ BACKENDS: dict[str, Backend] = {
                 is_tenure=True,
                 note="FIFO queue, per-waiter BLPOP signal",
             ),
+            _aio(("tenure", "redis")),
             Library(
                 "tenure-scripts",
                 "diagnostic: tenure's 2 Lua scripts via bare redis-py",
@@ -293,6 +323,8 @@ BACKENDS: dict[str, Backend] = {
         commandstats=True,
         renewal=True,
         wakeup="release pushes to the next waiter's own list (BLPOP)",
+        afloor=redis_afloor,
+        afloor_label="2 x PING (redis.asyncio)",
     ),
     "postgres": Backend(
         name="postgres",
@@ -308,6 +340,7 @@ BACKENDS: dict[str, Backend] = {
                 is_tenure=True,
                 note="advisory lock + token + holder record, PostgreSQL's lock queue",
             ),
+            _aio(("tenure", "psycopg")),
             Library(
                 "pg-advisory",
                 "plain pg_advisory_lock (psycopg)",
@@ -324,6 +357,8 @@ BACKENDS: dict[str, Backend] = {
             ),
         ),
         wakeup="PostgreSQL's lock queue (the backend wakes the next waiter)",
+        afloor=postgres_afloor,
+        afloor_label="2 x SELECT 1 (psycopg AsyncConnection, prepared)",
     ),
     "redis-sentinel": Backend(
         name="redis-sentinel",
@@ -339,6 +374,7 @@ BACKENDS: dict[str, Backend] = {
                 is_tenure=True,
                 note="master found through 3 sentinels; 1 replica",
             ),
+            _aio(("tenure", "redis")),
             Library(
                 "tenure-master",
                 "tenure (redis:// to the same master)",
@@ -348,6 +384,8 @@ BACKENDS: dict[str, Backend] = {
             ),
         ),
         wakeup="as redis://",
+        afloor=redis_afloor,
+        afloor_label="2 x PING (redis.asyncio) to the master",
     ),
     "redis-cluster": Backend(
         name="redis-cluster",
@@ -363,8 +401,11 @@ BACKENDS: dict[str, Backend] = {
                 is_tenure=True,
                 note="3 masters + 3 replicas; a connection per master",
             ),
+            _aio(("tenure", "redis")),
         ),
         wakeup="as redis://",
+        afloor=redis_afloor,
+        afloor_label="2 x PING (redis.asyncio) to one master",
     ),
     "redlock": Backend(
         name="redlock",
@@ -380,6 +421,7 @@ BACKENDS: dict[str, Backend] = {
                 is_tenure=True,
                 note="quorum 3, pipelined fan-out, wake-up via BLPOP on the first master",
             ),
+            _aio(("tenure", "redis")),
             Library(
                 "pottery",
                 "pottery Redlock (5 masters)",
@@ -389,6 +431,8 @@ BACKENDS: dict[str, Backend] = {
             ),
         ),
         wakeup="release pushes a wake-up to each master's oldest waiter (BLPOP on the first)",
+        afloor=redlock_afloor,
+        afloor_label="tenure aio redis:// on one of the masters (acquire + release)",
     ),
     "file": Backend(
         name="file",
@@ -404,6 +448,7 @@ BACKENDS: dict[str, Backend] = {
                 is_tenure=True,
                 note="FIFO queue of OFD-locked entries, woken by inotify",
             ),
+            _aio(("tenure",)),
             Library(
                 "fasteners",
                 "fasteners InterProcessLock",
@@ -427,6 +472,7 @@ BACKENDS: dict[str, Backend] = {
             ),
         ),
         wakeup="FIFO queue of OFD-locked entries; inotify on the one entry a waiter depends on",
+        afloor_label="none: file locks are the same syscalls under asyncio; the sync floor",
     ),
     "zookeeper": Backend(
         name="zookeeper",
@@ -442,6 +488,7 @@ BACKENDS: dict[str, Backend] = {
                 is_tenure=True,
                 note="one transaction when free; else sequential node + predecessor watch",
             ),
+            _aio(("tenure", "kazoo"), "tenure.aio: kazoo's threads bridged to the event loop"),
             Library(
                 "kazoo",
                 "kazoo Lock",
@@ -458,6 +505,7 @@ BACKENDS: dict[str, Backend] = {
             ),
         ),
         wakeup="exists watch on the predecessor node (one per handoff)",
+        afloor_label="none: kazoo has no asyncio client; the sync floor (kazoo)",
     ),
     "etcd": Backend(
         name="etcd",
@@ -473,6 +521,7 @@ BACKENDS: dict[str, Backend] = {
                 is_tenure=True,
                 note="revision-ordered keys, watch on the predecessor's delete",
             ),
+            _aio(("tenure", "grpc")),
             Library(
                 "tooz-etcd3gw",
                 "tooz (etcd3+http gateway)",
@@ -486,5 +535,7 @@ BACKENDS: dict[str, Backend] = {
         commandstats=True,
         stats=EtcdServerStats,
         wakeup="watch on the newest older key's delete (one waiter woken per release)",
+        afloor=etcd_afloor,
+        afloor_label="Txn + DeleteRange (grpc.aio, tenure's stubs)",
     ),
 }

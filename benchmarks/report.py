@@ -7,7 +7,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GOALS", "PRIMITIVE_GOALS", "Goals", "PrimitiveGoals", "chart", "markdown", "targets"]
+__all__ = [
+    "AIO_GOALS",
+    "GOALS",
+    "PRIMITIVE_GOALS",
+    "AioGoals",
+    "Goals",
+    "PrimitiveGoals",
+    "chart",
+    "markdown",
+    "targets",
+]
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,19 @@ class PrimitiveGoals:
 
 
 PRIMITIVE_GOALS = PrimitiveGoals()
+
+
+@dataclass(frozen=True)
+class AioGoals:
+    """The asyncio targets (issue 26), every backend with a ``tenure aio`` row: against the
+    asyncio floor timed in the same event loop (the sync floor where the backend has no asyncio
+    client), and against the sync twin's throughput in the same round."""
+
+    uncontended: float = 1.25  # most aio p50 / asyncio floor p50
+    throughput_vs_sync: float = 0.85  # least aio acq/s / sync acq/s, per process count
+
+
+AIO_GOALS = AioGoals()
 NOT_SUPPORTED = "n/a (not supported)"
 FLAT_MAX_SPREAD = 1.25  # per-grant counters: largest / smallest across 2..32 processes
 _FLAT_LABELS = {
@@ -104,10 +127,13 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         procs = [str(p) for p in result["config"]["processes"]]
         for key, row in sorted(summary.get("contended", {}).items()):
             worst = max((_max(row[p], "overlaps") for p in row), default=math.nan)
-            if key == tenure or worst > 0:
+            if key == tenure or section["libraries"][key].get("twin") or worst > 0:
                 label = section["libraries"][key]["label"]
                 add(name, f"{label}: overlaps at the protected counter (all runs)", "= 0",
                     worst, worst == 0, f"{worst:.0f} overlaps")  # fmt: skip
+        for key, lib in section["libraries"].items():
+            if lib.get("twin"):
+                _aio_targets(name, section, key, procs, add)
         goals = GOALS.get(name)
         if goals is None:
             continue
@@ -152,6 +178,25 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "= 1", trips, trips == 1 and scripts == 1,
                 f"{trips:.0f} (largest over all renewals)")  # fmt: skip
     return out
+
+
+def _aio_targets(name: str, section: dict[str, Any], key: str, procs: list[str], add: Any) -> None:
+    """An asyncio row against its asyncio floor (same loop) and its sync twin (same round)."""
+    g, summary, lib = AIO_GOALS, section["summary"], section["libraries"][key]
+    row = summary["uncontended"].get(key, {})
+    if summary.get("afloor"):
+        ratio, floor = _med(row, "vs_afloor_p50"), "asyncio floor p50 (same event loop)"
+    else:
+        ratio, floor = _med(row, "vs_floor_p50"), "sync floor p50 (no asyncio floor here)"
+    add(name, f"{lib['label']}: uncontended p50 / {floor}", f"<= {g.uncontended}x", ratio,
+        ratio <= g.uncontended,
+        _margin(ratio, g.uncontended, lower_is_better=True, unit="x"))  # fmt: skip
+    twin = section["libraries"].get(lib["twin"], {}).get("label", lib["twin"])
+    for p in procs:
+        r = _med(summary.get("twins", {}).get(key, {}).get(p, {}), "throughput")
+        add(name, f"{lib['label']}: acq/s / {twin}'s (same round), {p} processes",
+            f">= {g.throughput_vs_sync:g}x", r, r >= g.throughput_vs_sync,
+            _margin(r, g.throughput_vs_sync, lower_is_better=False, unit="x"))  # fmt: skip
 
 
 def _primitive_targets(name: str, section: dict[str, Any], add: Any) -> None:
@@ -353,6 +398,12 @@ def _backend_md(name: str, section: dict[str, Any], cfg: dict[str, Any]) -> list
         f"| floor: {section['floor_label']} (all samples) | {_cell(summary['floor'], 'p50_us')} | "
         f"{_cell(summary['floor'], 'p99_us')} | | 1.00 | 1.00 | | |",
     ]
+    if summary.get("afloor"):
+        lines.append(
+            f"| asyncio floor: {section['afloor_label']} (all samples) | "
+            f"{_cell(summary['afloor'], 'p50_us')} | {_cell(summary['afloor'], 'p99_us')} | "
+            "| | | | |"
+        )
     for key, lib in libs.items():
         row = summary["uncontended"].get(key, {})
         if "errors" in row and "p50_us" not in row:
@@ -366,6 +417,7 @@ def _backend_md(name: str, section: dict[str, Any], cfg: dict[str, Any]) -> list
         )
     for procs in [str(p) for p in cfg["processes"]]:
         lines += _contended_md(section, procs)
+    lines += _aio_md(section, cfg)
     tenure = _tenure_key(section)
     con = summary.get("contended", {}).get(tenure or "", {})
     if any("commands_per_grant" in row for row in con.values()):
@@ -399,6 +451,71 @@ def _backend_md(name: str, section: dict[str, Any], cfg: dict[str, Any]) -> list
             f"{cmds} | {_cell(renewal, 'latency_p50_us')} | {_cell(renewal, 'latency_p99_us')} |",
         ]
     return [*lines, *_primitives_md(section)]
+
+
+def _aio_md(section: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    """The asyncio rows: against the asyncio floor and against the sync twin."""
+    summary, libs = section["summary"], section["libraries"]
+    rows = [(k, lib) for k, lib in libs.items() if lib.get("twin")]
+    if not rows:
+        return []
+    g = AIO_GOALS
+    has_afloor = bool(summary.get("afloor"))
+    floor = (
+        f"asyncio floor: {section.get('afloor_label', '')}"
+        if has_afloor
+        else f"no asyncio floor ({section.get('afloor_label') or 'none'})"
+    )
+    lines = [
+        "",
+        "### asyncio rows: against the asyncio floor and the sync twin",
+        "",
+        "Each process runs one event loop: the uncontended samples are timed inside one "
+        "`asyncio.run` (chunks of 50 of the asyncio floor, `await acquire()` + `await release()`, "
+        f"and the sync floor, interleaved), and each contended worker runs its whole loop inside "
+        f"one `asyncio.run`. {floor}.",
+        "",
+        "| row | p50 | p99 | asyncio floor p50 alongside | p50 / asyncio floor "
+        f"(goal <= {g.uncontended:g}) | sync floor p50 alongside | p50 / sync floor | client CPU "
+        "| asyncio floor client CPU |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, lib in rows:
+        for k, label in (
+            (key, lib["label"]),
+            (lib["twin"], libs.get(lib["twin"], {}).get("label")),
+        ):
+            row = summary["uncontended"].get(k, {})
+            if label is None or "p50_us" not in row:
+                continue
+            lines.append(
+                f"| {label} | {_cell(row, 'p50_us')} | {_cell(row, 'p99_us')} | "
+                f"{_cell(row, 'afloor_p50_us')} | {_cell(row, 'vs_afloor_p50', 2)} | "
+                f"{_cell(row, 'floor_p50_us')} | {_cell(row, 'vs_floor_p50', 2)} | "
+                f"{_cell(row, 'cpu_us')} | {_cell(row, 'afloor_cpu_us')} |"
+            )
+    lines += [
+        "",
+        "| row | processes | acq/s | sync twin acq/s | acq/s / twin's (same round; goal >= "
+        f"{g.throughput_vs_sync:g}) | fairness | twin fairness | handoff p50 | twin handoff p50 "
+        "| client CPU/grant | twin client CPU/grant |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    con = summary.get("contended", {})
+    for key, lib in rows:
+        for p in [str(p) for p in cfg["processes"]]:
+            mine, twin = con.get(key, {}).get(p, {}), con.get(lib["twin"], {}).get(p, {})
+            if not mine and not twin:
+                continue
+            ratio = summary.get("twins", {}).get(key, {}).get(p, {})
+            cells = [lib["label"], p, _cell(mine, "acq_per_s"), _cell(twin, "acq_per_s")]
+            cells.append(_cell(ratio, "throughput", 2))
+            for metric, digits in (
+                ("fairness", 2), ("handoff_p50_us", 0), ("client_cpu_us_per_grant", 0),
+            ):  # fmt: skip
+                cells += [_cell(mine, metric, digits), _cell(twin, metric, digits)]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _primitives_md(section: dict[str, Any]) -> list[str]:

@@ -4,9 +4,11 @@ One run = spinners on every CPU, then per backend one server for the whole run, 
 rounds of: floor, uncontended acquire+release per library, contended runs per library and
 process count, (Redis) renewal of 1,000 locks, then the rwlock and semaphore scenarios
 (``_primitives``: each against tenure's plain lock in the same round, and the peers that have
-such primitives). The library order rotates between rounds. Every measurement runs in forked
-children bounded in time and count; a child that overruns is killed by its PID and recorded as a
-failure. Results: results/latest.{json,md,png} (``--primitives`` alone: results/primitives.*).
+such primitives). An asyncio row (``tenure aio``) is timed inside one event loop, beside the
+backend's asyncio floor, and compared with its sync twin. The library order rotates between
+rounds. Every measurement runs in forked children bounded in time and count; a child that
+overruns is killed by its PID and recorded as a failure. Results: results/latest.{json,md,png}
+(``--primitives`` alone: results/primitives.*).
 """
 
 from __future__ import annotations
@@ -49,7 +51,14 @@ from benchmarks._primitives import (
     uncontended_roles,
 )
 from benchmarks._stats import summarize, summarize_rounds
-from benchmarks._workers import ContendedArgs, Slots, contended_worker, renewal, uncontended
+from benchmarks._workers import (
+    ContendedArgs,
+    Slots,
+    contended_worker,
+    renewal,
+    uncontended,
+    uncontended_async,
+)
 from benchmarks.backends import BACKENDS, Backend
 
 __all__ = ["Config", "main"]
@@ -377,17 +386,26 @@ def _rotate(items: Sequence[T], by: int) -> list[T]:
 def _uncontended_round(
     backend: Backend, target: Target, libs: list[Library], rnd: int, cfg: Config
 ) -> dict[str, Any]:
-    """Each library's acquire + release, interleaved with the floor in the same child."""
+    """Each library's acquire + release, interleaved with the floor in the same child (an
+    asyncio library: with the asyncio floor and the sync floor, in one running event loop)."""
     out: dict[str, Any] = {}
     floors: list[int] = []
+    afloors: list[int] = []
     for lib in _rotate(libs, rnd):
         try:
-            raw = call_in_child(
-                uncontended, lib, backend.floor, target, f"u-{rnd}-{lib.key}", cfg.iterations,
-                30.0, cfg.warmup, timeout=90,
-            )  # fmt: skip
+            if lib.is_async:
+                raw = call_in_child(
+                    uncontended_async, lib, backend.floor, backend.afloor, target,
+                    f"u-{rnd}-{lib.key}", cfg.iterations, 30.0, cfg.warmup, timeout=90,
+                )  # fmt: skip
+            else:
+                raw = call_in_child(
+                    uncontended, lib, backend.floor, target, f"u-{rnd}-{lib.key}",
+                    cfg.iterations, 30.0, cfg.warmup, timeout=90,
+                )  # fmt: skip
             floor = summarize(raw["floor"])
-            floors += raw["floor"]
+            if not lib.is_async:  # the "floor (all samples)" row stays the sync children's
+                floors += raw["floor"]
             row: dict[str, Any] = summarize(raw["lock"])
             row["floor_p50_us"] = floor["p50_us"]
             row["floor_p99_us"] = floor["p99_us"]
@@ -396,6 +414,14 @@ def _uncontended_round(
             # Client CPU per operation, this library's and the floor's alongside.
             row["cpu_us"] = raw["lock_cpu"][0] / len(raw["lock"]) / 1000
             row["floor_cpu_us"] = raw["floor_cpu"][0] / len(raw["floor"]) / 1000
+            if "afloor" in raw:  # the asyncio floor, timed in the same loop
+                afloor = summarize(raw["afloor"])
+                afloors += raw["afloor"]
+                row["afloor_p50_us"] = afloor["p50_us"]
+                row["afloor_p99_us"] = afloor["p99_us"]
+                row["vs_afloor_p50"] = row["p50_us"] / afloor["p50_us"]
+                row["vs_afloor_p99"] = row["p99_us"] / afloor["p99_us"]
+                row["afloor_cpu_us"] = raw["afloor_cpu"][0] / len(raw["afloor"]) / 1000
         except ChildFailed as exc:
             row = {"error": str(exc)}
         out[lib.key] = row
@@ -405,8 +431,14 @@ def _uncontended_round(
             if "p50_us" in row
             else row["error"]
         )
+        if "vs_afloor_p50" in row:
+            shown += (
+                f", {row['vs_afloor_p50']:.2f}x the asyncio floor ({row['afloor_p50_us']:.0f} µs)"
+            )
         _progress(f"  uncontended {lib.label}: {shown}")
     out["floor"] = summarize(floors)
+    if afloors:
+        out["afloor"] = summarize(afloors)
     return out
 
 
@@ -601,10 +633,17 @@ def run(cfg: Config) -> dict[str, Any]:
             pgids = {pid: _pgid(pid) for pid in running.pids}
             section: dict[str, Any] = {
                 "floor_label": backend.floor_label,
+                "afloor_label": backend.afloor_label,
                 "wakeup": backend.wakeup,
                 "info": {**running.info, "server_pgids": pgids},
                 "libraries": {
-                    lib.key: {"label": lib.label, "note": lib.note, "tenure": lib.is_tenure}
+                    lib.key: {
+                        "label": lib.label,
+                        "note": lib.note,
+                        "tenure": lib.is_tenure,
+                        "async": lib.is_async,
+                        "twin": lib.twin,
+                    }
                     for lib in libs
                 },
                 "skipped": skipped,
@@ -678,6 +717,9 @@ def summarize_backend(section: dict[str, Any]) -> dict[str, Any]:
     if not any("uncontended" in r for r in rounds):
         return summary  # --primitives: no lock rows
     summary["floor"] = summarize_rounds([r["uncontended"]["floor"] for r in rounds])
+    afloors = [r["uncontended"]["afloor"] for r in rounds if "afloor" in r["uncontended"]]
+    if afloors:
+        summary["afloor"] = summarize_rounds(afloors)
     unc: dict[str, Any] = {}
     con: dict[str, dict[str, Any]] = {}
     for key in section["libraries"]:
@@ -704,6 +746,7 @@ def summarize_backend(section: dict[str, Any]) -> dict[str, Any]:
     summary["uncontended"] = unc
     summary["contended"] = con
     summary["ratios"] = _ratios(section)
+    summary["twins"] = _twin_ratios(section)
     renewals = [r["renewal"] for r in rounds if "renewal" in r and "error" not in r["renewal"]]
     if renewals:
         summary["renewal"] = summarize_rounds(renewals)
@@ -717,8 +760,8 @@ def _ratios(section: dict[str, Any]) -> dict[str, Any]:
     if tenure is None:
         return {}
     out: dict[str, Any] = {}
-    for key in section["libraries"]:
-        if key == tenure:
+    for key, lib in section["libraries"].items():
+        if key == tenure or lib.get("twin"):  # an asyncio twin: see _twin_ratios
             continue
         per_procs: dict[str, Any] = {}
         for rnd in section["rounds"]:
@@ -734,6 +777,27 @@ def _ratios(section: dict[str, Any]) -> dict[str, Any]:
                             if row.get("handoff_p50_us")
                             else math.nan,
                         }
+                    )
+        out[key] = {procs: summarize_rounds(rows) for procs, rows in per_procs.items()}
+    return out
+
+
+def _twin_ratios(section: dict[str, Any]) -> dict[str, Any]:
+    """Per asyncio row: its acq/s / its sync twin's, same round, per process count."""
+    out: dict[str, Any] = {}
+    for key, lib in section["libraries"].items():
+        twin = lib.get("twin")
+        if not twin:
+            continue
+        per_procs: dict[str, list[dict[str, float]]] = {}
+        for rnd in section["rounds"]:
+            mine = rnd["contended"].get(key, {})
+            theirs = rnd["contended"].get(twin, {})
+            for procs, row in mine.items():
+                other = theirs.get(procs, {})
+                if "acq_per_s" in row and other.get("acq_per_s"):
+                    per_procs.setdefault(procs, []).append(
+                        {"throughput": row["acq_per_s"] / other["acq_per_s"]}
                     )
         out[key] = {procs: summarize_rounds(rows) for procs, rows in per_procs.items()}
     return out
