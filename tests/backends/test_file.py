@@ -634,15 +634,89 @@ def _queued_behind(url: str, name: str, holder: tenure.Lock, waiter: tenure.Lock
 def test_a_released_entry_is_kept_hidden_and_reused(url: str) -> None:
     """Creating an entry file costs an inode (hundreds of µs on a busy ext4): a released entry
     is renamed to a hidden spare, still locked (its watchers wake on the rename), and becomes
-    the same client's next entry; closing the client deletes it."""
+    one of the same client's next entries: two alternate, so the one left last keeps its
+    content (its grant time) for the waiter behind it. Closing the client deletes them."""
+
+    def spares() -> set[int]:
+        found = queue_dir(url, "lock", "reuse").iterdir()
+        return {p.stat().st_ino for p in found if p.name[0] == "."}
+
     with tenure.connect(url) as a, tenure.connect(url) as b:
         holder, waiter = a.lock("reuse"), b.lock("reuse")
         first = _queued_behind(url, "reuse", holder, waiter)
-        spares = [p for p in queue_dir(url, "lock", "reuse").iterdir() if p.name[0] == "."]
-        assert [p.stat().st_ino for p in spares] == [first]
+        assert spares() == {first}
         assert b.contenders("reuse") == []  # hidden: not a contender
+        second = _queued_behind(url, "reuse", holder, waiter)
+        assert second != first  # (the one left last is not taken at once)
+        assert spares() == {first, second}
         assert _queued_behind(url, "reuse", holder, waiter) == first
+        assert _queued_behind(url, "reuse", holder, waiter) == second
     assert list(queue_dir(url, "lock", "reuse").iterdir()) == []
+
+
+def _entry_holder(url: str, name: str, holder: tenure.Lock) -> None:
+    """``holder`` holds ``name`` through an entry in the queue (not the fast grant): it
+    queues behind a fast holder, which then releases."""
+    with tenure.connect(url) as first:
+        fast = first.lock(name)
+        assert fast.acquire(timeout=DEADLINE)
+        thread = threading.Thread(target=lambda: holder.acquire(timeout=DEADLINE))
+        thread.start()
+        queued(first, f"lock/{name}", 2, waiting=1)
+        fast.release()
+        thread.join(DEADLINE)
+    assert holder.held
+    assert isinstance(holder._grant.data, file_backend._Entry)  # type: ignore[union-attr]
+
+
+def test_a_waiter_whose_predecessor_timed_out_still_waits_for_the_holder(url: str) -> None:
+    """A waiter woken by its predecessor's leaving goes without listing the queue only if that
+    predecessor had been granted; one that timed out leaves the holder ahead of it."""
+    with tenure.connect(url) as a, tenure.connect(url) as b, tenure.connect(url) as c:
+        holder, impatient, patient = a.lock("chain"), b.lock("chain"), c.lock("chain")
+        _entry_holder(url, "chain", holder)
+        results: dict[str, bool] = {}
+
+        def take(lock: tenure.Lock, key: str, timeout: float) -> None:
+            results[key] = lock.acquire(timeout=timeout)
+
+        first = threading.Thread(target=take, args=(impatient, "impatient", 1.0))
+        first.start()
+        queued(a, "lock/chain", 2, waiting=1)
+        second = threading.Thread(target=take, args=(patient, "patient", DEADLINE))
+        second.start()
+        queued(a, "lock/chain", 3, waiting=2)
+        first.join(DEADLINE)
+        assert results == {"impatient": False}
+        time.sleep(0.3)  # time enough for a wrongly woken waiter to take it
+        assert "patient" not in results
+        assert [h.waiting for h in a.contenders("chain")] == [False, True]
+        holder.release()
+        second.join(DEADLINE)
+        assert results["patient"] is True
+        patient.release()
+
+
+def test_a_waiter_behind_an_entry_holder_honours_its_min_hold(url: str) -> None:
+    """The holder ahead was granted and left, but left a kept entry in its place (min_hold):
+    the waiter behind it must see the kept entry, not go at once."""
+    with tenure.connect(url) as a, tenure.connect(url) as b:
+        holder, waiter = a.lock("kept-chain", min_hold=1.0), b.lock("kept-chain")
+        _entry_holder(url, "kept-chain", holder)
+        got: list[float] = []
+        thread = threading.Thread(
+            target=lambda: (
+                got.append(time.monotonic()) if waiter.acquire(timeout=DEADLINE) else None
+            )
+        )
+        thread.start()
+        queued(a, "lock/kept-chain", 2, waiting=1)
+        released = time.monotonic()
+        holder.release()  # well before the min_hold is over
+        thread.join(DEADLINE)
+        assert got
+        assert got[0] - released >= 0.5, "granted before the kept entry's hold ended"
+        waiter.release()
 
 
 def _keep_a_spare(url: str, marker: str) -> None:

@@ -7,6 +7,7 @@ dir)::
     <stem>.lock                  the key's queue file: sequence counter, semaphore limit, the
                                  fast path's fields and the fast holder's slot (below)
     <stem>.hold0, <stem>.hold1   the fast holder's liveness: a write lock on one of them
+    <stem>.tail                  the last entry made: its sequence number and name
     <stem>.queue/<seq>-<m>-<id>  one entry per contender (holder or waiter), in arrival order;
                                  m is x (exclusive), s (shared) or p (permit); its content is
                                  the grant time (20 digits, zeros while waiting) and a JSON
@@ -56,8 +57,19 @@ dir)::
   under the queue file's lock (which also makes the next contender list the queue). It is live
   while the machine's monotonic clock (shared by its processes; ``<boot>`` tells a reboot) is
   before ``until``; contenders it blocks wake at that time (a timer, not a poll) and unlink it.
+- **No listing on the common path.** An exclusive contender that joins behind a live entry
+  reads which one from ``<stem>.tail`` (written by every joiner under the queue file's lock,
+  with its sequence number: one that wrote none, a fast grant or another version, makes the
+  numbers differ and the contender lists the directory instead) and waits for it alone. Woken
+  by its leaving, it goes without listing if that entry was exclusive and had been granted
+  (its grant time, read through a descriptor opened on it while waiting, which still reads
+  after it was renamed away) and no kept entry was put in since (the queue file's "last seen
+  empty" field, which ``_keep`` zeroes, is as it was when we joined): nobody before a granted
+  exclusive entry is live, and only a kept entry can join ahead of us. Anything else (a
+  reader or permit, a predecessor that timed out or died waiting) lists the queue, as before.
 - **Release** renames our own entry away to a hidden spare, still locked, which becomes our
-  next entry (a rename costs a few µs, a new file an inode: hundreds of µs on a busy ext4);
+  next entry but one (two alternate, so the one left last keeps its grant time for the waiter
+  behind it; a rename costs a few µs, a new file an inode: hundreds of µs on a busy ext4);
   watchers wake on ``IN_MOVE_SELF``. Beyond two spares it unlinks the entry (while still
   locked) and closes it. Either way it can never remove another contender's. A fast holder
   closes its hold file; the waiter watching it (``IN_CLOSE_WRITE``) blanks the slot, so a
@@ -137,6 +149,7 @@ _LEFT = _IN_CLOSE_WRITE | _IN_MOVE_SELF  # an entry's owner left (renamed it awa
 _SPARE = ".spare-"  # a released entry kept for the next one (hidden: listings skip dot names)
 _SPARES = 2  # kept per key and process
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (of the name)
+_TAIL = struct.Struct("<Q96s")  # <stem>.tail: the last entry's sequence number and name
 
 # Files this process holds open (entries, queue files, inotify instances): a forked child closes
 # its copies (without unlocking: an OFD lock belongs to the open file, which the child shares).
@@ -253,6 +266,7 @@ class _Queue:
         "pid",
         "reused",
         "spares",
+        "tail_fd",
     )
 
     def __init__(self, lock_path: str, dir: str) -> None:
@@ -269,6 +283,8 @@ class _Queue:
         self.ino = os.fstat(self.fd).st_ino
         stem = lock_path.removesuffix(".lock")
         self.hold_paths = (stem + ".hold0", stem + ".hold1")
+        self.tail_fd = os.open(stem + ".tail", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        _INHERITED.add(self.tail_fd)
         # Hold files already there: the key was used before (its queue file may be a new one).
         self.reused = os.path.exists(self.hold_paths[0])
         # Read-only, to test the fast holder's lock: only a fast holder opens them for writing.
@@ -288,7 +304,7 @@ class _Queue:
         if self.pid != os.getpid():
             return
         self.drop_spares()
-        for fd in (self.fd, *self.holds):
+        for fd in (self.fd, self.tail_fd, *self.holds):
             if fd in _INHERITED:
                 _INHERITED.discard(fd)
                 os.close(fd)
@@ -349,13 +365,31 @@ def _read_slot(fd: int) -> tuple[int, tuple[int, int, str, bytes, bool] | None]:
 class _Entry:
     """Our own entry: its file (OFD write-locked while it lives) and place in the queue."""
 
-    __slots__ = ("ahead", "fd", "kept_until", "listing", "mode", "name", "path", "queue", "seq")
+    __slots__ = (
+        "ahead",
+        "checked",
+        "fd",
+        "kept_until",
+        "listing",
+        "mode",
+        "name",
+        "partial",
+        "path",
+        "pred",
+        "queue",
+        "seq",
+    )
 
     def __init__(self, queue: _Queue, seq: int, mode: Mode, owner: str) -> None:
         self.queue, self.seq, self.mode = queue, seq, mode
         self.ahead: tuple[int, str] | None = None  # the fast holder we wait for: gen, hold file
         self.kept_until: int | None = None  # the end (monotonic ns) of a kept entry we wait for
         self.listing: list[str] | None = None  # the queue as listed when we joined it
+        self.partial = False  # ``listing`` is only our predecessor (the tail when we joined)
+        self.checked = 0  # the queue file's "last seen empty" field when we joined
+        # The exclusive entry we wait for, opened: (fd, path). Its content still reads after
+        # it left (renamed away), so we can tell whether it was granted (see ``_plan``).
+        self.pred: tuple[int, str] | None = None
         self.name = f"{seq:020d}-{_MODE_CHARS[mode.name]}-{owner}"
         self.path = os.path.join(queue.dir, self.name)
         self.fd = -1
@@ -363,6 +397,12 @@ class _Entry:
     def ours(self) -> bool:
         """Still in place: not unlinked, and its queue file not replaced."""
         return self.fd >= 0 and os.fstat(self.fd).st_nlink > 0 and not self.queue.replaced()
+
+    def drop_pred(self) -> None:
+        if self.pred is not None:
+            fd, self.pred = self.pred[0], None
+            _INHERITED.discard(fd)
+            os.close(fd)
 
     def leave(self) -> None:
         """Leave the queue: rename our entry away to a hidden spare, still locked, for our next
@@ -659,6 +699,7 @@ class FileDriver:
         except OSError as exc:
             raise BackendError(f"file lock {key!r}: {exc}") from exc
         finally:
+            entry.drop_pred()
             if watch is not None:
                 watch.close()
             if not granted:
@@ -695,9 +736,17 @@ class FileDriver:
                 clock = [time.time_ns() // 1000] if queue.reused else []
                 seq = max([int(n[:20]) for n in _listdir(queue.dir)] + [_old_token(queue)] + clock)
             # Live entries? Not one was created since the queue was last seen empty (the
-            # counter did not move), else look. Then the fast holder: the last generation's.
-            listing = _listdir(queue.dir) if seq != checked else None
-            queued = listing is not None and any(self._live(queue.dir, n) for n in listing)
+            # counter did not move), else look: an exclusive contender needs no more than its
+            # predecessor, the last entry made (the tail file names it, if it is the one
+            # numbered ``seq``), if that one lives; else the listing. Then the fast holder: the
+            # last generation's.
+            listing, partial = None, False
+            if seq != checked:
+                tail = None if mode.shared else self._tail(queue, seq)
+                listing, partial = ([tail], True) if tail else (_listdir(queue.dir), False)
+            queued = partial or (
+                listing is not None and any(self._live(queue.dir, n) for n in listing)
+            )
             # (One that released but has not closed yet still counts: no fast grant may take
             # the next generation's hold file while the one before is locked.)
             # (Only whether it holds: its record's checksum is not needed for that.)
@@ -711,10 +760,12 @@ class FileDriver:
                     _sweep_spares(queue.dir)
                 return self._take_fast(queue, seq + 1, limit, gen + 1, mode, owner)
             entry = _Entry(queue, seq + 1, mode, owner.owner)
-            entry.listing = listing  # every entry ahead of ours, for its first plan
+            entry.listing = listing  # every entry ahead of ours (or our predecessor), for its
+            entry.partial, entry.checked = partial, checked  # first plan
             os.pwrite(queue.fd, _HEADER.pack(entry.seq, limit), 0)
             content = _WAITING + b"\n" + owner.meta.encode()
             if self._reuse(queue, entry, content):
+                os.pwrite(queue.tail_fd, _TAIL.pack(entry.seq, entry.name.encode()), 0)
                 return entry
             _sweep_spares(queue.dir)
             flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
@@ -731,6 +782,7 @@ class FileDriver:
             except OSError:
                 entry.leave()
                 raise
+            os.pwrite(queue.tail_fd, _TAIL.pack(entry.seq, entry.name.encode()), 0)
             return entry
         except OSError as exc:
             raise BackendError(f"cannot queue for {key!r} in {queue.dir}: {exc}") from exc
@@ -738,13 +790,29 @@ class FileDriver:
             fcntl.fcntl(queue.fd, _SETLK, _QUNLCK)
             queue.mutex.release()
 
+    @classmethod
+    def _tail(cls, queue: _Queue, seq: int) -> str | None:
+        """The last entry made, if it is the one numbered ``seq`` (a contender that wrote no
+        tail, such as a fast grant, or another version of tenure, makes them differ) and lives
+        (under the queue file's lock)."""
+        data = os.pread(queue.tail_fd, _TAIL.size, 0)
+        if len(data) < _TAIL.size:
+            return None
+        number, raw = _TAIL.unpack(data)
+        name = raw.rstrip(b"\0").decode(errors="replace")
+        if number != seq or not name.startswith(f"{seq:020d}-"):
+            return None
+        return name if cls._live(queue.dir, name) else None
+
     @staticmethod
     def _reuse(queue: _Queue, entry: _Entry, content: bytes) -> bool:
         """Make our entry of a kept spare (under the queue file's lock): write its content
         while it is hidden (blanks over a longer old one: JSON ignores them), then rename it
         into place. It stays locked throughout, so it is never seen unlocked."""
-        while queue.spares:
-            fd, spare = queue.spares.pop()
+        # Never the entry we left last (the newest spare): it keeps its content (its grant
+        # time) for the waiter behind it (``_predecessor_done``); so two spares alternate.
+        while len(queue.spares) >= _SPARES:
+            fd, spare = queue.spares.pop(0)
             try:
                 os.pwrite(fd, content.ljust(os.fstat(fd).st_size), 0)
                 os.rename(spare, entry.path)
@@ -804,10 +872,17 @@ class FileDriver:
     def _plan(self, entry: _Entry) -> tuple[tuple[str, int], ...] | None:
         """None if ``entry`` may be granted (``base.grantable``), else the files to watch."""
         queue = entry.queue
+        ahead: list[str] | None = None
         if entry.listing is not None:  # listed when we joined: all of it is ahead of us (the
             # entries that left since are found gone below; later ones are behind us)
             ahead, entry.listing = sorted(entry.listing), None
-        else:
+            if entry.partial:  # only our predecessor: if it left meanwhile, look at the rest
+                entry.partial = False
+                if not self._live(queue.dir, ahead[0]):
+                    ahead = None
+        elif self._predecessor_done(entry):
+            return None
+        if ahead is None:
             names = sorted(_listdir(queue.dir))
             ahead = names[: bisect_left(names, entry.name)]
         live: list[str] = []  # paths of live contenders before ours that matter, nearest first
@@ -846,6 +921,30 @@ class FileDriver:
             return ((live[0], _LEFT | _IN_MODIFY),)
         return ((live[0], _LEFT),)
 
+    @classmethod
+    def _predecessor_done(cls, entry: _Entry) -> bool:
+        """Whether an exclusive ``entry`` may go without listing the queue: the exclusive
+        entry it waited for (``entry.pred``) was granted and is gone. Everything between the
+        two was dead when we chose it (dead stays dead), nothing joins ahead of us but a kept
+        entry (``_keep`` zeroes the queue file's "last seen empty" field: compared with its
+        value when we joined), and when an exclusive entry is granted nobody before it is
+        live; so nobody is. Its grant time still reads through our descriptor after it was
+        renamed away; a spare made its next entry again reads zeros (which only sends us to
+        the listing: that next entry is behind us, and cannot be granted before we are)."""
+        pred, queue = entry.pred, entry.queue
+        if pred is None or entry.mode.shared or not entry.checked:
+            return False
+        fd, path = pred
+        if cls._live(queue.dir, os.path.basename(path)):
+            return False  # still there (a spurious wake-up)
+        granted = os.pread(fd, len(_WAITING), 0)
+        if not granted.isdigit() or granted == _WAITING:
+            return False  # it left without a grant (timed out): others may be ahead
+        head = os.pread(queue.fd, 8, _HEADER.size)
+        if len(head) < 8 or _TOKEN.unpack(head)[0] != entry.checked:
+            return False  # a kept entry may have been put in the queue since
+        return queue.fast_holder() is None
+
     @staticmethod
     def _still_ahead(entry: _Entry, plan: tuple[tuple[str, int], ...]) -> bool:
         """After the watch on ``plan`` is set: whether the one contender we wait for (a plain
@@ -859,7 +958,20 @@ class FileDriver:
         if entry.ahead is not None and path == entry.ahead[1]:
             fast = entry.queue.fast_holder()  # (locked, and not marked released)
             return fast is not None and fast[0] == entry.ahead[0]
-        return bool(_path_locked(path))
+        entry.drop_pred()
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        if not _locked(fd):
+            os.close(fd)
+            return False
+        if entry.mode.shared or os.path.basename(path)[21] != "x":
+            os.close(fd)
+        else:  # kept open: see _predecessor_done
+            _INHERITED.add(fd)
+            entry.pred = fd, path
+        return True
 
     @staticmethod
     def _live(queue_dir: str, name: str) -> bool:
