@@ -27,6 +27,7 @@ __all__ = [
     "AsyncTenureClient",
     "BenchClient",
     "BenchLock",
+    "FanOutFloorClient",
     "FloorOp",
     "Library",
     "PotteryMastersClient",
@@ -503,6 +504,46 @@ FloorOp = tuple[Callable[[], object], Callable[[], None]]
 # The asyncio floors: made inside the running loop (``await floor(target)``), each operation
 # awaited in it, as the asyncio library rows are.
 AsyncFloorOp = tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]
+
+
+# Diagnostic: the Redlock fan-out floor (issue #26): two rounds of one PING written to every
+# master before any reply is read, on one kept connection per master. Uncontended only.
+
+
+class _FanOutLock:
+    def __init__(self, conns: list[Any]) -> None:
+        self._conns = conns
+
+    def _round(self) -> None:
+        for conn in self._conns:
+            conn.send_command("PING")
+        for conn in self._conns:
+            conn.read_response()
+
+    def acquire(self, timeout: float) -> bool:
+        self._round()
+        return True
+
+    def release(self) -> None:
+        self._round()
+
+
+class FanOutFloorClient:
+    """Not a lock: what any Redlock acquire + release on these masters cannot beat."""
+
+    def __init__(self, target: Target) -> None:
+        import redis
+
+        self._clients = [redis.Redis(host=h, port=p) for h, p in target.masters]
+        self._conns = [c.connection_pool.get_connection() for c in self._clients]
+
+    def lock(self, name: str) -> BenchLock:
+        return _FanOutLock(self._conns)
+
+    def close(self) -> None:
+        for client, conn in zip(self._clients, self._conns, strict=True):
+            client.connection_pool.release(conn)
+            client.close()
 
 
 # pottery's Redlock on every master of a Redlock target.

@@ -23,6 +23,7 @@ from benchmarks._impls import (
     AsyncFloorOp,
     AsyncTenureClient,
     EtcdServerStats,
+    FanOutFloorClient,
     FastenersClient,
     FileLockClient,
     FloorOp,
@@ -422,6 +423,14 @@ BACKENDS: dict[str, Backend] = {
                 note="quorum 3, pipelined fan-out, wake-up via BLPOP on the first master",
             ),
             _aio(("tenure", "redis")),
+            Library(
+                "fan-out",
+                "diagnostic: fan-out floor, 2 rounds of PING to every master",
+                FanOutFloorClient,
+                ("redis",),
+                note="each round written to every master before any reply is read",
+                uncontended_only=True,
+            ),
             Library(
                 "pottery",
                 "pottery Redlock (5 masters)",
