@@ -68,6 +68,40 @@ def test_killed_holder_lets_a_waiter_in(backend: Backend, tmp_path: Path) -> Non
         proc.join(10)
 
 
+def test_a_holder_killed_during_its_min_hold_keeps_the_name_until_it_ends(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """The fault min_hold is for: the holder released early and died (SIGKILL) during the kept
+    hold, which is longer than its session's TTL. The server keeps the hold by itself: nobody
+    is granted before grant + min_hold (measured soundly: the grant came after the holder's
+    acquire was sent), and someone is soon after."""
+    ready = tmp_path / "ready"
+    ttl = max(1.0, backend.capabilities.min_ttl)
+    hold = ttl + 1.0
+    proc = SPAWN.Process(
+        target=workers.release_early_then_wait,
+        args=(backend.url, "kept", str(ready), ttl, hold),
+    )
+    proc.start()
+    try:
+        Runner.wait_for(lambda: ready.exists() and ready.read_text() != "", 60)
+        token, sent = ready.read_text().split()
+        os.kill(proc.pid or 0, signal.SIGKILL)
+        proc.join(10)
+        with tenure.connect(backend.url) as client:
+            lock = client.lock("kept")
+            soon = 2.0 + backend.capabilities.hold_slack + backend.capabilities.expiry_slack
+            assert lock.acquire(timeout=hold + soon + 10)
+            woken = time.monotonic() - float(sent)
+            print(f"granted {woken:.3f} s after the dead holder's acquire (min_hold {hold})")
+            assert woken >= hold, f"granted {woken:.3f} s after the holder's acquire was sent"
+            assert lock.token > int(token)
+            lock.release()
+    finally:
+        proc.kill()
+        proc.join(10)
+
+
 def test_forked_child_does_not_hold_the_parents_lock(backend: Backend) -> None:
     with tenure.connect(backend.url) as client:
         lock = client.lock("forked")

@@ -32,6 +32,20 @@ def hold_forever(url: str, name: str, ready: str, ttl: float) -> None:
     time.sleep(600)
 
 
+def release_early_then_wait(url: str, name: str, ready: str, ttl: float, hold: float) -> None:
+    """Acquire ``name`` with ``min_hold=hold``, release at once, write our token and when the
+    acquire was sent (``time.monotonic()``: one clock for the machine's processes) to ``ready``,
+    then wait to be killed (during the kept hold)."""
+    client = tenure.connect(url, ttl=ttl)
+    lock = client.lock(name, min_hold=hold)
+    sent = time.monotonic()
+    lock.acquire()
+    token = lock.token
+    lock.release()
+    Path(ready).write_text(f"{token} {sent!r}")
+    time.sleep(600)
+
+
 class Fence:
     """A tiny fenced resource: accepts a write only with a token above every token seen."""
 
