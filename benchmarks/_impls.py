@@ -804,16 +804,11 @@ class ToozZooKeeperClient:
 # defines it), tooz's etcd3+http driver (etcd's JSON gateway), and the server's own counters.
 
 
-def etcd_floor(target: Target) -> FloorOp:
-    """One Txn (create a key if absent) + one DeleteRange, with tenure's stubs over grpc."""
-    import grpc
-
+def _etcd_floor_requests(prefix: bytes) -> tuple[Any, Any]:
+    """The etcd floors' two requests on a fresh key: create it if absent (Txn), delete it."""
     from tenure._etcdpb import rpc_pb2 as pb
-    from tenure._etcdpb import rpc_pb2_grpc as pb_grpc
 
-    channel = grpc.insecure_channel(f"{target.host}:{target.port}")
-    kv = pb_grpc.KVStub(channel)
-    key = b"bench-floor/" + uuid.uuid4().hex.encode()
+    key = prefix + uuid.uuid4().hex.encode()
     create = pb.TxnRequest(
         compare=[
             pb.Compare(
@@ -822,7 +817,18 @@ def etcd_floor(target: Target) -> FloorOp:
         ],
         success=[pb.RequestOp(request_put=pb.PutRequest(key=key, value=b"x"))],
     )
-    delete = pb.DeleteRangeRequest(key=key)
+    return create, pb.DeleteRangeRequest(key=key)
+
+
+def etcd_floor(target: Target) -> FloorOp:
+    """One Txn (create a key if absent) + one DeleteRange, with tenure's stubs over grpc."""
+    import grpc
+
+    from tenure._etcdpb import rpc_pb2_grpc as pb_grpc
+
+    channel = grpc.insecure_channel(f"{target.host}:{target.port}")
+    kv = pb_grpc.KVStub(channel)
+    create, delete = _etcd_floor_requests(b"bench-floor/")
 
     def txn_and_delete() -> None:
         kv.Txn(create, timeout=5)
@@ -853,21 +859,11 @@ async def etcd_afloor(target: Target) -> AsyncFloorOp:
     """:func:`etcd_floor` with ``grpc.aio`` (the same stubs serve both, as in tenure)."""
     import grpc
 
-    from tenure._etcdpb import rpc_pb2 as pb
     from tenure._etcdpb import rpc_pb2_grpc as pb_grpc
 
     channel = grpc.aio.insecure_channel(f"{target.host}:{target.port}")
     kv = pb_grpc.KVStub(channel)
-    key = b"bench-afloor/" + uuid.uuid4().hex.encode()
-    create = pb.TxnRequest(
-        compare=[
-            pb.Compare(
-                key=key, target=pb.Compare.CREATE, result=pb.Compare.EQUAL, create_revision=0
-            )
-        ],
-        success=[pb.RequestOp(request_put=pb.PutRequest(key=key, value=b"x"))],
-    )
-    delete = pb.DeleteRangeRequest(key=key)
+    create, delete = _etcd_floor_requests(b"bench-afloor/")
 
     async def txn_and_delete() -> None:
         await kv.Txn(create, timeout=5)
