@@ -66,9 +66,12 @@ def admin(postgres_server: PostgresServer) -> Iterator[psycopg.Connection[Any]]:
 def backend_pid_of(admin: psycopg.Connection[Any], url: str, name: str) -> int:
     namespace = url.rpartition("namespace=")[2]
     row = admin.execute(
-        "SELECT h.backend_pid FROM tenure.holders h JOIN pg_locks l ON l.pid = h.backend_pid"
-        " AND l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
-        " AND l.objid = (h.key & 4294967295)::oid WHERE h.namespace = %s AND h.name = %s",
+        # An exclusive holder's record is in its key's counters row (kept after the release:
+        # believed only with pg_locks).
+        "SELECT h.backend_pid FROM tenure.counters h JOIN pg_locks l ON l.pid = h.backend_pid"
+        " AND l.locktype = 'advisory' AND l.granted AND l.mode = 'ExclusiveLock'"
+        " AND l.objsubid = 1 AND l.objid = (h.key & 4294967295)::oid"
+        " WHERE h.namespace = %s AND h.name = %s",
         (namespace, f"lock/{name}"),
     ).fetchone()
     assert row is not None, f"nobody holds {name}"
@@ -221,7 +224,7 @@ def test_many_locks_in_one_session_share_one_connection(
         for lock in locks:
             assert lock.acquire(blocking=False)
         row = admin.execute(
-            "SELECT count(DISTINCT backend_pid) FROM tenure.holders WHERE namespace = %s",
+            "SELECT count(DISTINCT backend_pid) FROM tenure.counters WHERE namespace = %s",
             (namespace,),
         ).fetchone()
         assert row == (1,), "uncontended locks should share the session's primary connection"
@@ -284,6 +287,63 @@ def test_a_schema_made_by_an_earlier_tenure_is_refused_clearly(
         client.lock("x") as lock,
     ):
         assert lock.token > 0
+
+
+def test_an_earlier_counters_table_is_migrated_and_its_holds_kept(
+    postgres_server: PostgresServer,
+) -> None:
+    """A schema whose counters table is the earlier (key, token) one gains the holder and hold
+    columns at connect; a min_hold entry an earlier client kept there (only in holds) still
+    blocks, and tokens keep increasing."""
+    schema = "mig" + uuid.uuid4().hex[:8]
+    url = f"{postgres_server.url}?schema={schema}"
+    with tenure.connect(url) as client, client.lock("x") as lock:
+        first = lock.token
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        columns = ", ".join(f"DROP COLUMN {c}" for c in (
+            "backend_pid", "owner", "host", "pid", "acquired_at", "ttl", "value", "namespace",
+            "name", "kept_x", "kept_s",
+        ))  # fmt: skip
+        conn.execute(f'ALTER TABLE "{schema}".counters {columns}')
+        row = conn.execute(f'SELECT key FROM "{schema}".counters').fetchone()
+        assert row is not None
+        conn.execute(
+            f'INSERT INTO "{schema}".holds (key, owner, lock, mode, lim, namespace, name, host,'
+            " pid, token, acquired_at, value, until) VALUES (%s, 'earlier', %s, 'exclusive', 0,"
+            " 'default', 'lock/x', 'h', 1, %s, now(), NULL, now() + interval '2 seconds')",
+            (row[0], row[0], first),
+        )
+    with tenure.connect(url) as client:
+        started = time.monotonic()
+        lock = client.lock("x")
+        assert not lock.acquire(blocking=False), "the earlier client's hold was ignored"
+        assert lock.acquire(timeout=10)
+        assert time.monotonic() - started >= 1.0
+        assert lock.token > first
+        lock.release()
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def test_holds_are_restored_into_an_emptied_counters_table(
+    postgres_server: PostgresServer,
+) -> None:
+    """After a crash (or a promotion) the UNLOGGED counters table is empty but the logged holds
+    table is not: a new connection puts the live holds' ends back, so a hold still blocks.
+    (Emptied by hand here: the crash itself is tests/faults' kill-server.)"""
+    schema = "rst" + uuid.uuid4().hex[:8]
+    url = f"{postgres_server.url}?schema={schema}"
+    with tenure.connect(url) as client:
+        job = client.lock("job", min_hold=2.0)
+        assert job.acquire()
+        job.release()  # kept until grant + 2 s
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        conn.execute(f'TRUNCATE "{schema}".counters')
+    with tenure.connect(url) as client:
+        assert not client.lock("job").acquire(blocking=False), "a hold was lost with counters"
+        assert client.lock("job").acquire(timeout=10)
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def test_schema_option_and_bad_input(postgres_server: PostgresServer) -> None:

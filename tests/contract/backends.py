@@ -104,7 +104,11 @@ def make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> B
             with psycopg.connect(server.url, autocommit=True) as conn:
                 row = conn.execute(
                     "SELECT count(*) FILTER (WHERE pg_terminate_backend(h.backend_pid, 5000))"
-                    " FROM tenure.holders h JOIN pg_locks l ON l.pid = h.backend_pid"
+                    # (an exclusive holder's record is in its key's counters row)
+                    " FROM (SELECT backend_pid, key, namespace, name, NULL AS m FROM tenure.holders"
+                    " UNION ALL SELECT backend_pid, key, namespace, name, 'ExclusiveLock'"
+                    " FROM tenure.counters) h JOIN pg_locks l ON l.pid = h.backend_pid"
+                    " AND l.mode = coalesce(h.m, l.mode)"
                     " AND l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
                     " AND l.classid = ((h.key >> 32) & 4294967295)::oid"
                     " AND l.objid = (h.key & 4294967295)::oid"

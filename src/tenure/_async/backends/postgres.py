@@ -60,18 +60,32 @@ strictly increase per key even if the clock steps back. Nothing of it is WAL-log
 for no WAL flush): after a crash, and on a standby promoted after its primary was lost
 (asynchronous replication: it may lack the newest grants), the table starts empty and the clock
 alone puts new tokens above every earlier one, provided the clock stepped back (or, for a
-promotion, the two servers' clocks differ) by less than the restart or failover took. Holder and
-waiter records (owner id, host, pid, mode, limit, value) live in two UNLOGGED tables and are
-trusted only when joined with ``pg_locks`` on the backend pid that really holds (or waits for)
-the lock, so a stale record never shows a holder. Release (``release()``) is
-``pg_advisory_unlock`` on the holding connection: owner-checked by construction (only that
-server session can unlock it); it deletes the holder record in the same statement.
+promotion, the two servers' clocks differ) by less than the restart or failover took.
 
-Schema objects (a schema, three tables and an index) are created on first use,
-idempotently, in the schema named by the ``schema`` option (default ``tenure``). A
-transaction-pooling proxy (pgbouncer) cannot carry session-level locks: the driver checks that
-the settings it sent at connection start reached the server session, and refuses with a clear
-error if they did not.
+**Records: one row written per grant.** An exclusive grant (a lock, a writer, an election) writes
+its holder record (backend pid, owner id, host, pid, TTL, value, acquired_at) into the key's
+``counters`` row, in the same upsert that takes the token; a reader's or a permit's record is a
+row of the UNLOGGED table ``holders``, a waiter's of ``waiters``. Records are trusted only when
+joined with ``pg_locks`` on the backend pid that really holds (an exclusive record: holds the key
+exclusively) or waits for the lock, so a stale record never shows a holder: an exclusive
+record is therefore never deleted (the next grant of the key overwrites it), nor is a lock's
+queue record when its wait is granted (the connection's next wait overwrites it). Release
+(``release()``) is ``pg_advisory_unlock`` on the holding connection: owner-checked by
+construction (only that server session can unlock it); an exclusive grant's release is that
+alone, a reader's or a permit's also deletes its ``holders`` row. ``min_hold``: the entry is
+copied into the logged ``holds`` table, and the end of the key's latest hold (exclusive:
+``kept_x``, a reader's: ``kept_s``) is kept in its ``counters`` row, where the grant statement
+reads it (no ``holds`` lookup per grant; a permit's slot still asks ``kept_until``). A crash or a
+promotion empties ``counters`` but not ``holds``: every new connection first puts the live
+holds' ends back (``restore_holds``; nothing is written when no hold is live), and every
+connection that grants after a crash is a new one.
+
+Schema objects (a schema, four tables, an index and a function) are created on first use,
+idempotently, in the schema named by the ``schema`` option (default ``tenure``); a ``counters``
+table made by an earlier tenure (key, token) gains the new columns then (and the live holds'
+ends). A transaction-pooling proxy (pgbouncer) cannot carry session-level locks: the driver
+checks that the settings it sent at connection start reached the server session, and refuses
+with a clear error if they did not.
 """
 
 from __future__ import annotations
@@ -149,7 +163,7 @@ class PostgresDriver:
         min_ttl=0.5,
         expiry_slack=0.1,
         wakeup="PostgreSQL's own lock queue (pg_advisory_lock); a semaphore's head: NOTIFY",
-        min_hold=True,  # a holds table that acquirers honour (``kept_until``)
+        min_hold=True,  # a holds table; grants read the ends from the key's counters row
         hold_slack=0.1,
     )
     options: ClassVar[frozenset[str]] = frozenset(
@@ -313,6 +327,12 @@ class PostgresDriver:
                     )
                 if not self._ready:
                     await self._create_schema(conn)
+                # After a crash (or a promotion) the UNLOGGED counters table is empty but the
+                # logged holds table is not: put the live holds' ends back where grants read
+                # them. Every connection that can grant runs this first (nothing to write,
+                # no transaction ID, when no hold is live; a hot standby grants nothing).
+                if conn.info.parameter_status("in_hot_standby") != "on":
+                    await conn.execute(self._sql.restore_holds)
         except BaseException:
             await _close_quietly(conn)
             raise
@@ -320,14 +340,16 @@ class PostgresDriver:
 
     async def _create_schema(self, conn: _Conn) -> None:
         row = await (await conn.execute(self._sql.exists)).fetchone()
-        if row is None or not row[0]:
+        shape = await (await conn.execute(self._sql.shape, (self._schema,))).fetchone()
+        if row is None or not row[0] or shape is None or not shape[1]:
+            # (Also adds the columns an earlier tenure's counters table lacks: a migration.)
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                 for statement in self._sql.create:
                     await conn.execute(statement)
+            shape = await (await conn.execute(self._sql.shape, (self._schema,))).fetchone()
         # CREATE ... IF NOT EXISTS keeps a table an earlier tenure made (before the shared modes).
-        row = await (await conn.execute(self._sql.shape, (self._schema,))).fetchone()
-        if row is None or not row[0]:
+        if shape is None or not shape[0] or not shape[1]:
             raise ConfigurationError(
                 f"schema {self._schema!r} at {self._address} was made by an earlier tenure (its "
                 "holders table has no 'lim' column); once no tenure client uses it, drop it: "
@@ -492,7 +514,10 @@ class PostgresDriver:
             conn = waiter = spare or await self._open(lease.ttl)
             pool.busy.add(conn)
         args["wpid"] = 0 if waiter is None or try_once else waiter.info.backend_pid
-        statement = self._sql.try_permit if mode.limit else self._sql.try_lock
+        if mode.limit:
+            statement = self._sql.try_permit
+        else:
+            statement = self._sql.try_shared if mode.shared else self._sql.try_lock
         sent = _compat.monotonic()
         try:
             with self._errors("acquire"):
@@ -592,7 +617,10 @@ class PostgresDriver:
                         return None
                     args["ms"] = f"{max(1, math.ceil(remaining * 1000))}ms"
                 sent = _compat.monotonic()
-                statement = self._sql.wait_permit if mode.limit else self._sql.wait_lock
+                if mode.limit:
+                    statement = self._sql.wait_permit
+                else:
+                    statement = self._sql.wait_shared if mode.shared else self._sql.wait_lock
                 try:
                     with self._errors("wait"):
                         row = await (await conn.execute(statement, args)).fetchone()
@@ -681,14 +709,16 @@ class PostgresDriver:
             "shared": hold.shared,
             "channel": self._notify_channel(grant.key),
         }
+        exclusive = not grant.mode.shared  # its record is in counters: nothing to delete
         keep = hold_left(grant)
         if keep:
             # min_hold: record the hold (committed) before the unlock below.
             args["hold"] = keep
             with self._errors("release"):
-                await hold.conn.execute(self._sql.keep, args)
+                await hold.conn.execute(self._sql.keep_lock if exclusive else self._sql.keep, args)
+        statement = self._sql.release_lock if exclusive else self._sql.release
         with self._errors("release"):
-            row = await (await hold.conn.execute(self._sql.release, args)).fetchone()
+            row = await (await hold.conn.execute(statement, args)).fetchone()
         if hold.conn is pool.primary:
             pool.on_primary.discard(hold.k)
         elif hold.conn in pool.busy:
@@ -718,7 +748,8 @@ class PostgresDriver:
         args["value"] = json.dumps(value)
         args["lock"] = hold.lock
         with self._errors("set value"):
-            row = await (await hold.conn.execute(self._sql.set_value, args)).fetchone()
+            statement = self._sql.set_value if grant.mode.shared else self._sql.set_value_lock
+            row = await (await hold.conn.execute(statement, args)).fetchone()
         return row is not None
 
     # Inspection, on the driver's own connection (it holds no locks).
@@ -828,8 +859,9 @@ class _Statements:
             for name in ("holders", "waiters", "waiters_key", "counters", "holds")
         )
         self.shape = (
-            "SELECT count(*) FROM information_schema.columns WHERE table_schema = %s"
-            " AND table_name = 'holders' AND column_name = 'lim'"
+            "SELECT count(*) FILTER (WHERE table_name = 'holders' AND column_name = 'lim'),"
+            " count(*) FILTER (WHERE table_name = 'counters' AND column_name = 'kept_s')"
+            " FROM information_schema.columns WHERE table_schema = %s"
         )
         self.create = [
             q("CREATE SCHEMA IF NOT EXISTS {s}"),
@@ -848,11 +880,23 @@ class _Statements:
                 " value jsonb)"
             ),
             q("CREATE INDEX IF NOT EXISTS waiters_key ON {s}.waiters (key)"),
-            # The last token of each key: see holder() below. UNLOGGED: the clock carries the
-            # tokens across a crash or a promotion, which start it empty.
+            # One row per key: its last token (see holder() below), the record of its exclusive
+            # holder (backend_pid .. name: written in the grant's token update, never deleted,
+            # believed only while pg_locks shows that backend holding the key exclusively), and
+            # the ends of its live min_hold entries, exclusive and shared (kept_x, kept_s:
+            # grants read them here, not in holds). UNLOGGED: the clock carries the tokens
+            # across a crash or a promotion, which start it empty (``restore_holds`` then puts
+            # the holds' ends back).
             q(
                 "CREATE UNLOGGED TABLE IF NOT EXISTS {s}.counters ("
-                " key bigint PRIMARY KEY, token bigint NOT NULL) WITH (fillfactor = 50)"
+                " key bigint PRIMARY KEY, token bigint NOT NULL, "
+                + ", ".join(_COUNTERS_ADDED)
+                + ") WITH (fillfactor = 50)"
+            ),
+            # A counters table made by an earlier tenure (key, token) gains the new columns.
+            q(
+                "ALTER TABLE {s}.counters "
+                + ", ".join(f"ADD COLUMN IF NOT EXISTS {column}" for column in _COUNTERS_ADDED)
             ),
             # min_hold: the entries released early, kept until ``until`` (server clock); logged,
             # so a crash does not end a hold early. Acquirers honour them (``kept_until``).
@@ -895,11 +939,12 @@ class _Statements:
             row lock of the key's counter orders readers granted together), and the holder
             record with it."""
             return (
-                "n AS (INSERT INTO {s}.counters AS c (key, token) SELECT %(k)s,"
-                " (extract(epoch FROM clock_timestamp()) * 1000000)::bigint FROM "
+                "n AS (INSERT INTO {s}.counters AS c (key, token) SELECT %(k)s, "
+                + _CLOCK_US
+                + " FROM "
                 + source
                 + " ON CONFLICT (key) DO UPDATE SET token = greatest(c.token + 1, EXCLUDED.token)"
-                " RETURNING c.token),"
+                " RETURNING c.token, c.kept_x AS kept),"
                 " u AS (INSERT INTO {s}.holders AS h (key, backend_pid, " + record + ")"
                 " SELECT %(k)s, pg_backend_pid(), " + lock + ", %(mode)s, %(limit)s, %(ns)s,"
                 " %(name)s, %(owner)s, %(host)s, %(pid)s, n.token, clock_timestamp(), %(ttl)s,"
@@ -923,34 +968,75 @@ class _Statements:
                 + upsert(queued)
             )
 
-        def take(function: str) -> str:
-            return f"CASE WHEN %(shared)s THEN {function}_shared(%(k)s) ELSE {function}(%(k)s) END"
-
         # With the deadline as lock_timeout (local to this statement's transaction).
         timeout = "c AS MATERIALIZED (SELECT set_config('lock_timeout', %(ms)s, true) AS t)"
         waited = "extract(epoch FROM clock_timestamp() - statement_timestamp())"
         unqueue = "DELETE FROM {s}.waiters WHERE backend_pid = pg_backend_pid()"
 
-        # Locks, elections, rwlocks. One round trip: try; on success take a token and write
-        # the holder record, else the queue record of the spare connection we will wait on
-        # (wpid), if there is one.
+        # An exclusive grant (a lock, a writer, an election) writes its record in the key's
+        # counters row, in the update that takes the token: one row written per grant, and a
+        # release that deletes nothing (the record is believed only while pg_locks shows its
+        # backend holding the key exclusively). CTE ``u``: token, acquired_at, and the end of
+        # the key's latest min_hold entry (``kept``).
+        def exclusive(source: str) -> str:
+            return (
+                "u AS (INSERT INTO {s}.counters AS c (key, token, backend_pid, owner, host, pid,"
+                " acquired_at, ttl, value, namespace, name) SELECT %(k)s, " + _CLOCK_US + ","
+                " pg_backend_pid(), %(owner)s, %(host)s, %(pid)s, clock_timestamp(), %(ttl)s,"
+                " %(value)s::jsonb, %(ns)s, %(name)s FROM " + source + " ON CONFLICT (key) DO"
+                " UPDATE SET token = greatest(c.token + 1, EXCLUDED.token),"
+                " backend_pid = EXCLUDED.backend_pid, owner = EXCLUDED.owner,"
+                " host = EXCLUDED.host, pid = EXCLUDED.pid, acquired_at = EXCLUDED.acquired_at,"
+                " ttl = EXCLUDED.ttl, value = EXCLUDED.value RETURNING c.token, c.acquired_at,"
+                " greatest(c.kept_x, c.kept_s) AS kept)"
+            )
+
+        def left(until: str) -> str:
+            """Seconds until ``until`` (a hold's end), NULL if past or NULL."""
+            return (
+                f"CASE WHEN {until} > clock_timestamp()"
+                f" THEN extract(epoch FROM {until} - clock_timestamp())::float8 END"
+            )
+
+        # Locks, elections, writers. One round trip: try; on success take a token and write the
+        # holder record, else the queue record of the spare connection we will wait on (wpid),
+        # if there is one.
         self.try_lock = q(
-            "WITH g AS MATERIALIZED (SELECT " + take("pg_try_advisory_lock") + " AS got),"
-            " " + holder("%(k)s", "g WHERE g.got") + ","
+            "WITH g AS MATERIALIZED (SELECT pg_try_advisory_lock(%(k)s) AS got),"
+            " " + exclusive("g WHERE g.got") + ","
             " w AS (" + waiter("%(wpid)s", " FROM g WHERE NOT g.got AND %(wpid)s <> 0") + ")"
             " SELECT g.got, %(k)s, u.token, u.acquired_at, 0, NULL::int,"
-            " CASE WHEN g.got AND %(channel)s <> '' THEN pg_notify(%(channel)s, '') END,"
-            " CASE WHEN g.got THEN {s}.kept_until(%(k)s, %(shared)s, NULL, false) END"
-            " FROM g LEFT JOIN u ON true"
+            " CASE WHEN g.got AND %(channel)s <> '' THEN pg_notify(%(channel)s, '') END, "
+            + left("u.kept")
+            + " FROM g LEFT JOIN u ON true"
+        )
+        # Readers: their records in holders; only exclusive holds (kept_x) block them.
+        self.try_shared = q(
+            "WITH g AS MATERIALIZED (SELECT pg_try_advisory_lock_shared(%(k)s) AS got),"
+            " " + holder("%(k)s", "g WHERE g.got") + ","
+            " w AS (" + waiter("%(wpid)s", " FROM g WHERE NOT g.got AND %(wpid)s <> 0") + ")"
+            " SELECT g.got, %(k)s, u.token, u.acquired_at, 0, NULL::int, NULL, "
+            + left("(SELECT kept FROM n)")
+            + " FROM g LEFT JOIN u ON true"
         )
         # Wait in PostgreSQL's queue; on the grant take a token and write the holder record.
         self.wait_lock = q(
-            "WITH " + timeout + ", g AS MATERIALIZED (SELECT (" + take("pg_advisory_lock") + ")"
+            "WITH " + timeout + ", g AS MATERIALIZED (SELECT pg_advisory_lock(%(k)s)"
             " IS NOT NULL AS got, " + waited + " AS waited FROM c),"
-            " " + holder("%(k)s", "g") + ", d AS (" + unqueue + ")"
+            " " + exclusive("g") + ""
             " SELECT true, %(k)s, u.token, u.acquired_at, g.waited, NULL::int, "
             + _NOTIFY
-            + ", {s}.kept_until(%(k)s, %(shared)s, NULL, false) FROM g, u"
+            + ", "
+            + left("u.kept")
+            + " FROM g, u"
+        )
+        self.wait_shared = q(
+            "WITH " + timeout + ", g AS MATERIALIZED (SELECT pg_advisory_lock_shared(%(k)s)"
+            " IS NOT NULL AS got, " + waited + " AS waited FROM c),"
+            " " + holder("%(k)s", "g") + ""
+            " SELECT true, %(k)s, u.token, u.acquired_at, g.waited, NULL::int, NULL, "
+            + left("n.kept")
+            + " FROM g, n, u"
         )
 
         def permit(turnstile: str, arriving: bool) -> str:
@@ -1022,23 +1108,52 @@ class _Statements:
             " backend_pid = pg_backend_pid()) SELECT pg_advisory_unlock_all(), " + _NOTIFY
         )
         # pg_advisory_unlock is False (with a WARNING notice) when this session did not hold it.
+        # An exclusive grant's record (in counters) stays: it is dead once the lock is unlocked.
+        self.release_lock = "SELECT pg_advisory_unlock(%(lock)s), " + _NOTIFY
         self.release = q(
             "WITH d AS (DELETE FROM {s}.holders WHERE key = %(k)s"
             " AND backend_pid = pg_backend_pid()) SELECT CASE WHEN %(shared)s"
             " THEN pg_advisory_unlock_shared(%(lock)s) ELSE pg_advisory_unlock(%(lock)s) END, "
             + _NOTIFY
         )
+
         # min_hold: record our entry as kept until now + hold (then ``release`` unlocks): its
         # own statement, committed before the unlock, so that whoever is granted next sees it.
-        self.keep = q(
-            "WITH x AS (DELETE FROM {s}.holds WHERE key = %(k)s AND until < clock_timestamp())"
-            " INSERT INTO {s}.holds (key, owner, lock, mode, lim, namespace, name, host, pid,"
-            " token, acquired_at, value, until) SELECT key, owner, lock, mode, lim, namespace,"
-            " name, host, pid, token, acquired_at, value,"
-            " clock_timestamp() + make_interval(secs => %(hold)s) FROM {s}.holders"
-            " WHERE key = %(k)s AND backend_pid = pg_backend_pid() AND lock = %(lock)s AND "
-            + _HELD
-            + " ON CONFLICT (key, owner) DO UPDATE SET until = EXCLUDED.until"
+        # The key's counters row keeps the latest end (exclusive: kept_x, else kept_s), which is
+        # where grants look.
+        def keep(entry: str) -> str:
+            return q(
+                "WITH x AS (DELETE FROM {s}.holds WHERE key = %(k)s AND until < clock_timestamp()),"
+                " i AS (INSERT INTO {s}.holds (key, owner, lock, mode, lim, namespace, name,"
+                " host, pid, token, acquired_at, value, until) " + entry + " AND " + _HELD + ""
+                " ON CONFLICT (key, owner) DO UPDATE SET until = EXCLUDED.until"
+                " RETURNING key, mode, until) UPDATE {s}.counters c SET kept_x = CASE WHEN"
+                " i.mode = 'exclusive' THEN greatest(c.kept_x, i.until) ELSE c.kept_x END,"
+                " kept_s = CASE WHEN i.mode = 'exclusive' THEN c.kept_s"
+                " ELSE greatest(c.kept_s, i.until) END FROM i WHERE c.key = i.key"
+            )
+
+        until = "clock_timestamp() + make_interval(secs => %(hold)s)"
+        self.keep = keep(
+            "SELECT key, owner, lock, mode, lim, namespace, name, host, pid, token, acquired_at,"
+            " value, " + until + " FROM {s}.holders"
+            " WHERE key = %(k)s AND backend_pid = pg_backend_pid() AND lock = %(lock)s"
+        )
+        self.keep_lock = keep(
+            "SELECT key, owner, key, 'exclusive', 0, namespace, name, host, pid, token,"
+            " acquired_at, value, " + until + " FROM {s}.counters"
+            " WHERE key = %(k)s AND backend_pid = pg_backend_pid()"
+        )
+        # After a crash or a promotion (counters empty, holds not): the live holds' ends.
+        self.restore_holds = q(
+            "INSERT INTO {s}.counters AS c (key, token, kept_x, kept_s) SELECT key, 0,"
+            " max(until) FILTER (WHERE mode = 'exclusive'),"
+            " max(until) FILTER (WHERE mode <> 'exclusive') FROM {s}.holds"
+            " WHERE until > clock_timestamp() GROUP BY key ON CONFLICT (key) DO UPDATE"
+            " SET kept_x = greatest(c.kept_x, EXCLUDED.kept_x),"
+            " kept_s = greatest(c.kept_s, EXCLUDED.kept_s)"
+            " WHERE c.kept_x IS DISTINCT FROM greatest(c.kept_x, EXCLUDED.kept_x)"
+            " OR c.kept_s IS DISTINCT FROM greatest(c.kept_s, EXCLUDED.kept_s)"
         )
         self.kept = q(
             "SELECT owner, host, pid, token, acquired_at, value,"
@@ -1052,6 +1167,12 @@ class _Statements:
             " AND " + _HELD + " RETURNING 1)"
             " SELECT 1, " + _NOTIFY + " FROM u"
         )
+        self.set_value_lock = q(
+            "WITH u AS (UPDATE {s}.counters SET value = %(value)s::jsonb"
+            " WHERE key = %(k)s AND owner = %(owner)s AND backend_pid = pg_backend_pid()"
+            " AND " + _HELD + " RETURNING 1)"
+            " SELECT 1, " + _NOTIFY + " FROM u"
+        )
         # Holders in grant order, then (if asked) waiters: a semaphore's head (it holds the
         # turnstile), then the queue in PostgreSQL's order.
         self.contenders = q(
@@ -1060,13 +1181,17 @@ class _Statements:
             " CASE WHEN a.state = 'idle' THEN greatest(0, h.ttl"
             " - extract(epoch FROM clock_timestamp() - a.state_change)) END AS expires_in,"
             " h.mode, false AS waiting, 0 AS rank, h.token AS n, NULL::timestamptz AS since"
-            " FROM {s}.holders h JOIN pg_locks l ON l.pid = h.backend_pid AND l.granted"
-            " AND " + _lock_of("h.lock") + " LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
-            " WHERE h.key = %(k)s UNION ALL"
+            " FROM (SELECT key, backend_pid, lock, owner, host, pid, token, acquired_at, value,"
+            " ttl, mode FROM {s}.holders WHERE key = %(k)s UNION ALL "
+            + _EXCLUSIVE_HOLDER
+            + " WHERE key = %(k)s) h JOIN pg_locks l ON l.pid = h.backend_pid AND l.granted"
+            " AND " + _lock_of("h.lock") + " AND (h.mode <> 'exclusive' OR l.mode ="
+            " 'ExclusiveLock') LEFT JOIN pg_stat_activity a ON a.pid = l.pid UNION ALL"
             " SELECT w.owner, w.host, w.pid, 0, NULL, w.value, NULL, w.mode, true,"
             " CASE WHEN l.granted THEN 1 ELSE 2 END, 0, l.waitstart"
             " FROM {s}.waiters w JOIN pg_locks l ON l.pid = w.backend_pid"
-            " AND " + _lock_of("w.key") + " WHERE w.key = %(k)s AND %(waiters)s"
+            " AND " + _lock_of("w.key") + " AND " + _QUEUED + " WHERE w.key = %(k)s"
+            " AND %(waiters)s"
             ") AS c ORDER BY rank, n, since NULLS LAST"
         )
 
@@ -1101,6 +1226,22 @@ def _lock_of(key: str) -> str:
     )
 
 
+#: the server clock in µs (the floor of a token)
+_CLOCK_US = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
+#: The columns of ``counters`` after (key, token): the exclusive holder's record, the hold ends.
+_COUNTERS_ADDED = (
+    "backend_pid int",
+    "owner text",
+    "host text",
+    "pid int",
+    "acquired_at timestamptz",
+    "ttl float8",
+    "value jsonb",
+    "namespace text",
+    "name text",
+    "kept_x timestamptz",
+    "kept_s timestamptz",
+)
 #: Connection failures that are the caller's configuration, not the server's availability.
 _CONFIG_ERRORS = (
     "password authentication failed",
@@ -1110,6 +1251,17 @@ _CONFIG_ERRORS = (
     "SSL",
     "certificate",
 )
+#: a queue record ``w`` joined with its ``pg_locks`` row ``l`` is of a live waiter: a lock's
+#: (or a reader's) record stays after its grant (not deleted in the grant's statement: the
+#: next wait of that connection overwrites it), a semaphore's is deleted then (granted: the
+#: head, holding the turnstile)
+_QUEUED = "(NOT l.granted OR w.lim > 0)"
+#: the exclusive holders' records (in counters), with the columns of holders' (to be joined
+#: with pg_locks: only a backend that holds the key exclusively holds it as recorded)
+_EXCLUSIVE_HOLDER = (
+    "SELECT key, backend_pid, key, owner, host, pid, token, acquired_at, value, ttl,"
+    " 'exclusive' AS mode FROM {s}.counters"
+)
 #: ``in_use``: the live holders of a namespace (``key`` is ``<kind>/<name>``) in grant order,
 #: then the waiters of their keys in PostgreSQL's queue order. (A waiter whose key has no live
 #: tenure holder record, a passing state, is not listed.)
@@ -1117,16 +1269,24 @@ _IN_USE = (
     "WITH h AS MATERIALIZED (SELECT h.key AS k, h.name, h.owner, h.host, h.pid, h.token,"
     " h.acquired_at, h.value, CASE WHEN a.state = 'idle' THEN greatest(0, h.ttl"
     " - extract(epoch FROM clock_timestamp() - a.state_change)) END AS expires_in, h.mode"
-    " FROM {s}.holders h JOIN pg_locks l ON l.pid = h.backend_pid AND l.granted AND "
+    " FROM (SELECT key, backend_pid, lock, owner, host, pid, token, acquired_at, value, ttl,"
+    " mode, name FROM {s}.holders WHERE namespace = %(ns)s UNION ALL "
+    + _EXCLUSIVE_HOLDER.replace(" mode FROM", " mode, name FROM")
+    + " WHERE namespace = %(ns)s) h JOIN pg_locks l ON l.pid = h.backend_pid AND l.granted AND "
     + _lock_of("h.lock")
-    + " LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE h.namespace = %(ns)s)"
+    + " AND (h.mode <> 'exclusive' OR l.mode = 'ExclusiveLock')"
+    " LEFT JOIN pg_stat_activity a ON a.pid = l.pid)"
     " SELECT name, owner, host, pid, token, acquired_at, value, expires_in, mode, waiting,"
     " since FROM (SELECT name, owner, host, pid, token, acquired_at, value, expires_in, mode,"
     " false AS waiting, NULL::timestamptz AS since, 0 AS rank, token AS n FROM h UNION ALL"
     " SELECT k.name, w.owner, w.host, w.pid, 0, NULL, w.value, NULL, w.mode, true,"
     " l.waitstart, CASE WHEN l.granted THEN 1 ELSE 2 END, 0"
     " FROM {s}.waiters w JOIN (SELECT DISTINCT k, name FROM h) k ON k.k = w.key"
-    " JOIN pg_locks l ON l.pid = w.backend_pid AND " + _lock_of("w.key") + ") AS c"
+    " JOIN pg_locks l ON l.pid = w.backend_pid AND "
+    + _lock_of("w.key")
+    + " AND "
+    + _QUEUED
+    + ") AS c"
     " ORDER BY name, rank, n, since NULLS LAST"
 )
 #: notify observers (lazily: CASE evaluates only the branch it takes)
