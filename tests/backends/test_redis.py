@@ -170,7 +170,9 @@ def test_one_round_trip_renews_a_thousand_locks(
 def test_release_wakes_exactly_one_waiter_and_waiters_do_not_poll(
     redis_server: RedisServer, raw: redis.Redis, ns: str
 ) -> None:
-    url = f"{redis_server.url}?namespace={ns}"
+    # A waiter's BLPOP also ends, by design, every TTL/3 or socket_timeout - 0.5 s (to refresh
+    # its queue record): make both longer than starting the waiters plus the quiet second.
+    url = f"{redis_server.url}?namespace={ns}&ttl=90&socket_timeout=40"
     clients = [tenure.connect(url) for _ in range(6)]
     try:
         holder = clients[0].lock("herd")

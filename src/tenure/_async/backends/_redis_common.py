@@ -6,6 +6,8 @@ The key layout and the scripts are in ``tenure._redis_lua``.
 
 from __future__ import annotations
 
+import asyncio  # tenure: async-only
+import contextlib  # tenure: async-only
 import datetime as dt
 import json
 import os
@@ -39,6 +41,7 @@ __all__ = [
     "key_of",
     "mode_args",
     "ms",
+    "pack_command",
     "prefix",
     "reply_from_json",
     "scan_pattern",
@@ -146,14 +149,26 @@ def ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
+def pack_command(*args: str | int | float) -> bytes:
+    """One command in the Redis protocol, encoded as redis-py's encoder does (UTF-8 strings,
+    ``repr`` of numbers) but in one piece: its general packer costs more than the round trip's
+    own CPU on the hot path, and our commands are small."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg.encode() if isinstance(arg, str) else repr(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
 class OwnConnection:
     """A connection a driver keeps for its hot path, so a call skips the pool's bookkeeping;
     while it is busy (another thread or task), pool connections are used. Made again in a
     forked child (never the parent's socket). Give every connection back with ``give_back``,
     ``broken=True`` when a reply may still be on its way. A new or broken connection is
-    connected explicitly, as the pool does: a Sentinel connection looks the master up there."""
+    connected explicitly, as the pool does: a Sentinel connection looks the master up there.
+    ``call`` does all that for one command."""
 
-    __slots__ = ("_busy", "_conn", "_pid", "_pool", "_unconnected")
+    __slots__ = ("_busy", "_conn", "_pid", "_pool", "_timeout", "_unconnected")
 
     def __init__(self, pool: Any) -> None:
         self._pool = pool
@@ -161,6 +176,8 @@ class OwnConnection:
         self._busy = threading.Lock()
         self._pid = 0
         self._unconnected = True
+        #: The pool's socket timeout: ``call`` bounds a whole command (send and reply) by it.
+        self._timeout: float | None = pool.connection_kwargs.get("socket_timeout")
 
     async def take(self) -> Any:
         if self._pid != os.getpid():
@@ -172,6 +189,7 @@ class OwnConnection:
             if self._unconnected:
                 try:
                     await self._conn.connect()
+                    _read_in_small_pieces(self._conn)  # tenure: async-only
                 except BaseException:
                     self._busy.release()
                     raise
@@ -188,9 +206,110 @@ class OwnConnection:
         else:
             await self._pool.release(conn)
 
+    async def call(self, command: bytes) -> Any:
+        """Send one packed command (``pack_command``) and return its reply; redis-py's
+        exceptions as its ``read_response`` raises them (an error reply: ``ResponseError``).
+        A connection whose reply may still be on its way (an error, a timeout, cancellation)
+        is closed, never reused."""
+        conn = await self.take()
+        broken = True
+        try:
+            # tenure: begin async-only
+            # One timeout over the whole command. On our connection we write and read its
+            # streams ourselves: redis-py's send (a task through ``wait_for``, two more
+            # event-loop turns) and reader cost twice asyncio's own round trip.
+            try:
+                async with asyncio.timeout(self._timeout):
+                    if conn is self._conn:
+                        reply = await _exchange(conn, command)
+                    else:
+                        await conn.send_packed_command([command], check_health=False)
+                        reply = await conn.read_response()
+            except TimeoutError:
+                raise redis_errors.TimeoutError("Timeout reading from the socket") from None
+            # tenure: end async-only
+            # tenure: begin sync-only
+            # conn.send_packed_command([command], check_health=False)
+            # reply = conn.read_response()
+            # tenure: end sync-only
+            broken = False
+        except redis_errors.ResponseError:
+            broken = False  # the whole reply was read
+            raise
+        finally:
+            await self.give_back(conn, broken=broken)
+        return reply
+
     async def close(self) -> None:
         if self._conn is not None and self._pid == os.getpid():
             await self._conn.disconnect()
+
+
+# tenure: begin async-only
+#: What one read of a kept connection may take at most (asyncio's default, 256 KiB, is above
+#: glibc's mmap threshold: every read mapped, shrunk and unmapped a fresh buffer, three system
+#: calls and a page fault per reply; 64 KiB comes from the heap, as redis-py's sync reads do).
+_READ_SIZE = 64 * 1024
+
+
+async def _exchange(conn: Any, command: bytes) -> Any:
+    """Write ``command`` to ``conn``'s stream and read the reply (redis-py's connection after
+    its handshake: its parser keeps nothing between replies). Raises what redis-py would."""
+    writer, reader = conn._writer, conn._reader
+    if writer is None or reader is None or writer.transport.is_closing():
+        raise redis_errors.ConnectionError("Connection closed by the server before write")
+    try:
+        writer.write(command)
+        await writer.drain()
+        reply = await _read_reply(reader, conn)
+    except (OSError, EOFError, asyncio.LimitOverrunError) as exc:
+        raise redis_errors.ConnectionError(f"Error while talking to the server: {exc!r}") from exc
+    if isinstance(reply, redis_errors.ResponseError):
+        raise reply
+    return reply
+
+
+async def _read_reply(reader: asyncio.StreamReader, conn: Any) -> Any:
+    """One RESP2/RESP3 reply of the kinds our commands get: integers, strings, nulls, errors,
+    arrays of these (anything else: ``InvalidResponse``, and the connection is closed)."""
+    line = await reader.readuntil(b"\r\n")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        size = int(rest)
+        if size < 0:
+            return None
+        return conn.encoder.decode((await reader.readexactly(size + 2))[:-2])
+    if kind in (b"*", b"~"):
+        size = int(rest)
+        if size < 0:
+            return None
+        return [await _read_reply(reader, conn) for _ in range(size)]
+    if kind == b"+":
+        return conn.encoder.decode(rest)
+    if kind == b"_":
+        return None
+    if kind == b"#":
+        return rest == b"t"
+    if kind == b"-":
+        error = conn._parser.parse_error(rest.decode("utf-8", errors="replace"))
+        if isinstance(error, redis_errors.ConnectionError):
+            raise error  # (LOADING and the like, as redis-py raises them)
+        return error
+    raise redis_errors.InvalidResponse(f"unexpected reply from redis: {line[:40]!r}")
+
+
+def _read_in_small_pieces(conn: Any) -> None:
+    """Cap the reads of ``conn``'s transport at ``_READ_SIZE`` where it reads into a new buffer
+    each time (asyncio's selector transports; uvloop's and TLS ones are left alone)."""
+    transport: Any = getattr(getattr(conn, "_writer", None), "transport", None)
+    if getattr(transport, "max_size", 0) > _READ_SIZE:
+        with contextlib.suppress(AttributeError):
+            transport.max_size = _READ_SIZE
+
+
+# tenure: end async-only
 
 
 class ErrorBoundary:

@@ -77,6 +77,7 @@ from ._redis_common import (
     mode_args,
     ms,
     names_in_use,
+    pack_command,
     prefix,
     reply_from_json,
     ssl_settings,
@@ -204,6 +205,9 @@ class RedisDriver:
                 **common,
             )
         self._own = None if self._cluster else OwnConnection(self._client.connection_pool)
+        # A second kept connection for waiters' BLPOP, so a wait (seconds) never pushes the
+        # process's acquires and releases onto pool connections. Connected on first use.
+        self._own_wait = None if self._cluster else OwnConnection(self._client.connection_pool)
         # Cluster: a kept connection per master too (a plain client each), found through the
         # cluster client's slot map; a redirection or an error sends the call (and, after an
         # error, the next ones until one succeeds) through the cluster client, which follows
@@ -230,27 +234,17 @@ class RedisDriver:
             reply = script(keys=keys, args=args)
             self._suspect = False
             return reply
-        conn = own.take()
-        broken = True
         try:
-            conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            reply = conn.read_response()
-            broken = False
+            return own.call(pack_command("EVALSHA", script.sha, len(keys), *keys, *args))
         except redis_errors.ResponseError as exc:
-            broken = False
             # Not run: the server lost its scripts (the script object loads it again), or a
             # cluster node redirects us (the cluster client follows).
             if not isinstance(exc, _NOT_RUN):
                 raise
-            reply = None
         except redis_errors.RedisError:
             self._suspect = self._cluster
             raise
-        finally:
-            own.give_back(conn, broken=broken)
-        if reply is None:
-            return script(keys=keys, args=args)
-        return reply
+        return script(keys=keys, args=args)
 
     def _own_for(self, key: str) -> OwnConnection | None:
         """Cluster: the kept connection to the master of ``key``'s slot, as the cluster client
@@ -317,6 +311,8 @@ class RedisDriver:
         with self._errors("close"):
             if self._own is not None:
                 self._own.close()
+            if self._own_wait is not None:
+                self._own_wait.close()
             for client, own in self._nodes.values():
                 own.close()
                 client.close()
@@ -409,7 +405,7 @@ class RedisDriver:
                 if int(reply[2]) > 0:
                     wait = min(wait, int(reply[2]) / 1000 + 0.001)
                 with self._errors("wait"):
-                    pushed = self._client.blpop([signal], timeout=max(wait, 0.001))
+                    pushed = self._blpop(signal, max(wait, 0.001))
                 _compat.raise_if_cancelled()
                 if pushed is not None and pushed[1] != "w":  # ("w": a min_hold release)
                     token, _, at = cast(str, pushed[1]).partition(" ")
@@ -423,6 +419,12 @@ class RedisDriver:
         finally:
             if leave:
                 self._leave_quietly(key, owner.owner)
+
+    def _blpop(self, signal: str, timeout: float) -> Any:
+        """BLPOP ``signal`` for up to ``timeout`` seconds: None, or the list and the value."""
+        if self._own_wait is None:  # (Cluster: the client routes it to the slot's master)
+            return self._client.blpop([signal], timeout=timeout)
+        return self._own_wait.call(pack_command("BLPOP", signal, timeout))
 
     def _leave_quietly(self, key: str, owner: str) -> None:
         try:

@@ -1,0 +1,177 @@
+"""The Redis driver's kept connections under asyncio: one timeout bounds a whole command (send
+and reply), a connection whose reply may still come is never reused, a cancelled wait leaves
+nothing behind, and the commands are packed as redis-py packs them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import pytest
+import redis
+from redis.connection import Connection
+
+from tenure import aio
+from tenure._async.backends._redis_common import pack_command
+from tenure.errors import BackendError, BackendTimeoutError
+from tests.servers import RedisServer, TcpProxy
+
+pytestmark = pytest.mark.server("redis")
+
+
+@pytest.fixture
+def ns() -> str:
+    return "h" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def proxied(redis_proxy: TcpProxy, ns: str) -> str:
+    return redis_proxy.url_for("redis", "/0") + f"?namespace={ns}&socket_timeout=0.5"
+
+
+async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("EVALSHA", "0" * 40, 1, "ns:{lock/a}:holder", "o1", 30000, '{"pid": 1}', "q", "x", 0),
+        ("BLPOP", "ns:{lock/a}:s:o1", 0.001),
+        ("BLPOP", "k", 4.5),
+        ("SET", "ключ", "значение ✓", -7),
+    ],
+)
+def test_commands_are_packed_as_redis_py_packs_them(args: tuple[str | int | float, ...]) -> None:
+    expected = b"".join(Connection().pack_command(*args))
+    assert pack_command(*args) == expected
+
+
+async def test_a_lost_reply_times_out_and_the_retry_finds_its_grant(
+    redis_proxy: TcpProxy, proxied: str
+) -> None:
+    client = await aio.connect(proxied)
+    try:
+        lock = client.lock("lost-reply")
+        assert await lock.acquire(timeout=5)  # connected: the next reply is a script's
+        await lock.release()
+        redis_proxy.drop_next_reply()
+        started = time.monotonic()
+        assert await asyncio.wait_for(lock.acquire(timeout=10), 10)  # not stuck on the socket
+        assert time.monotonic() - started >= 0.4  # the reply was waited for, socket_timeout
+        holders = await client.contenders("lost-reply")
+        assert [h.token for h in holders] == [lock.token]
+        await lock.release()
+        assert await client.holder("lost-reply") is None
+        # The connection that lost its reply was closed: the next calls pair up correctly.
+        for _ in range(5):
+            assert await lock.acquire(timeout=5)
+            holder = await client.holder("lost-reply")
+            assert holder is not None
+            assert holder.token == lock.token
+            await lock.release()
+    finally:
+        redis_proxy.heal()
+        await client.close()
+
+
+async def test_a_silent_server_is_a_timeout_bounded_by_socket_timeout(
+    redis_proxy: TcpProxy, proxied: str
+) -> None:
+    client = await aio.connect(proxied)
+    try:
+        lock = client.lock("silent")
+        assert await lock.acquire(timeout=5)
+        await lock.release()
+        redis_proxy.blackhole()
+        started = time.monotonic()
+        with pytest.raises(BackendTimeoutError):
+            await asyncio.wait_for(lock.acquire(timeout=1.0), 10)
+        # The deadline (1 s) plus at most one socket timeout (0.5 s) for the attempt under way.
+        assert time.monotonic() - started < 1.0 + 0.5 + 1.0
+        redis_proxy.heal()
+        assert await lock.acquire(timeout=5)
+        await lock.release()
+    finally:
+        redis_proxy.heal()
+        await client.close()
+
+
+async def test_a_cancelled_wait_leaves_nothing_and_the_next_wait_works(
+    redis_server: RedisServer, ns: str
+) -> None:
+    url = f"{redis_server.url}?namespace={ns}"
+    a, b = await aio.connect(url), await aio.connect(url)
+    try:
+        held = a.lock("cancelled")
+        assert await held.acquire()
+        waiter = b.lock("cancelled")
+        task = asyncio.ensure_future(waiter.acquire(timeout=30))
+
+        async def queued(n: int) -> bool:
+            return len(await a.contenders("cancelled")) == n
+
+        await wait_until(lambda: queued(2))
+        await asyncio.sleep(0.05)  # let it block in BLPOP, not in the first script call
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not waiter.held
+        assert [h.token for h in await a.contenders("cancelled")] == [held.token]
+        # A new wait on the same client (its wait connection made again) is woken by the release.
+        task = asyncio.ensure_future(waiter.acquire(timeout=30))
+        await wait_until(lambda: queued(2))
+        await held.release()
+        assert await asyncio.wait_for(task, 10)
+        holder = await a.holder("cancelled")
+        assert holder is not None
+        assert holder.token == waiter.token
+        await waiter.release()
+        assert await a.contenders("cancelled") == []
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_flushed_script_cache_is_transparent(redis_server: RedisServer, ns: str) -> None:
+    client = await aio.connect(f"{redis_server.url}?namespace={ns}")
+    raw = redis.Redis(host=redis_server.host, port=redis_server.port)
+    try:
+        lock = client.lock("flushed")
+        assert await lock.acquire()
+        raw.script_flush()
+        await lock.release()  # NOSCRIPT on our connection: loaded again, run once
+        assert await lock.acquire()
+        assert await client.holder("flushed") is not None
+        await lock.release()
+        assert await client.holder("flushed") is None
+    finally:
+        raw.close()
+        await client.close()
+
+
+async def test_an_error_reply_is_a_backend_error_and_the_connection_stays_usable(
+    redis_server: RedisServer, ns: str
+) -> None:
+    client = await aio.connect(f"{redis_server.url}?namespace={ns}")
+    raw = redis.Redis(host=redis_server.host, port=redis_server.port)
+    try:
+        lock = client.lock("wrong-type")
+        raw.set(f"{ns}:{{lock/wrong-type}}:queue", "not a sorted set")
+        with pytest.raises(BackendError, match="WRONGTYPE"):
+            await lock.acquire(timeout=1)
+        raw.delete(f"{ns}:{{lock/wrong-type}}:queue")
+        for _ in range(3):  # the error reply was read whole: the next replies pair up
+            assert await lock.acquire(timeout=5)
+            holder = await client.holder("wrong-type")
+            assert holder is not None
+            assert holder.token == lock.token
+            await lock.release()
+    finally:
+        raw.close()
+        await client.close()
