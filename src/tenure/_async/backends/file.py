@@ -877,10 +877,10 @@ class FileDriver:
         if entry.listing is not None:  # listed when we joined: all of it is ahead of us (the
             # entries that left since are found gone below; later ones are behind us)
             ahead, entry.listing = sorted(entry.listing), None
-            if entry.partial:  # only our predecessor, found live as we joined: wait for it
-                entry.partial = False  # (the look after the watch is set tells if it left)
-                entry.kept_until = None
-                return ((os.path.join(queue.dir, ahead[0]), _LEFT),)
+            if entry.partial:  # only our predecessor: if it left meanwhile, look at the rest
+                entry.partial = False
+                if not self._live(queue.dir, ahead[0]):
+                    ahead = None
         elif self._predecessor_done(entry):
             return None
         if ahead is None:
