@@ -52,6 +52,16 @@ def test_commands_are_packed_as_redis_py_packs_them(args: tuple[str | int | floa
     assert pack_command(*args) == expected
 
 
+async def _replies_pair_up(client: aio.Client, lock: aio.Lock, name: str, times: int) -> None:
+    """``times`` acquire, holder(), release on ``lock``: each reply answers its own command."""
+    for _ in range(times):
+        assert await lock.acquire(timeout=5)
+        holder = await client.holder(name)
+        assert holder is not None
+        assert holder.token == lock.token
+        await lock.release()
+
+
 async def test_a_lost_reply_times_out_and_the_retry_finds_its_grant(
     redis_proxy: TcpProxy, proxied: str
 ) -> None:
@@ -69,12 +79,7 @@ async def test_a_lost_reply_times_out_and_the_retry_finds_its_grant(
         await lock.release()
         assert await client.holder("lost-reply") is None
         # The connection that lost its reply was closed: the next calls pair up correctly.
-        for _ in range(5):
-            assert await lock.acquire(timeout=5)
-            holder = await client.holder("lost-reply")
-            assert holder is not None
-            assert holder.token == lock.token
-            await lock.release()
+        await _replies_pair_up(client, lock, "lost-reply", 5)
     finally:
         redis_proxy.heal()
         await client.close()
@@ -166,12 +171,8 @@ async def test_an_error_reply_is_a_backend_error_and_the_connection_stays_usable
         with pytest.raises(BackendError, match="WRONGTYPE"):
             await lock.acquire(timeout=1)
         raw.delete(f"{ns}:{{lock/wrong-type}}:queue")
-        for _ in range(3):  # the error reply was read whole: the next replies pair up
-            assert await lock.acquire(timeout=5)
-            holder = await client.holder("wrong-type")
-            assert holder is not None
-            assert holder.token == lock.token
-            await lock.release()
+        # The error reply was read whole: the next replies pair up.
+        await _replies_pair_up(client, lock, "wrong-type", 3)
     finally:
         raw.close()
         await client.close()
