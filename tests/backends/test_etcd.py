@@ -3,6 +3,7 @@ waiters whose session expires, TTL minimums, credentials, fail-over, renewal cos
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import multiprocessing
@@ -24,6 +25,7 @@ from tenure._etcdpb import rpc_pb2 as pb
 from tenure._etcdpb import rpc_pb2_grpc as pb_grpc
 from tenure.errors import (
     BackendError,
+    BackendTimeoutError,
     BackendUnavailableError,
     ConfigurationError,
     LockLostError,
@@ -971,7 +973,11 @@ def test_a_clean_up_that_failed_is_done_by_a_later_renewal(
             runner.start(lambda: waiter.acquire(timeout=3.0))
             wait_for(lambda: len(keys_under(stub, prefix)) == 2)
             proxy.blackhole()
-            assert runner.join(30) == [False]  # timed out; its clean-up could not reach etcd
+            # It times out: False, or, when one of its wait's requests was cut off and the
+            # retry outlasted its deadline (on a loaded machine), BackendTimeoutError. Either
+            # way its clean-up could not reach etcd.
+            with contextlib.suppress(BackendTimeoutError):
+                assert runner.join(30) == [False]
             assert len(keys_under(stub, prefix)) == 2
             proxy.heal()
             assert session._renew()
