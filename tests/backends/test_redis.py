@@ -190,6 +190,8 @@ def test_release_wakes_exactly_one_waiter_and_waiters_do_not_poll(
 
             runner.start(wait)
             wait_for(lambda n=i + 2: len(clients[0].contenders("herd")) == n)
+        # Queued (their acquire script ran) is not yet waiting: let each send its BLPOP first.
+        wait_for(lambda: int(raw.info("clients")["blocked_clients"]) == len(waiters))
         # A quiet second: queued waiters send nothing (no polling).
         quiet = calls(raw, "evalsha") + calls(raw, "blpop")
         time.sleep(1.0)  # a measurement window, not a wait for a condition
