@@ -1169,12 +1169,8 @@ class _Statements:
             " CASE WHEN a.state = 'idle' THEN greatest(0, h.ttl"
             " - extract(epoch FROM clock_timestamp() - a.state_change)) END AS expires_in,"
             " h.mode, false AS waiting, 0 AS rank, h.token AS n, NULL::timestamptz AS since"
-            " FROM (SELECT key, backend_pid, lock, owner, host, pid, token, acquired_at, value,"
-            " ttl, mode FROM {s}.holders WHERE key = %(k)s UNION ALL "
-            + _EXCLUSIVE_HOLDER
-            + " WHERE key = %(k)s) h JOIN pg_locks l ON l.pid = h.backend_pid AND l.granted"
-            " AND " + _lock_of("h.lock") + " AND (h.mode <> 'exclusive' OR l.mode ="
-            " 'ExclusiveLock') LEFT JOIN pg_stat_activity a ON a.pid = l.pid UNION ALL"
+            " FROM " + _live_holders("key = %(k)s") + ""
+            " LEFT JOIN pg_stat_activity a ON a.pid = l.pid UNION ALL"
             " SELECT w.owner, w.host, w.pid, 0, NULL, w.value, NULL, w.mode, true,"
             " CASE WHEN l.granted THEN 1 ELSE 2 END, 0, l.waitstart"
             " FROM {s}.waiters w JOIN pg_locks l ON l.pid = w.backend_pid"
@@ -1214,6 +1210,21 @@ def _lock_of(key: str) -> str:
     )
 
 
+def _live_holders(where: str) -> str:
+    """SQL: the live holders' records that satisfy ``where`` (a condition on a record's
+    columns), as ``h`` joined with their ``pg_locks`` row ``l``: readers' and permits' from
+    ``holders``; exclusive ones from their key's ``counters`` row, believed only while that
+    backend holds the key exclusively (the record is never deleted)."""
+    columns = "key, backend_pid, {}, owner, host, pid, token, acquired_at, value, ttl, {}, name"
+    return (
+        "(SELECT " + columns.format("lock", "mode") + " FROM {s}.holders WHERE " + where
+        + " UNION ALL SELECT " + columns.format("key", "'exclusive'")
+        + " FROM {s}.counters WHERE " + where
+        + ") h JOIN pg_locks l ON l.pid = h.backend_pid AND l.granted AND " + _lock_of("h.lock")
+        + " AND (h.mode <> 'exclusive' OR l.mode = 'ExclusiveLock')"
+    )  # fmt: skip
+
+
 #: the server clock in µs (the floor of a token)
 _CLOCK_US = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
 #: The columns of ``counters`` after (key, token): the exclusive holder's record, the hold ends.
@@ -1244,12 +1255,6 @@ _CONFIG_ERRORS = (
 #: next wait of that connection overwrites it), a semaphore's is deleted then (granted: the
 #: head, holding the turnstile)
 _QUEUED = "(NOT l.granted OR w.lim > 0)"
-#: the exclusive holders' records (in counters), with the columns of holders' (to be joined
-#: with pg_locks: only a backend that holds the key exclusively holds it as recorded)
-_EXCLUSIVE_HOLDER = (
-    "SELECT key, backend_pid, key, owner, host, pid, token, acquired_at, value, ttl,"
-    " 'exclusive' AS mode FROM {s}.counters"
-)
 #: ``in_use``: the live holders of a namespace (``key`` is ``<kind>/<name>``) in grant order,
 #: then the waiters of their keys in PostgreSQL's queue order. (A waiter whose key has no live
 #: tenure holder record, a passing state, is not listed.)
@@ -1257,12 +1262,7 @@ _IN_USE = (
     "WITH h AS MATERIALIZED (SELECT h.key AS k, h.name, h.owner, h.host, h.pid, h.token,"
     " h.acquired_at, h.value, CASE WHEN a.state = 'idle' THEN greatest(0, h.ttl"
     " - extract(epoch FROM clock_timestamp() - a.state_change)) END AS expires_in, h.mode"
-    " FROM (SELECT key, backend_pid, lock, owner, host, pid, token, acquired_at, value, ttl,"
-    " mode, name FROM {s}.holders WHERE namespace = %(ns)s UNION ALL "
-    + _EXCLUSIVE_HOLDER.replace(" mode FROM", " mode, name FROM")
-    + " WHERE namespace = %(ns)s) h JOIN pg_locks l ON l.pid = h.backend_pid AND l.granted AND "
-    + _lock_of("h.lock")
-    + " AND (h.mode <> 'exclusive' OR l.mode = 'ExclusiveLock')"
+    " FROM " + _live_holders("namespace = %(ns)s") + ""
     " LEFT JOIN pg_stat_activity a ON a.pid = l.pid)"
     " SELECT name, owner, host, pid, token, acquired_at, value, expires_in, mode, waiting,"
     " since FROM (SELECT name, owner, host, pid, token, acquired_at, value, expires_in, mode,"
