@@ -387,7 +387,7 @@ class _Entry:
         self.partial = False  # ``listing`` is only our predecessor (the tail when we joined)
         self.checked = 0  # the queue file's "last seen empty" field when we joined
         # The exclusive entry we wait for, opened: (fd, path). Its content still reads after
-        # it left (renamed away), so we can tell whether it was granted (see ``_plan``).
+        # it left (renamed away), so we can tell whether it was granted (``_predecessor_done``).
         self.pred: tuple[int, str] | None = None
         self.name = f"{seq:020d}-{_MODE_CHARS[mode.name]}-{owner}"
         self.path = os.path.join(queue.dir, self.name)
@@ -765,24 +765,8 @@ class FileDriver:
             entry.partial, entry.checked = partial, checked  # first plan
             os.pwrite(queue.fd, _HEADER.pack(entry.seq, limit), 0)
             content = _WAITING + b"\n" + owner.meta.encode()
-            if self._reuse(queue, entry, content):
-                os.pwrite(queue.tail_fd, _TAIL.pack(entry.seq, entry.name.encode()), 0)
-                return entry
-            _sweep_spares(queue.dir)
-            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-            try:
-                fd = os.open(entry.path, flags, 0o644)
-            except FileNotFoundError:  # the queue directory was deleted by hand
-                os.makedirs(queue.dir, exist_ok=True)
-                fd = os.open(entry.path, flags, 0o644)
-            entry.fd = fd
-            _INHERITED.add(fd)
-            try:
-                fcntl.fcntl(fd, _SETLK, _WRLCK)
-                os.write(fd, content)
-            except OSError:
-                entry.leave()
-                raise
+            if not self._reuse(queue, entry, content):
+                self._create(queue, entry, content)
             os.pwrite(queue.tail_fd, _TAIL.pack(entry.seq, entry.name.encode()), 0)
             return entry
         except OSError as exc:
@@ -804,6 +788,26 @@ class FileDriver:
         if number != seq or not name.startswith(f"{seq:020d}-"):
             return None
         return name if cls._live(queue.dir, name) else None
+
+    @staticmethod
+    def _create(queue: _Queue, entry: _Entry, content: bytes) -> None:
+        """Make our entry a new file (under the queue file's lock; no spare to reuse), locked
+        from its creation on."""
+        _sweep_spares(queue.dir)
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            fd = os.open(entry.path, flags, 0o644)
+        except FileNotFoundError:  # the queue directory was deleted by hand
+            os.makedirs(queue.dir, exist_ok=True)
+            fd = os.open(entry.path, flags, 0o644)
+        entry.fd = fd
+        _INHERITED.add(fd)
+        try:
+            fcntl.fcntl(fd, _SETLK, _WRLCK)
+            os.write(fd, content)
+        except OSError:
+            entry.leave()
+            raise
 
     @staticmethod
     def _reuse(queue: _Queue, entry: _Entry, content: bytes) -> bool:
