@@ -166,8 +166,7 @@ class Probe:
                 lock._measured = (grant, now)
             elif not got:
                 series.waited.append(("timeout", now - started))
-            metrics._count += 1
-            full = metrics._count >= BATCH
+            full = metrics._kept()
         if full:
             metrics.flush()
 
@@ -178,8 +177,7 @@ class Probe:
         with self.mutex:
             self.series.waiting -= 1
             self.series.waited.append(("cancelled" if cancelled else "error", waited))
-            self.metrics._count += 1
-            full = self.metrics._count >= BATCH
+            full = self.metrics._kept()
         if full:
             self.metrics.flush()
 
@@ -199,8 +197,7 @@ class Probe:
             if reason is not None:
                 series.losses[reason] = series.losses.get(reason, 0) + 1
             series.holds.append(now - measured[1])
-            metrics._count += 1
-            full = metrics._count >= BATCH
+            full = metrics._kept()
         if full:
             metrics.flush()
 
@@ -309,6 +306,11 @@ class Metrics:
                 found = self._series[key] = Series(attributes, kind)
         return Probe(self, found)
 
+    def _kept(self) -> bool:
+        """Count a sample just kept (holding ``_mutex``); True when a batch is full."""
+        self._count += 1
+        return self._count >= BATCH
+
     def flush(self) -> None:
         """Hand the pending histogram samples to the SDK."""
         batches: list[tuple[Any, dict[str, str], Iterable[float]]] = []
@@ -342,8 +344,7 @@ class Metrics:
                 self._renewal_failures += 1
                 return
             self._renewals.append(seconds)
-            self._count += 1
-            full = self._count >= BATCH
+            full = self._kept()
         if full:
             self.flush()
 
