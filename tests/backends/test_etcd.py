@@ -987,3 +987,127 @@ def test_a_clean_up_that_failed_is_done_by_a_later_renewal(
             session.close()
     finally:
         proxy.close()
+
+
+def _lose_enqueue_replies(
+    client: Any, monkeypatch: pytest.MonkeyPatch, times: int | None = None
+) -> list[int]:
+    """From now on the client's enqueue requests get no reply (the first ``times`` of them, or
+    all): the first one is written to etcd and its reply lost, the later ones do not reach etcd
+    (etcd out of reach). Returns the list the failed requests are counted in."""
+    driver = client._driver
+    real = driver._txn
+    lost: list[int] = []
+
+    def lossy(what: str, *args: Any) -> Any:
+        if what != "acquire" or (times is not None and len(lost) >= times):
+            return real(what, *args)
+        if not lost:
+            real(what, *args)  # the write lands
+        lost.append(1)
+        raise BackendTimeoutError("etcd: the reply was lost (injected)")
+
+    monkeypatch.setattr(driver, "_txn", lossy)
+    return lost
+
+
+@pytest.mark.parametrize("kind", ["lock", "semaphore"])
+def test_an_entry_whose_enqueue_reply_was_lost_is_deleted_by_the_next_renewal(
+    etcd_server: EtcdCluster, kv: Any, ns: str, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An acquire whose entry was written but whose reply was lost, and which could not reach
+    etcd again before its deadline, must not leave that entry queued with nobody waiting on it
+    (a lock's would hold the lock, for nobody, as long as the session lives)."""
+    stub, _ = kv
+    prefix = f"{ns}/{kind}/job//"
+    query = f"?namespace={ns}&request_timeout=0.5"
+    with (
+        tenure.connect(etcd_server.url + query) as direct,
+        tenure.connect(etcd_server.url + query) as cut,
+    ):
+        make = (
+            (lambda s: s.lock("job")) if kind == "lock" else (lambda s: s.semaphore("job", limit=1))
+        )
+        holder = make(direct)
+        assert holder.acquire()
+        session = cut.session(ttl=10)
+        waiter = make(session)
+        lost = _lose_enqueue_replies(cut, monkeypatch)
+        with pytest.raises(BackendTimeoutError):
+            waiter.acquire(timeout=1.0)
+        assert len(lost) >= 2  # (retried until the deadline)
+        assert len(keys_under(stub, prefix)) == 2  # the lost reply's entry is queued
+        monkeypatch.undo()
+        assert session._renew()
+        assert [e.create_revision for e in keys_under(stub, prefix)] == [holder.token]
+        holder.release()
+        other = make(direct)
+        assert other.acquire(timeout=5.0)  # nobody's entry is in its way
+        other.release()
+        assert not session.lost.is_set()
+        session.close()
+
+
+def test_an_acquire_whose_enqueue_reply_was_lost_keeps_its_place(
+    etcd_server: EtcdCluster, kv: Any, ns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its retry finds the entry the lost reply's request made and waits on it (its place in
+    the queue), after writing its own value over it (the next renewal would delete the entry
+    by the first attempt's value): granted on that entry, which the renewal leaves."""
+    stub, _ = kv
+    prefix = f"{ns}/lock/job//"
+    query = f"?namespace={ns}&request_timeout=0.5"
+    with (
+        tenure.connect(etcd_server.url + query) as direct,
+        tenure.connect(etcd_server.url + query) as cut,
+    ):
+        holder = direct.lock("job")
+        assert holder.acquire()
+        session = cut.session(ttl=10)
+        waiter = session.lock("job")
+        lost = _lose_enqueue_replies(cut, monkeypatch, times=1)
+        runner = Runner()
+        runner.start(lambda: waiter.acquire(timeout=10.0))
+        wait_for(lambda: len(keys_under(stub, prefix)) == 2 and lost == [1])
+        [first] = [e for e in keys_under(stub, prefix) if e.create_revision != holder.token]
+        holder.release()
+        assert runner.join(10) == [True]
+        assert waiter.token == first.create_revision
+        assert session._renew()
+        assert [e.create_revision for e in keys_under(stub, prefix)] == [waiter.token]
+        assert not session.lost.is_set()
+        waiter.release()
+        session.close()
+
+
+def test_a_later_acquire_replaces_an_entry_whose_enqueue_reply_was_lost(
+    etcd_server: EtcdCluster, kv: Any, ns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same lock asked again in the session before any renewal: it must not take the lost
+    reply's entry for its own (the renewal deletes that entry by its value, which would delete
+    the lock's key under its holder); it replaces it, and the renewal leaves the new one."""
+    stub, _ = kv
+    prefix = f"{ns}/lock/job//"
+    query = f"?namespace={ns}&request_timeout=0.5"
+    with (
+        tenure.connect(etcd_server.url + query) as direct,
+        tenure.connect(etcd_server.url + query) as cut,
+    ):
+        holder = direct.lock("job")
+        assert holder.acquire()
+        session = cut.session(ttl=10)
+        waiter = session.lock("job")
+        _lose_enqueue_replies(cut, monkeypatch)
+        with pytest.raises(BackendTimeoutError):
+            waiter.acquire(timeout=1.0)
+        monkeypatch.undo()
+        [left] = [e for e in keys_under(stub, prefix) if e.create_revision != holder.token]
+        holder.release()
+        assert waiter.acquire(timeout=5.0)
+        assert waiter.token > left.create_revision
+        assert session._renew()
+        assert [e.create_revision for e in keys_under(stub, prefix)] == [waiter.token]
+        assert not session.lost.is_set()
+        assert not holder.acquire(timeout=0)
+        waiter.release()
+        session.close()

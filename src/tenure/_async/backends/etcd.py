@@ -500,8 +500,11 @@ class EtcdDriver:
         self._endpoints: dict[str, _Endpoint] = {}
         self._retired: list[Any] = []  # channels given up on, closed a little later
         self._ops_cache: dict[tuple[bytes, Mode], tuple[Any, ...]] = {}
-        # Keys whose clean-up failed (key -> create revision): the next renewal deletes them.
-        self._leftovers: dict[bytes, int] = {}
+        # Entries of ours that may still be queued with nobody waiting on them (a clean-up that
+        # failed, or an enqueue whose reply was lost), each with the Txn condition that is true
+        # only of that entry: the next renewal deletes them, and a later enqueue of the same key
+        # replaces such an entry instead of taking it for its own.
+        self._leftovers: dict[bytes, list[Any]] = {}
         self._current = 0
         self._token: str | None = None
         self._state = _compat.StateLock()
@@ -871,31 +874,55 @@ class EtcdDriver:
         read_me = [pb.RequestOp(request_range=pb.RangeRequest(key=q.me))]
         if q.meta:
             read_me.append(pb.RequestOp(request_range=pb.RangeRequest(key=q.meta)))
-        for _ in range(3):
-            reply = await self._txn(
-                "acquire", [_created_at(q.me, 0)], [*puts, *reads], [*read_me, *oldest]
-            )
-            if reply.succeeded:
-                mine = reply.header.revision
-                newest = reply.responses[len(puts) : len(puts) + len(q.ranges)]
-                place = _place(q, mine, [r.response_range for r in newest], mine)
-            else:
-                kv = reply.responses[0].response_range.kvs[0]
-                mine, place = kv.create_revision, _Place.UNKNOWN
-                owned = reply.responses[len(read_me) - 1].response_range.kvs
-                if _json(kv.value).get("ended") is True:
-                    raise _KeptHold(mine)
-                if not owned or _owner_of(owned[0].value) != owner.owner:
-                    # A stale entry of this session (an earlier contender whose clean-up failed):
-                    # replace it, so nothing that still knows its revision touches ours.
-                    await self._delete_if(q.me, mine)
-                    continue
-            oldest_kvs = reply.responses[-1].response_range.kvs if q.mode.limit else []
-            stored = _limit_of(oldest_kvs[0].value) if oldest_kvs else 0
-            if stored and stored != q.mode.limit:
-                await self._leave_quietly(q.me, mine)  # nothing left behind
-                raise limit_mismatch(key.partition("/")[2], stored, q.mode.limit)
-            return mine, place
+        # Entries left under my key by earlier attempts of this session (the renewal may be
+        # deleting one of them right now): from here on mine to replace or rewrite.
+        stale = list(self._leftovers.pop(q.me, []))
+        mine = 0
+        try:
+            for _ in range(3):
+                reply = await self._txn(
+                    "acquire", [_created_at(q.me, 0)], [*puts, *reads], [*read_me, *oldest]
+                )
+                if reply.succeeded:
+                    mine = reply.header.revision
+                    newest = reply.responses[len(puts) : len(puts) + len(q.ranges)]
+                    place = _place(q, mine, [r.response_range for r in newest], mine)
+                else:
+                    kv = reply.responses[0].response_range.kvs[0]
+                    mine, place = kv.create_revision, _Place.UNKNOWN
+                    owned = reply.responses[len(read_me) - 1].response_range.kvs
+                    if _json(kv.value).get("ended") is True:
+                        self._remember(q.me, *stale)
+                        raise _KeptHold(mine)
+                    if not owned or _owner_of(owned[0].value) != owner.owner:
+                        # A stale entry of this session (an earlier contender whose clean-up
+                        # failed): replace it, so nothing that still knows it touches ours.
+                        await self._delete_if(q.me, mine)
+                        stale, mine = [], 0
+                        continue
+                    if stale:
+                        # My own entry, from an attempt of this acquire whose reply was lost:
+                        # the renewal may be deleting it by that attempt's value. Write this
+                        # attempt's value over it (it keeps its place) before taking it.
+                        kept = await self._txn("acquire", [_created_at(q.me, mine)], puts)
+                        stale = []
+                        if not kept.succeeded:
+                            mine = 0
+                            continue
+                oldest_kvs = reply.responses[-1].response_range.kvs if q.mode.limit else []
+                stored = _limit_of(oldest_kvs[0].value) if oldest_kvs else 0
+                if stored and stored != q.mode.limit:
+                    await self._leave_quietly(q.me, mine)  # nothing left behind
+                    raise limit_mismatch(key.partition("/")[2], stored, q.mode.limit)
+                return mine, place
+        except BackendError:
+            # A reply is lost, not necessarily its write: an entry made by this attempt would
+            # stay queued with nobody waiting on it (a lock's would hold the lock, for nobody,
+            # as long as the session lives). Its value (this call's acquired_at) is written by
+            # nothing else: the next renewal deletes it by that value, or by its revision.
+            known = [_created_at(q.me, mine)] if mine else []
+            self._remember(q.me, *stale, _written_by(puts), *known)
+            raise
         raise BackendError(f"etcd: could not replace a stale entry {q.me!r}")
 
     def _enqueue_ops(self, q: _Queue) -> tuple[Any, ...]:
@@ -1013,11 +1040,15 @@ class EtcdDriver:
 
     async def _delete_if(self, me: bytes, revision: int) -> bool:
         """Delete my key (and an election's meta key) if its create revision is ``revision``."""
+        return await self._delete_when(me, _created_at(me, revision))
+
+    async def _delete_when(self, me: bytes, condition: Any) -> bool:
+        """Delete my key (and an election's meta key) if ``condition`` holds."""
         deletes = [pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=me))]
         meta = self._meta_key(me)
         if meta:
             deletes.append(pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=meta)))
-        reply = await self._txn("release", [_created_at(me, revision)], deletes)
+        reply = await self._txn("release", [condition], deletes)
         return bool(reply.succeeded)
 
     async def _leave_quietly(self, me: bytes, revision: int) -> None:
@@ -1028,13 +1059,21 @@ class EtcdDriver:
         except BackendError:
             # Else it would stay in the queue as long as its session lives (a reader's or a
             # permit's key is never reused): a later renewal deletes it.
-            self._leftovers[me] = revision
+            self._remember(me, _created_at(me, revision))
+
+    def _remember(self, me: bytes, *conditions: Any) -> None:
+        """Leave entries under ``me`` (each true of one entry) to the next renewal."""
+        if conditions:
+            self._leftovers.setdefault(me, []).extend(conditions)
 
     async def _delete_leftovers(self) -> None:
-        for me, revision in list(self._leftovers.items()):
-            with contextlib.suppress(BackendError, LeaseExpired):
-                await self._delete_if(me, revision)
-                self._leftovers.pop(me, None)
+        for me, conditions in list(self._leftovers.items()):
+            for condition in list(conditions):
+                with contextlib.suppress(BackendError, LeaseExpired):
+                    await self._delete_when(me, condition)  # (False: that entry is gone)
+                    conditions.remove(condition)
+            if not conditions and self._leftovers.get(me) is conditions:
+                del self._leftovers[me]
 
     async def release(self, grant: Grant) -> bool:
         # Only my key, and only while its create revision is still my token: a retry after a
@@ -1224,6 +1263,15 @@ def _created_at(key: bytes, revision: int) -> Any:
     """The Txn condition: ``key`` exists with this create revision (0: ``key`` is absent)."""
     return pb.Compare(
         key=key, target=pb.Compare.CREATE, result=pb.Compare.EQUAL, create_revision=revision
+    )
+
+
+def _written_by(puts: Sequence[Any]) -> Any:
+    """The Txn condition: the last key ``puts`` writes holds the value they write (an entry's
+    metadata, unique to the acquire call that writes it: its owner and acquired_at)."""
+    put = puts[-1].request_put
+    return pb.Compare(
+        key=put.key, target=pb.Compare.VALUE, result=pb.Compare.EQUAL, value=put.value
     )
 
 
