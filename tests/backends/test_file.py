@@ -669,6 +669,35 @@ def _entry_holder(url: str, name: str, holder: tenure.Lock) -> None:
     assert isinstance(holder._grant.data, file_backend._Entry)  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("held_by", ["entry", "fast"])
+def test_a_lock_that_went_without_an_event_is_noticed(url: str, held_by: str) -> None:
+    """The kernel sends a dying owner's IN_CLOSE_WRITE just before it drops the owner's lock,
+    and a waiter whose watch was set between the two (a loaded machine, a descheduled vCPU)
+    sees the file locked and gets no event for the unlock. Simulated: the holder's lock is
+    dropped without closing its file (no event at all). The waiter must notice all the same,
+    by looking again after a quiet while."""
+    with tenure.connect(url) as a, tenure.connect(url) as b:
+        holder, waiter = a.lock("quiet"), b.lock("quiet")
+        if held_by == "entry":
+            _entry_holder(url, "quiet", holder)
+        else:
+            assert holder.acquire()
+            assert isinstance(holder._grant.data, file_backend._Fast)  # type: ignore[union-attr]
+        results: list[bool] = []
+        thread = threading.Thread(target=lambda: results.append(waiter.acquire(timeout=DEADLINE)))
+        thread.start()
+        queued(a, "lock/quiet", 2, waiting=1)
+        time.sleep(0.2)  # waiting on its watch
+        unlock = struct.pack(file_backend._FLOCK, fcntl.F_UNLCK, os.SEEK_SET, 0, 0, 0)
+        fcntl.fcntl(holder._grant.data.fd, file_backend._SETLK, unlock)  # type: ignore[union-attr]
+        thread.join(5.0)  # (it looks again within ~2 s; without looking again: its deadline)
+        assert results == [True], "the waiter did not notice the holder's lock was gone"
+        thread.join(DEADLINE)
+        waiter.release()
+        with contextlib.suppress(tenure.LockLostError):
+            holder.release()
+
+
 def test_a_waiter_whose_predecessor_timed_out_still_waits_for_the_holder(url: str) -> None:
     """A waiter woken by its predecessor's leaving goes without listing the queue only if that
     predecessor had been granted; one that timed out leaves the holder ahead of it."""

@@ -46,7 +46,11 @@ dir)::
   owner opens an entry for writing, so an ``IN_CLOSE_WRITE`` on it means the owner is gone: the
   waiter unlinks it at once, because the kernel drops a dead process's lock only just *after*
   sending that event, and a waiter looking in between would otherwise see a live entry and
-  wait for an event that never comes (its other watchers wake when it is deleted). Inotify
+  wait for an event that never comes (its other watchers wake when it is deleted). For the
+  same reason a waiter whose watch stays quiet looks again after 50 ms, then after twice as
+  long each time, up to every 2 s: a waiter that set its watch between the event and the
+  unlock (on a loaded machine that gap can last milliseconds) saw the entry locked and gets no
+  event for the unlock. A release still wakes its waiter through the watch. Inotify
   instances are kept and reused: closing one that had watches waits for an RCU grace period
   (milliseconds). Without inotify (not Linux, or out of instances or watches) waiters re-check
   with a bounded back-off instead.
@@ -147,6 +151,9 @@ _IN_MOVED_FROM, _IN_MOVED_TO, _IN_MOVE_SELF = 0x40, 0x80, 0x800
 _LEFT = _IN_CLOSE_WRITE | _IN_MOVE_SELF  # an entry's owner left (renamed it away) or died
 _SPARE = ".spare-"  # a released entry kept for the next one (hidden: listings skip dot names)
 _SPARES = 2  # kept per key and process
+# A waiter whose watch stays quiet looks again after this long, doubling up to the second
+# figure (seconds): see ``FileDriver.acquire``.
+_SECOND_LOOK = (0.05, 2.0)
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (of the name)
 _TAIL = struct.Struct("<Q96s")  # <stem>.tail: the last entry's sequence number and name
 
@@ -375,6 +382,7 @@ class _Entry:
         "partial",
         "path",
         "pred",
+        "pred_gone",
         "queue",
         "seq",
     )
@@ -389,6 +397,7 @@ class _Entry:
         # The exclusive entry we wait for, opened: (fd, path). Its content still reads after
         # it left (renamed away), so we can tell whether it was granted (``_predecessor_done``).
         self.pred: tuple[int, str] | None = None
+        self.pred_gone = False  # its watch saw it renamed away (it left: no look needed)
         self.name = f"{seq:020d}-{_MODE_CHARS[mode.name]}-{owner}"
         self.path = os.path.join(queue.dir, self.name)
         self.fd = -1
@@ -398,6 +407,7 @@ class _Entry:
         return self.fd >= 0 and os.fstat(self.fd).st_nlink > 0 and not self.queue.replaced()
 
     def drop_pred(self) -> None:
+        self.pred_gone = False
         if self.pred is not None:
             fd, self.pred = self.pred[0], None
             _INHERITED.discard(fd)
@@ -491,6 +501,7 @@ class _Watch:
         self.targets = tuple(targets)
         self.wds: dict[int, str] = {}  # watch descriptor -> path
         self.closed: list[str] = []  # targets whose writer closed them (IN_CLOSE_WRITE)
+        self.moved: list[str] = []  # targets renamed away (IN_MOVE_SELF)
         self.gone = False  # a target vanished before it could be watched: look again
         try:
             self.fd = _IDLE_INOTIFY.pop()
@@ -525,15 +536,18 @@ class _Watch:
             _INHERITED.add(fd)
         return fd
 
-    async def wait(self, timeout: float | None) -> None:
+    async def wait(self, timeout: float | None) -> bool:
+        """Wait for an event on the targets (True), or ``timeout`` (False)."""
         if self.gone:
-            return
+            return True
         if self.fd < 0:  # no inotify: bounded back-off, the documented exception
             await _compat.sleep(0.02 if timeout is None else min(timeout, 0.02))
-            return
+            return True
         if await _compat.wait_readable(self.fd, timeout):
             _Watch.wakeups += 1
             self._drain()
+            return True
+        return False
 
     def _drain(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -542,8 +556,11 @@ class _Watch:
                 while at + _EVENT.size <= len(data):  # struct inotify_event, then its name
                     wd, mask, _, size = _EVENT.unpack_from(data, at)
                     at += _EVENT.size + size
-                    if mask & _IN_CLOSE_WRITE and not size and wd in self.wds:
-                        self.closed.append(self.wds[wd])
+                    if not size and wd in self.wds:
+                        if mask & _IN_CLOSE_WRITE:
+                            self.closed.append(self.wds[wd])
+                        if mask & _IN_MOVE_SELF:
+                            self.moved.append(self.wds[wd])
 
     def close(self) -> None:
         if self.fd < 0:
@@ -660,6 +677,7 @@ class FileDriver:
             return grant
         watch: _Watch | None = None
         granted = False
+        second_look = _SECOND_LOOK[0]
         try:
             while (plan := self._plan(entry)) is not None:
                 remaining = None if deadline is None else deadline - _compat.monotonic()
@@ -675,7 +693,15 @@ class FileDriver:
                 if entry.kept_until is not None:  # a kept entry blocks us: wake at its end
                     left = max(0.0, (entry.kept_until - time.monotonic_ns()) / 1e9) + 0.001
                     remaining = left if remaining is None else min(remaining, left)
-                await watch.wait(remaining)
+                # A second look after a quiet while, backed off: the kernel sends a dying
+                # owner's IN_CLOSE_WRITE just *before* it drops the owner's lock, so a watch set
+                # between the two (a loaded machine, a descheduled vCPU) saw the file locked and
+                # gets no event for the unlock.
+                quiet = second_look if remaining is None else min(remaining, second_look)
+                if await watch.wait(quiet):
+                    second_look = _SECOND_LOOK[0]
+                else:
+                    second_look = min(second_look * 2, _SECOND_LOOK[1])
                 # Only an entry's owner opens it for writing (and only a fast holder its hold
                 # file), so its IN_CLOSE_WRITE means the owner left or died. A dead process's
                 # lock is dropped just *after* that event (the kernel closes, then unlocks; the
@@ -689,6 +715,9 @@ class FileDriver:
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(path)
                 watch.closed.clear()
+                if entry.pred is not None and entry.pred[1] in watch.moved:
+                    entry.pred_gone = True  # renamed away: it left
+                watch.moved.clear()
             now = time.time_ns()
             # Writing the grant time is also the signal a later permit waiter watches for.
             os.pwrite(entry.fd, b"%020d" % now, 0)
@@ -741,10 +770,10 @@ class FileDriver:
             # predecessor, the last entry made (the tail file names it, if it is the one
             # numbered ``seq``), if that one lives; else the listing. Then the fast holder: the
             # last generation's.
-            listing, partial = None, False
+            listing, partial, tail = None, False, None
             if seq != checked:
                 tail = None if mode.shared else self._tail(queue, seq)
-                listing, partial = ([tail], True) if tail else (_listdir(queue.dir), False)
+                listing, partial = ([tail[0]], True) if tail else (_listdir(queue.dir), False)
             queued = partial or (
                 listing is not None and any(self._live(queue.dir, n) for n in listing)
             )
@@ -763,6 +792,8 @@ class FileDriver:
             entry = _Entry(queue, seq + 1, mode, owner.owner)
             entry.listing = listing  # every entry ahead of ours (or our predecessor), for its
             entry.partial, entry.checked = partial, checked  # first plan
+            if tail is not None:
+                entry.pred, tail = (tail[1], os.path.join(queue.dir, tail[0])), None
             os.pwrite(queue.fd, _HEADER.pack(entry.seq, limit), 0)
             content = _WAITING + b"\n" + owner.meta.encode()
             if not self._reuse(queue, entry, content):
@@ -774,20 +805,34 @@ class FileDriver:
         finally:
             fcntl.fcntl(queue.fd, _SETLK, _QUNLCK)
             queue.mutex.release()
+            if tail is not None:  # (not given to an entry: failed)
+                _INHERITED.discard(tail[1])
+                os.close(tail[1])
 
     @classmethod
-    def _tail(cls, queue: _Queue, seq: int) -> str | None:
+    def _tail(cls, queue: _Queue, seq: int) -> tuple[str, int] | None:
         """The last entry made, if it is the one numbered ``seq`` (a contender that wrote no
-        tail, such as a fast grant, or another version of tenure, makes them differ) and lives
-        (under the queue file's lock)."""
+        tail, such as a fast grant, or another version of tenure, makes them differ), is
+        exclusive and lives (under the queue file's lock): its name and a descriptor opened on
+        it (for ``_predecessor_done``)."""
         data = os.pread(queue.tail_fd, _TAIL.size, 0)
         if len(data) < _TAIL.size:
             return None
         number, raw = _TAIL.unpack(data)
         name = raw.rstrip(b"\0").decode(errors="replace")
-        if number != seq or not name.startswith(f"{seq:020d}-"):
+        if number != seq or not name.startswith(f"{seq:020d}-x-"):
             return None
-        return name if cls._live(queue.dir, name) else None
+        try:
+            fd = os.open(os.path.join(queue.dir, name), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        _INHERITED.add(fd)
+        if _locked(fd):
+            return name, fd
+        _INHERITED.discard(fd)
+        os.close(fd)
+        cls._live(queue.dir, name)  # dead: unlink it
+        return None
 
     @staticmethod
     def _create(queue: _Queue, entry: _Entry, content: bytes) -> None:
@@ -881,10 +926,10 @@ class FileDriver:
         if entry.listing is not None:  # listed when we joined: all of it is ahead of us (the
             # entries that left since are found gone below; later ones are behind us)
             ahead, entry.listing = sorted(entry.listing), None
-            if entry.partial:  # only our predecessor: if it left meanwhile, look at the rest
-                entry.partial = False
-                if not self._live(queue.dir, ahead[0]):
-                    ahead = None
+            if entry.partial:  # only our predecessor (opened and seen locked when we joined):
+                entry.partial = False  # wait for it (``_still_ahead`` looks again)
+                assert entry.pred is not None
+                return ((entry.pred[1], _LEFT),)
         elif self._predecessor_done(entry):
             return None
         if ahead is None:
@@ -940,7 +985,7 @@ class FileDriver:
         if pred is None or entry.mode.shared or not entry.checked:
             return False
         fd, path = pred
-        if cls._live(queue.dir, os.path.basename(path)):
+        if not entry.pred_gone and cls._live(queue.dir, os.path.basename(path)):
             return False  # still there (a spurious wake-up)
         granted = os.pread(fd, len(_WAITING), 0)
         if not granted.isdigit() or granted == _WAITING:
@@ -963,6 +1008,10 @@ class FileDriver:
         if entry.ahead is not None and path == entry.ahead[1]:
             fast = entry.queue.fast_holder()  # (locked, and not marked released)
             return fast is not None and fast[0] == entry.ahead[0]
+        if entry.pred is not None and entry.pred[1] == path:
+            # Opened before: the watch was set on that name (never reused) after, so it was
+            # still in the queue then, and a rename away since has woken the watch.
+            return _locked(entry.pred[0])
         entry.drop_pred()
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
