@@ -927,9 +927,14 @@ class FileDriver:
             # entries that left since are found gone below; later ones are behind us)
             ahead, entry.listing = sorted(entry.listing), None
             if entry.partial:  # only our predecessor (opened and seen locked when we joined):
-                entry.partial = False  # wait for it (``_still_ahead`` looks again)
+                entry.partial = False  # wait for it if it is still there (often it has left)
                 assert entry.pred is not None
-                return ((entry.pred[1], _LEFT),)
+                if os.path.exists(entry.pred[1]):  # (``_still_ahead`` looks closer)
+                    return ((entry.pred[1], _LEFT),)
+                entry.pred_gone = True
+                if self._predecessor_done(entry):
+                    return None
+                ahead = None
         elif self._predecessor_done(entry):
             return None
         if ahead is None:
@@ -1008,10 +1013,9 @@ class FileDriver:
         if entry.ahead is not None and path == entry.ahead[1]:
             fast = entry.queue.fast_holder()  # (locked, and not marked released)
             return fast is not None and fast[0] == entry.ahead[0]
-        if entry.pred is not None and entry.pred[1] == path:
-            # Opened before: the watch was set on that name (never reused) after, so it was
-            # still in the queue then, and a rename away since has woken the watch.
-            return _locked(entry.pred[0])
+        # Opened again by its name, even when we have it open: a rename away between the
+        # watch's lookup of the name and the watch taking hold sends its event to nobody, and
+        # the file, renamed to a spare, is still locked.
         entry.drop_pred()
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
