@@ -631,21 +631,22 @@ def _queued_behind(url: str, name: str, holder: tenure.Lock, waiter: tenure.Lock
     return inode[0]
 
 
-def test_a_released_entry_is_kept_hidden_and_reused(url: str) -> None:
-    """Creating an entry file costs an inode (hundreds of µs on a busy ext4): a released entry
-    is renamed to a hidden spare, still locked (its watchers wake on the rename), and becomes
-    one of the same client's next entries: two alternate, so the one left last keeps its
-    content (its grant time) for the waiter behind it. Closing the client deletes them."""
+def test_a_released_entry_is_kept_marked_and_reused(url: str) -> None:
+    """Creating an entry file costs an inode (hundreds of µs on a busy ext4), renaming one a
+    directory change: a released entry is marked left where it is, still locked (its watchers
+    wake on the mark), counted by nobody, and becomes one of the same client's next entries:
+    two alternate, so the one left last keeps its content (its grant time) for the waiter
+    behind it. Closing the client deletes them."""
 
     def spares() -> set[int]:
-        found = queue_dir(url, "lock", "reuse").iterdir()
-        return {p.stat().st_ino for p in found if p.name[0] == "."}
+        found = [p.stat() for p in queue_dir(url, "lock", "reuse").iterdir()]
+        return {st.st_ino for st in found if st.st_mode & file_backend._LEFT_BIT}
 
     with tenure.connect(url) as a, tenure.connect(url) as b:
         holder, waiter = a.lock("reuse"), b.lock("reuse")
         first = _queued_behind(url, "reuse", holder, waiter)
         assert spares() == {first}
-        assert b.contenders("reuse") == []  # hidden: not a contender
+        assert b.contenders("reuse") == []  # left: not a contender
         second = _queued_behind(url, "reuse", holder, waiter)
         assert second != first  # (the one left last is not taken at once)
         assert spares() == {first, second}
@@ -761,8 +762,8 @@ def test_a_dead_processs_spare_is_swept(url: str, tmp_path: Path) -> None:
     proc.start()
     try:
         wait_until(marker.exists, "the child to keep a spare")
-        spares = [p for p in queue_dir(url, "lock", "swept").iterdir() if p.name[0] == "."]
-        assert len(spares) == 1
+        found = [p.stat() for p in queue_dir(url, "lock", "swept").iterdir()]
+        assert len([st for st in found if st.st_mode & file_backend._LEFT_BIT]) == 1
         os.kill(proc.pid or 0, signal.SIGKILL)
         proc.join(DEADLINE)
     finally:

@@ -10,8 +10,10 @@ dir)::
     <stem>.queue/<seq>-<m>-<id>  one entry per contender (holder or waiter), in arrival order;
                                  m is x (exclusive), s (shared) or p (permit); its content is
                                  the grant time (20 digits, zeros while waiting) and a JSON
-                                 record {"host", "pid", "value"} (blanks may follow it)
-    <stem>.queue/.spare-<hex>    a released entry kept, locked, for its client's next entry
+                                 record {"host", "pid", "value"} (blanks may follow it);
+                                 one its owner left is marked (``_LEFT_BIT``) and kept, locked,
+                                 in place for that client's next entry
+    <stem>.queue/.spare-<hex>    an older version's kept entry (swept once its process died)
 
 - **The queue file's short lock.** Every contender takes a short open-file-description lock
   (``F_OFD_SETLKW``) on the first byte of ``<stem>.lock`` to join the queue. One that finds it
@@ -66,18 +68,22 @@ dir)::
   numbers differ and the contender lists the directory instead) and waits for it alone. Woken
   by its leaving, it goes without listing if that entry was exclusive and had been granted
   (its grant time, read through a descriptor opened on it while waiting, which still reads
-  after it was renamed away) and no kept entry was put in since (the queue file's "last seen
-  empty" field, which ``_keep`` zeroes, is as it was when we joined): nobody before a granted
+  after it was marked left or renamed away) and no kept entry was put in since (the queue
+  file's "last seen empty" field, which ``_keep`` zeroes, is as it was when we joined): nobody
+  before a granted
   exclusive entry is live, and only a kept entry can join ahead of us. Anything else (a
   reader or permit, a predecessor that timed out or died waiting) lists the queue, as before.
-- **Release** renames our own entry away to a hidden spare, still locked, which becomes our
-  next entry but one (two alternate, so the one left last keeps its grant time for the waiter
-  behind it; a rename costs a few µs, a new file an inode: hundreds of µs on a busy ext4);
-  watchers wake on ``IN_MOVE_SELF``. Beyond two spares it unlinks the entry (while still
-  locked) and closes it. Either way it can never remove another contender's. A fast holder
-  closes its hold file; the waiter watching it (``IN_CLOSE_WRITE``) blanks the slot, so a
-  holder that somehow still runs finds itself lost. Deleting an entry, a hold file or the queue
-  file by hand makes its holders lost.
+- **Release** marks our own entry left where it is (the owner's execute bit, ``fchmod``: watchers
+  wake on ``IN_ATTRIB``, which no grant-time write sends; everyone else counts a marked entry as
+  gone, and nobody but its owner removes it while it is locked). It becomes our next entry but one:
+  renamed to its new place under the queue file's lock, the mark taken off (two alternate, so the
+  one left last keeps its grant time for the waiter behind it). So a contended grant changes the
+  directory once (the rejoin's rename), not twice; a rename costs a few µs, a new file an inode:
+  hundreds of µs on a busy ext4. Beyond two kept entries it unlinks the entry (while still locked)
+  and closes it. Either way it can never remove another contender's. A fast holder closes its hold
+  file; the waiter watching it (``IN_CLOSE_WRITE``) blanks the slot, so a holder that somehow still
+  runs finds itself lost. Deleting an entry, a hold file or the queue file by hand makes its holders
+  lost.
 """
 
 from __future__ import annotations
@@ -93,6 +99,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import struct
 import threading
 import time
@@ -146,10 +153,14 @@ _MODE_NAMES = {v: k for k, v in _MODE_CHARS.items()}
 _MAX_STEM = 200
 _OPEN_QUEUES = 64  # queue files kept open per driver (the most recently opened keys)
 
-_IN_MODIFY, _IN_CLOSE_WRITE, _IN_DELETE = 0x02, 0x08, 0x200
+_IN_MODIFY, _IN_ATTRIB, _IN_CLOSE_WRITE, _IN_DELETE = 0x02, 0x04, 0x08, 0x200
 _IN_MOVED_FROM, _IN_MOVED_TO, _IN_MOVE_SELF = 0x40, 0x80, 0x800
-_LEFT = _IN_CLOSE_WRITE | _IN_MOVE_SELF  # an entry's owner left (renamed it away) or died
-_SPARE = ".spare-"  # a released entry kept for the next one (hidden: listings skip dot names)
+# An entry's owner left (marked it, ``_LEFT_BIT``), renamed it away, or died.
+_LEFT = _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_MOVE_SELF
+# The mark of an entry its owner left in place (kept, locked, for its next entry): the user's
+# execute bit, which an entry (created 0o644, less the umask) never has otherwise.
+_LEFT_BIT = stat.S_IXUSR
+_SPARE = ".spare-"  # an older version's kept entry (hidden: listings skip dot names)
 _SPARES = 2  # kept per key and process
 # A waiter whose watch stays quiet looks again after this long, doubling up to the second
 # figure (seconds): see ``FileDriver.acquire``.
@@ -278,9 +289,10 @@ class _Queue:
     def __init__(self, lock_path: str, dir: str) -> None:
         self.lock_path, self.dir, self.pid, self.fd = lock_path, dir, os.getpid(), -1
         self.holds: tuple[int, ...] = ()
-        # Released entries kept, still locked, under a hidden name: (fd, path). Creating a
-        # file costs an inode (hundreds of µs on ext4 under load), renaming one a few µs.
-        self.spares: list[tuple[int, str]] = []
+        # Released entries kept, still locked, marked left in place (``_Entry.leave``).
+        # Creating a file costs an inode (hundreds of µs on ext4 under load), renaming one a
+        # few µs, marking one less (and no directory change).
+        self.spares: list[tuple[int, str, int]] = []  # (fd, path, permission bits)
         self.left_fast = False  # our last grant of this key was fast, and we released it
         # The OFD lock excludes other open files, not other threads sharing this one.
         self.mutex = threading.Lock()
@@ -318,7 +330,7 @@ class _Queue:
     def drop_spares(self) -> None:
         """Delete our kept entries (while still locked, so nobody sees one unlocked)."""
         while self.spares:
-            fd, path = self.spares.pop()
+            fd, path, _ = self.spares.pop()
             if fd in _INHERITED:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
@@ -381,6 +393,7 @@ class _Entry:
         "name",
         "partial",
         "path",
+        "perm",
         "pred",
         "pred_gone",
         "queue",
@@ -401,6 +414,7 @@ class _Entry:
         self.name = f"{seq:020d}-{_MODE_CHARS[mode.name]}-{owner}"
         self.path = os.path.join(queue.dir, self.name)
         self.fd = -1
+        self.perm = 0o644  # its file's permission bits (without ``_LEFT_BIT``)
 
     def ours(self) -> bool:
         """Still in place: not unlinked, and its queue file not replaced."""
@@ -414,26 +428,25 @@ class _Entry:
             os.close(fd)
 
     def leave(self) -> None:
-        """Leave the queue: rename our entry away to a hidden spare, still locked, for our next
-        entry (``IN_MOVE_SELF`` wakes whoever watches it); or, with spares enough, unlink it
-        while still locked (so nobody sees it unlocked but present), then close, which frees
-        the lock and wakes its watchers (``IN_CLOSE_WRITE``)."""
+        """Leave the queue: mark our entry left where it is (``_LEFT_BIT``: ``IN_ATTRIB`` wakes
+        whoever watches it; nobody counts it any more), still locked, to become our next entry
+        but one (renamed then: no directory change now); or, with spares enough, unlink it while
+        still locked (so nobody sees it unlocked but present), then close, which frees the lock
+        and wakes its watchers (``IN_CLOSE_WRITE``)."""
         fd, self.fd = self.fd, -1
         if fd < 0:
             return
         queue = self.queue
+        kept = False
         if len(queue.spares) < _SPARES and queue.pid == os.getpid():
-            spare = os.path.join(queue.dir, _SPARE + os.urandom(8).hex())
-            try:
-                os.rename(self.path, spare)
-            except FileNotFoundError:  # deleted by hand: it was lost; just close it
-                pass
-            else:
-                queue.spares.append((fd, spare))
-                return
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, self.perm | _LEFT_BIT)
+                kept = True
+        if kept:
+            queue.spares.append((fd, self.path, self.perm))
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
         _INHERITED.discard(fd)
         os.close(fd)
 
@@ -774,8 +787,9 @@ class FileDriver:
             if seq != checked:
                 tail = None if mode.shared else self._tail(queue, seq)
                 listing, partial = ([tail[0]], True) if tail else (_listdir(queue.dir), False)
-            queued = partial or (
-                listing is not None and any(self._live(queue.dir, n) for n in listing)
+            queued = partial or (  # (the newest first: entries left in place are older)
+                listing is not None
+                and any(self._live(queue.dir, n) for n in sorted(listing, reverse=True))
             )
             # (One that released but has not closed yet still counts: no fast grant may take
             # the next generation's hold file while the one before is locked.)
@@ -827,11 +841,11 @@ class FileDriver:
         except FileNotFoundError:
             return None
         _INHERITED.add(fd)
-        if _locked(fd):
+        if _locked(fd) and not os.fstat(fd).st_mode & _LEFT_BIT:
             return name, fd
         _INHERITED.discard(fd)
         os.close(fd)
-        cls._live(queue.dir, name)  # dead: unlink it
+        cls._live(queue.dir, name)  # dead: unlink it (left: leave it)
         return None
 
     @staticmethod
@@ -850,6 +864,7 @@ class FileDriver:
         try:
             fcntl.fcntl(fd, _SETLK, _WRLCK)
             os.write(fd, content)
+            entry.perm = stat.S_IMODE(os.fstat(fd).st_mode) & ~_LEFT_BIT
         except OSError:
             entry.leave()
             raise
@@ -857,20 +872,28 @@ class FileDriver:
     @staticmethod
     def _reuse(queue: _Queue, entry: _Entry, content: bytes) -> bool:
         """Make our entry of a kept spare (under the queue file's lock): write its content
-        while it is hidden (blanks over a longer old one: JSON ignores them), then rename it
-        into place. It stays locked throughout, so it is never seen unlocked."""
+        while it is marked left (blanks over a longer old one: JSON ignores them), rename it
+        to its new place and take the mark off. It stays locked throughout, so it is never
+        seen unlocked; marked under its new name only for an instant, while we hold the queue
+        file's lock: nobody is behind it yet, and those ahead do not look behind them."""
         # Never the entry we left last (the newest spare): it keeps its content (its grant
         # time) for the waiter behind it (``_predecessor_done``); so two spares alternate.
         while len(queue.spares) >= _SPARES:
-            fd, spare = queue.spares.pop(0)
+            fd, spare, perm = queue.spares.pop(0)
+            renamed = False
             try:
                 os.pwrite(fd, content.ljust(os.fstat(fd).st_size), 0)
                 os.rename(spare, entry.path)
+                renamed = True
+                os.fchmod(fd, perm)
             except OSError:  # deleted by hand, or its directory: forget it
+                if renamed:  # (still locked: make way for a new file of that name)
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
                 _INHERITED.discard(fd)
                 os.close(fd)
                 continue
-            entry.fd = fd
+            entry.fd, entry.perm = fd, perm
             return True
         return False
 
@@ -929,7 +952,9 @@ class FileDriver:
             if entry.partial:  # only our predecessor (opened and seen locked when we joined):
                 entry.partial = False  # wait for it if it is still there (often it has left)
                 assert entry.pred is not None
-                if os.path.exists(entry.pred[1]):  # (``_still_ahead`` looks closer)
+                if os.path.exists(entry.pred[1]) and not (
+                    os.fstat(entry.pred[0]).st_mode & _LEFT_BIT
+                ):  # (``_still_ahead`` looks closer)
                     return ((entry.pred[1], _LEFT),)
                 entry.pred_gone = True
                 if self._predecessor_done(entry):
@@ -978,19 +1003,23 @@ class FileDriver:
 
     @classmethod
     def _predecessor_done(cls, entry: _Entry) -> bool:
-        """Whether an exclusive ``entry`` may go without listing the queue: the exclusive
-        entry it waited for (``entry.pred``) was granted and is gone. Everything between the
-        two was dead when we chose it (dead stays dead), nothing joins ahead of us but a kept
-        entry (``_keep`` zeroes the queue file's "last seen empty" field: compared with its
-        value when we joined), and when an exclusive entry is granted nobody before it is
-        live; so nobody is. Its grant time still reads through our descriptor after it was
-        renamed away; a spare made its next entry again reads zeros (which only sends us to
-        the listing: that next entry is behind us, and cannot be granted before we are)."""
+        """Whether an exclusive ``entry`` may go without listing the queue: the exclusive entry it
+        waited for (``entry.pred``) was granted and is gone. Everything between the two was dead
+        when we chose it (dead stays dead), nothing joins ahead of us but a kept entry (``_keep``
+        zeroes the queue file's "last seen empty" field: compared with its value when we joined),
+        and when an exclusive entry is granted nobody before it is live; so nobody is. Its grant
+        time still reads through our descriptor after it was marked left or renamed away; a kept
+        entry made its next entry again reads zeros (which only sends us to the listing: that next
+        entry is behind us, and cannot be granted before we are)."""
         pred, queue = entry.pred, entry.queue
         if pred is None or entry.mode.shared or not entry.checked:
             return False
         fd, path = pred
-        if not entry.pred_gone and cls._live(queue.dir, os.path.basename(path)):
+        if (
+            not entry.pred_gone
+            and not os.fstat(fd).st_mode & _LEFT_BIT
+            and cls._live(queue.dir, os.path.basename(path))
+        ):
             return False  # still there (a spurious wake-up)
         granted = os.pread(fd, len(_WAITING), 0)
         if not granted.isdigit() or granted == _WAITING:
@@ -1013,15 +1042,15 @@ class FileDriver:
         if entry.ahead is not None and path == entry.ahead[1]:
             fast = entry.queue.fast_holder()  # (locked, and not marked released)
             return fast is not None and fast[0] == entry.ahead[0]
-        # Opened again by its name, even when we have it open: a rename away between the
-        # watch's lookup of the name and the watch taking hold sends its event to nobody, and
-        # the file, renamed to a spare, is still locked.
+        # Opened again by its name, even when we have it open, and its mark read: a rename or
+        # a mark between the watch's lookup of the name and the watch taking hold sends its
+        # event to nobody, and an entry left in place (or renamed) is still locked.
         entry.drop_pred()
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return False
-        if not _locked(fd):
+        if not _locked(fd) or os.fstat(fd).st_mode & _LEFT_BIT:
             os.close(fd)
             return False
         if entry.mode.shared or os.path.basename(path)[21] != "x":
@@ -1042,21 +1071,21 @@ class FileDriver:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             return False
-        locked = _path_locked(path)
-        if locked is None or locked:
-            return bool(locked)
-        # Entries are locked from creation until unlinked (spares too, while hidden): unlocked
-        # and present means its process died (the kernel dropped the lock). Its name is never
-        # reused.
+        state = _entry_state(path)
+        if state is not _DEAD:
+            return state is _ALIVE
+        # Entries are locked from creation until unlinked (also while left in place for their
+        # owner's next entry): unlocked and present means its process died (the kernel dropped
+        # the lock). Its name is never reused.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         return False
 
     async def release(self, grant: Grant) -> bool:
-        """Leave our own entry (the release path, ``_Entry.leave``: renamed away to a spare, or
-        unlinked and closed), which wakes exactly the contenders watching it. A fast grant marks
-        its slot released and closes its hold file (``_Fast.leave``). A release before
-        ``min_hold`` first puts a kept entry in our place (``_keep``)."""
+        """Leave our own entry (the release path, ``_Entry.leave``: marked left in place and kept
+        for our next entry, or unlinked and closed), which wakes exactly the contenders watching it.
+        A fast grant marks its slot released and closes its hold file (``_Fast.leave``). A release
+        before ``min_hold`` first puts a kept entry in our place (``_keep``)."""
         entry: _Entry | _Fast | None = grant.data
         if entry is None:
             return False
@@ -1167,7 +1196,12 @@ class FileDriver:
             [
                 (
                     queue.dir,
-                    _IN_MODIFY | _IN_CLOSE_WRITE | _IN_DELETE | _IN_MOVED_FROM | _IN_MOVED_TO,
+                    _IN_MODIFY
+                    | _IN_ATTRIB
+                    | _IN_CLOSE_WRITE
+                    | _IN_DELETE
+                    | _IN_MOVED_FROM
+                    | _IN_MOVED_TO,
                 ),
                 (queue.lock_path, _IN_MODIFY),
                 *((path, _IN_CLOSE_WRITE) for path in queue.hold_paths),
@@ -1260,12 +1294,23 @@ def _listdir(path: str) -> list[str]:
 
 
 def _sweep_spares(queue_dir: str) -> None:
-    """Delete the spares of processes that died (unlocked); a live process's are locked."""
+    """Delete the kept entries of processes that died (unlocked): entries left in place, and an
+    older version's hidden spares; a live process's are locked. (Only those: a new entry is
+    unlocked for an instant while it is made, unmarked; this may run outside the queue file's
+    lock.)"""
     try:
-        names = [name for name in os.listdir(queue_dir) if name.startswith(_SPARE)]
+        names = os.listdir(queue_dir)
     except FileNotFoundError:
         return
     for name in names:
+        if name[0] == "." and not name.startswith(_SPARE):
+            continue
+        if name[0] != ".":
+            try:
+                if not os.stat(os.path.join(queue_dir, name)).st_mode & _LEFT_BIT:
+                    continue  # (a mark is set only on a locked entry, never taken off a dead one)
+            except FileNotFoundError:
+                continue
         FileDriver._live(queue_dir, name)  # (which unlinks a dead one)
 
 
@@ -1289,13 +1334,35 @@ def _read_fast(lock_path: str) -> tuple[str, bytes] | None:
 
 
 def _read_live(path: str) -> bytes | None:
-    """An entry's content, or None if it is gone or its lock is (its process died)."""
+    """An entry's content, or None if it is gone, left (marked) or its lock is (its process
+    died)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     try:
-        return os.pread(fd, os.fstat(fd).st_size, 0) if _locked(fd) else None
+        info = os.fstat(fd)
+        if info.st_mode & _LEFT_BIT or not _locked(fd):
+            return None
+        return os.pread(fd, info.st_size, 0)
+    finally:
+        os.close(fd)
+
+
+_GONE, _ALIVE, _LEFT_IN_PLACE, _DEAD = "gone", "alive", "left", "dead"
+
+
+def _entry_state(path: str) -> str:
+    """An entry file's state: gone (no such file), alive (locked), left (locked, marked left
+    by its owner, who keeps it for a next entry) or dead (unlocked: its process died)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return _GONE
+    try:
+        if not _locked(fd):
+            return _DEAD
+        return _LEFT_IN_PLACE if os.fstat(fd).st_mode & _LEFT_BIT else _ALIVE
     finally:
         os.close(fd)
 
