@@ -3,6 +3,7 @@ waiters whose session expires, TTL minimums, credentials, fail-over, renewal cos
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
@@ -1078,6 +1079,46 @@ def test_an_acquire_whose_enqueue_reply_was_lost_keeps_its_place(
         assert not session.lost.is_set()
         waiter.release()
         session.close()
+
+
+async def test_an_acquire_cancelled_while_its_enqueue_is_on_its_way_leaves_no_entry(
+    etcd_server: EtcdCluster, kv: Any, ns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncio: an acquire cancelled after its enqueue request was sent, before the reply: the
+    entry that request made must go at once (a lock's would otherwise hold the lock, for
+    nobody, until a renewal), not wait for the session's next renewal."""
+    from tenure import aio
+
+    stub, _ = kv
+    prefix = f"{ns}/lock/job//"
+    query = f"?namespace={ns}"
+    with tenure.connect(etcd_server.url + query) as direct:
+        holder = direct.lock("job")
+        assert holder.acquire()
+        cut = await aio.connect(etcd_server.url + query, ttl=30)
+        try:
+            waiter = cut.lock("job")
+            assert not await waiter.acquire(timeout=0)  # (the session is open: no renewal soon)
+            driver = cut._driver
+            real = driver._txn
+            sent: list[int] = []
+
+            async def cancelled_on_its_way(what: str, *args: Any) -> Any:
+                if what == "acquire" and not sent:
+                    sent.append(1)
+                    await real(what, *args)  # the write lands; the caller is cancelled then
+                    raise asyncio.CancelledError
+                return await real(what, *args)
+
+            monkeypatch.setattr(driver, "_txn", cancelled_on_its_way)
+            with pytest.raises(asyncio.CancelledError):
+                await waiter.acquire(timeout=10)
+            assert sent == [1]
+            assert [e.create_revision for e in keys_under(stub, prefix)] == [holder.token]
+        finally:
+            monkeypatch.undo()
+            await cut.close()
+        holder.release()
 
 
 def test_a_later_acquire_replaces_an_entry_whose_enqueue_reply_was_lost(

@@ -786,6 +786,13 @@ class EtcdDriver:
                 break
             except LeaseExpired as exc:
                 raise self._lost_while_waiting(lease, key) from exc
+            # tenure: begin async-only
+            except asyncio.CancelledError:
+                # Cancelled while the request may have been on its way: delete what it may
+                # have made now rather than at the next renewal.
+                await asyncio.shield(self._delete_leftovers(q.me))
+                raise
+            # tenure: end async-only
             except _KeptHold as kept:
                 # This session's own key name is taken by its earlier holder, released under
                 # min_hold: wait for etcd to delete it (nothing of ours to leave behind).
@@ -915,11 +922,14 @@ class EtcdDriver:
                     await self._leave_quietly(q.me, mine)  # nothing left behind
                     raise limit_mismatch(key.partition("/")[2], stored, q.mode.limit)
                 return mine, place
-        except BackendError:
-            # A reply is lost, not necessarily its write: an entry made by this attempt would
-            # stay queued with nobody waiting on it (a lock's would hold the lock, for nobody,
-            # as long as the session lives). Its value (this call's acquired_at) is written by
-            # nothing else: the next renewal deletes it by that value, or by its revision.
+        except _KeptHold:
+            raise
+        except BaseException:
+            # A reply is lost (or the call cancelled while it was on its way), not necessarily
+            # its write: an entry made by this attempt would stay queued with nobody waiting on
+            # it (a lock's would hold the lock, for nobody, as long as the session lives). Its
+            # value (this call's acquired_at) is written by nothing else: the next renewal (or
+            # the cancelled acquire, at once) deletes it by that value, or by its revision.
             known = [_created_at(q.me, mine)] if mine else []
             self._remember(q.me, *stale, _written_by(puts), *known)
             raise
@@ -1066,8 +1076,11 @@ class EtcdDriver:
         if conditions:
             self._leftovers.setdefault(me, []).extend(conditions)
 
-    async def _delete_leftovers(self) -> None:
+    async def _delete_leftovers(self, only: bytes | None = None) -> None:
+        """Delete the entries left to a renewal (``only``: those under that key)."""
         for me, conditions in list(self._leftovers.items()):
+            if only is not None and me != only:
+                continue
             for condition in list(conditions):
                 with contextlib.suppress(BackendError, LeaseExpired):
                     await self._delete_when(me, condition)  # (False: that entry is gone)
