@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -1012,6 +1012,28 @@ def _lose_enqueue_replies(
     return lost
 
 
+@contextlib.contextmanager
+def _held_and_a_session(
+    etcd_server: EtcdCluster, ns: str, kind: str = "lock"
+) -> Iterator[tuple[Any, Any, Any, Callable[[Any], Any]]]:
+    """``job`` (a lock, or a limit-1 semaphore) held through one client, and a session (TTL
+    10 s) of another client to contend from: yields (holder, the other client, its session,
+    the maker of a contender from a client or session)."""
+    query = f"?namespace={ns}&request_timeout=0.5"
+    with (
+        tenure.connect(etcd_server.url + query) as direct,
+        tenure.connect(etcd_server.url + query) as cut,
+    ):
+        make: Callable[[Any], Any] = (
+            (lambda s: s.lock("job")) if kind == "lock" else (lambda s: s.semaphore("job", limit=1))
+        )
+        holder = make(direct)
+        assert holder.acquire()
+        session = cut.session(ttl=10)
+        yield holder, cut, session, make
+        session.close()
+
+
 @pytest.mark.parametrize("kind", ["lock", "semaphore"])
 def test_an_entry_whose_enqueue_reply_was_lost_is_deleted_by_the_next_renewal(
     etcd_server: EtcdCluster, kv: Any, ns: str, kind: str, monkeypatch: pytest.MonkeyPatch
@@ -1021,17 +1043,7 @@ def test_an_entry_whose_enqueue_reply_was_lost_is_deleted_by_the_next_renewal(
     (a lock's would hold the lock, for nobody, as long as the session lives)."""
     stub, _ = kv
     prefix = f"{ns}/{kind}/job//"
-    query = f"?namespace={ns}&request_timeout=0.5"
-    with (
-        tenure.connect(etcd_server.url + query) as direct,
-        tenure.connect(etcd_server.url + query) as cut,
-    ):
-        make = (
-            (lambda s: s.lock("job")) if kind == "lock" else (lambda s: s.semaphore("job", limit=1))
-        )
-        holder = make(direct)
-        assert holder.acquire()
-        session = cut.session(ttl=10)
+    with _held_and_a_session(etcd_server, ns, kind) as (holder, cut, session, make):
         waiter = make(session)
         lost = _lose_enqueue_replies(cut, monkeypatch)
         with pytest.raises(BackendTimeoutError):
@@ -1042,11 +1054,10 @@ def test_an_entry_whose_enqueue_reply_was_lost_is_deleted_by_the_next_renewal(
         assert session._renew()
         assert [e.create_revision for e in keys_under(stub, prefix)] == [holder.token]
         holder.release()
-        other = make(direct)
+        other = make(cut)
         assert other.acquire(timeout=5.0)  # nobody's entry is in its way
         other.release()
         assert not session.lost.is_set()
-        session.close()
 
 
 def test_an_acquire_whose_enqueue_reply_was_lost_keeps_its_place(
@@ -1057,14 +1068,7 @@ def test_an_acquire_whose_enqueue_reply_was_lost_keeps_its_place(
     by the first attempt's value): granted on that entry, which the renewal leaves."""
     stub, _ = kv
     prefix = f"{ns}/lock/job//"
-    query = f"?namespace={ns}&request_timeout=0.5"
-    with (
-        tenure.connect(etcd_server.url + query) as direct,
-        tenure.connect(etcd_server.url + query) as cut,
-    ):
-        holder = direct.lock("job")
-        assert holder.acquire()
-        session = cut.session(ttl=10)
+    with _held_and_a_session(etcd_server, ns) as (holder, cut, session, _):
         waiter = session.lock("job")
         lost = _lose_enqueue_replies(cut, monkeypatch, times=1)
         runner = Runner()
@@ -1078,7 +1082,6 @@ def test_an_acquire_whose_enqueue_reply_was_lost_keeps_its_place(
         assert [e.create_revision for e in keys_under(stub, prefix)] == [waiter.token]
         assert not session.lost.is_set()
         waiter.release()
-        session.close()
 
 
 async def test_an_acquire_cancelled_while_its_enqueue_is_on_its_way_leaves_no_entry(
@@ -1129,14 +1132,7 @@ def test_a_later_acquire_replaces_an_entry_whose_enqueue_reply_was_lost(
     the lock's key under its holder); it replaces it, and the renewal leaves the new one."""
     stub, _ = kv
     prefix = f"{ns}/lock/job//"
-    query = f"?namespace={ns}&request_timeout=0.5"
-    with (
-        tenure.connect(etcd_server.url + query) as direct,
-        tenure.connect(etcd_server.url + query) as cut,
-    ):
-        holder = direct.lock("job")
-        assert holder.acquire()
-        session = cut.session(ttl=10)
+    with _held_and_a_session(etcd_server, ns) as (holder, cut, session, _):
         waiter = session.lock("job")
         _lose_enqueue_replies(cut, monkeypatch)
         with pytest.raises(BackendTimeoutError):
@@ -1151,4 +1147,3 @@ def test_a_later_acquire_replaces_an_entry_whose_enqueue_reply_was_lost(
         assert not session.lost.is_set()
         assert not holder.acquire(timeout=0)
         waiter.release()
-        session.close()
