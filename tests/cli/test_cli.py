@@ -155,6 +155,45 @@ def test_run_returns_the_exit_code_of_cmd_and_passes_lock_and_token(
     assert set(env) == {"TENURE_LOCK", "TENURE_TOKEN"}
 
 
+# The whole environment CMD sees (``tenure run`` runs it with a preexec_fn).
+WHOLE_ENV_CHILD = textwrap.dedent(
+    """
+    import json, os, sys
+    from pathlib import Path
+    Path(sys.argv[1]).write_text(json.dumps(dict(os.environ)))
+    """
+)
+
+
+@pytest.mark.parametrize("users", [None, "true"])
+def test_run_turns_grpc_fork_support_off_for_itself_not_for_cmd(
+    url: str, tmp_path: Path, users: str | None
+) -> None:
+    """grpcio 1.80+ can crash a child started with a preexec_fn while a channel is busy
+    (grpc/grpc#43055): the program turns gRPC's fork support off for itself, unless the user
+    set it; CMD's environment is the user's either way."""
+    out = tmp_path / "env.json"
+    env = _env()
+    env.pop("GRPC_ENABLE_FORK_SUPPORT", None)
+    if users is not None:
+        env["GRPC_ENABLE_FORK_SUPPORT"] = users
+    result = subprocess.run(
+        [*TENURE, "run", "job", "--url", url, "--", sys.executable, "-c", WHOLE_ENV_CHILD,
+         str(out)],
+        check=False, capture_output=True, text=True, timeout=TIMEOUT, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(out.read_text()).get("GRPC_ENABLE_FORK_SUPPORT") == users
+    program = (
+        "import os, sys; sys.argv = ['tenure', '--version']; from tenure.cli import main; "
+        "main(); print(os.environ['GRPC_ENABLE_FORK_SUPPORT'])"
+    )
+    itself = subprocess.run(
+        [sys.executable, "-c", program], check=True, capture_output=True, text=True, env=env
+    )
+    assert itself.stdout.split()[-1] == (users or "false")
+
+
 def test_run_tokens_increase_and_lock_is_released(url: str, tmp_path: Path) -> None:
     tokens = []
     for i in range(2):

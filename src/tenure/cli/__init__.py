@@ -39,6 +39,7 @@ from ._common import (
     EX_USAGE,
     CLIError,
     Interrupted,
+    grpc_fork_support_off,
     print_err,
 )
 from ._demo import cmd_demo
@@ -365,7 +366,10 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``tenure`` command line with ``argv`` (default ``sys.argv[1:]``); return the code."""
+    """Run the ``tenure`` command line with ``argv`` (default ``sys.argv[1:]``: the program
+    itself, which also turns gRPC's fork support off, see ``_common``); return the code."""
+    if argv is None:
+        grpc_fork_support_off()
     arguments = list(sys.argv[1:] if argv is None else argv)
     try:
         args = _parse(arguments)

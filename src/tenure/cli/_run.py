@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from collections.abc import Callable
 
@@ -12,6 +11,7 @@ import tenure
 from ._common import (
     EX_LOST,
     EX_TEMPFAIL,
+    child_environment,
     connect,
     describe_holder,
     interrupting_signals,
@@ -112,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 )
             return EX_TEMPFAIL
 
-        env = dict(os.environ, TENURE_LOCK=name, TENURE_TOKEN=str(lock.token))
+        env = child_environment(TENURE_LOCK=name, TENURE_TOKEN=str(lock.token))
 
         def lost_message() -> str:
             try:
@@ -177,7 +177,7 @@ def cmd_elect(args: argparse.Namespace) -> int:
                 term = election.term
             except tenure.NotLeaderError:
                 continue  # lost between the grant and now: campaign again
-            env = dict(os.environ, TENURE_ELECTION=name, TENURE_LEADER_TERM=str(term))
+            env = child_environment(TENURE_ELECTION=name, TENURE_LEADER_TERM=str(term))
 
             def lost_message(term: int = term) -> str:
                 return f"leadership of election {name!r} (term {term}) was lost"
