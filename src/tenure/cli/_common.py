@@ -90,20 +90,21 @@ class Interrupted(BaseException):
 # the program it turns gRPC's fork support off before anything imports grpc, unless the user
 # chose; CMD gets the environment as it was.
 _GRPC_FORK_SUPPORT = "GRPC_ENABLE_FORK_SUPPORT"
-_grpc_fork_support_set: list[bool] = []
+_grpc_fork_support_ours = False  # we set it (the user had not)
 
 
 def grpc_fork_support_off() -> None:
     """Turn gRPC's fork support off for this process, unless the user set it (see above)."""
+    global _grpc_fork_support_ours
     if _GRPC_FORK_SUPPORT not in os.environ:
         os.environ[_GRPC_FORK_SUPPORT] = "false"
-        _grpc_fork_support_set.append(True)
+        _grpc_fork_support_ours = True
 
 
 def child_environment(**extra: str) -> dict[str, str]:
     """CMD's environment: ours as the user gave it, and ``extra``."""
     env = dict(os.environ, **extra)
-    if _grpc_fork_support_set:
+    if _grpc_fork_support_ours:
         env.pop(_GRPC_FORK_SUPPORT, None)
     return env
 

@@ -1181,8 +1181,9 @@ class _Statements:
             " CASE WHEN a.state = 'idle' THEN greatest(0, h.ttl"
             " - extract(epoch FROM clock_timestamp() - a.state_change)) END AS expires_in,"
             " h.mode, false AS waiting, 0 AS rank, h.token AS n, NULL::timestamptz AS since"
-            " FROM " + _live_holders("key = %(k)s") + ""
-            " LEFT JOIN pg_stat_activity a ON a.pid = l.pid UNION ALL"
+            " FROM "
+            + _live_holders("key = %(k)s")
+            + " LEFT JOIN pg_stat_activity a ON a.pid = l.pid UNION ALL"
             " SELECT w.owner, w.host, w.pid, 0, NULL, w.value, NULL, w.mode, true,"
             " CASE WHEN l.granted THEN 1 ELSE 2 END, 0, l.waitstart"
             " FROM {s}.waiters w JOIN pg_locks l ON l.pid = w.backend_pid"
@@ -1274,8 +1275,9 @@ _IN_USE = (
     "WITH h AS MATERIALIZED (SELECT h.key AS k, h.name, h.owner, h.host, h.pid, h.token,"
     " h.acquired_at, h.value, CASE WHEN a.state = 'idle' THEN greatest(0, h.ttl"
     " - extract(epoch FROM clock_timestamp() - a.state_change)) END AS expires_in, h.mode"
-    " FROM " + _live_holders("namespace = %(ns)s") + ""
-    " LEFT JOIN pg_stat_activity a ON a.pid = l.pid)"
+    " FROM "
+    + _live_holders("namespace = %(ns)s")
+    + " LEFT JOIN pg_stat_activity a ON a.pid = l.pid)"
     " SELECT name, owner, host, pid, token, acquired_at, value, expires_in, mode, waiting,"
     " since FROM (SELECT name, owner, host, pid, token, acquired_at, value, expires_in, mode,"
     " false AS waiting, NULL::timestamptz AS since, 0 AS rank, token AS n FROM h UNION ALL"

@@ -71,9 +71,9 @@ dir)::
   (its grant time, read through a descriptor opened on it while waiting, which still reads
   after it was marked left or renamed away) and no kept entry was put in since (the queue
   file's "last seen empty" field, which ``_keep`` zeroes, is as it was when we joined): nobody
-  before a granted
-  exclusive entry is live, and only a kept entry can join ahead of us. Anything else (a
-  reader or permit, a predecessor that timed out or died waiting) lists the queue, as before.
+  before a granted exclusive entry is live, and only a kept entry can join ahead of us.
+  Anything else (a reader or permit, a predecessor that timed out or died waiting) lists the
+  queue, as before.
 - **Release** marks our own entry left where it is (the owner's execute bit, ``fchmod``: watchers
   wake on ``IN_ATTRIB``, which no grant-time write sends; everyone else counts a marked entry as
   gone, and nobody but its owner removes it while it is locked). It becomes our next entry but one:
@@ -230,6 +230,16 @@ def _stem(name: str) -> str:
 def _locked(fd: int) -> bool:
     """Whether anyone holds a write lock on ``fd``'s file, without taking it."""
     return bool(struct.unpack(_FLOCK, fcntl.fcntl(fd, _GETLK, _WRLCK))[0] != fcntl.F_UNLCK)
+
+
+def _marked_left(fd: int) -> bool:
+    """Whether an entry is marked left in place by its owner (``_LEFT_BIT``)."""
+    return bool(os.fstat(fd).st_mode & _LEFT_BIT)
+
+
+def _alive(fd: int) -> bool:
+    """Whether an entry is in the queue: locked (its owner lives) and not marked left."""
+    return _locked(fd) and not _marked_left(fd)
 
 
 def _path_locked(path: str) -> bool | None:
@@ -840,7 +850,7 @@ class FileDriver:
         except FileNotFoundError:
             return None
         _INHERITED.add(fd)
-        if _locked(fd) and not os.fstat(fd).st_mode & _LEFT_BIT:
+        if _alive(fd):
             return name, fd
         _INHERITED.discard(fd)
         os.close(fd)
@@ -951,10 +961,8 @@ class FileDriver:
             if entry.partial:  # only our predecessor (opened and seen locked when we joined):
                 entry.partial = False  # wait for it if it is still there (often it has left)
                 assert entry.pred is not None
-                if os.path.exists(entry.pred[1]) and not (
-                    os.fstat(entry.pred[0]).st_mode & _LEFT_BIT
-                ):  # (``_still_ahead`` looks closer)
-                    return ((entry.pred[1], _LEFT),)
+                if os.path.exists(entry.pred[1]) and not _marked_left(entry.pred[0]):
+                    return ((entry.pred[1], _LEFT),)  # (``_still_ahead`` looks closer)
                 entry.pred_gone = True
                 if self._predecessor_done(entry):
                     return None
@@ -1016,7 +1024,7 @@ class FileDriver:
         fd, path = pred
         if (
             not entry.pred_gone
-            and not os.fstat(fd).st_mode & _LEFT_BIT
+            and not _marked_left(fd)
             and cls._live(queue.dir, os.path.basename(path))
         ):
             return False  # still there (a spurious wake-up)
@@ -1049,7 +1057,7 @@ class FileDriver:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return False
-        if not _locked(fd) or os.fstat(fd).st_mode & _LEFT_BIT:
+        if not _alive(fd):
             os.close(fd)
             return False
         if entry.mode.shared or os.path.basename(path)[21] != "x":
@@ -1361,7 +1369,7 @@ def _entry_state(path: str) -> str:
     try:
         if not _locked(fd):
             return _DEAD
-        return _LEFT_IN_PLACE if os.fstat(fd).st_mode & _LEFT_BIT else _ALIVE
+        return _LEFT_IN_PLACE if _marked_left(fd) else _ALIVE
     finally:
         os.close(fd)
 
