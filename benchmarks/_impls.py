@@ -31,6 +31,7 @@ __all__ = [
     "FloorOp",
     "Library",
     "PotteryMastersClient",
+    "PythonEtcd3Client",
     "RedisCommandStats",
     "Target",
     "count_redis_requests",
@@ -853,6 +854,33 @@ class ToozEtcdClient:
 
     def close(self) -> None:
         self._coord.stop()
+
+
+class PythonEtcd3Client:
+    """python-etcd3's ``Lock`` (etcd3 0.12.0, its generated protobuf modules rebuilt in memory for
+    today's protobuf, ``benchmarks/_etcd3.py``): lease + Txn per try, ``watch_once`` to wait."""
+
+    def __init__(self, target: Target) -> None:
+        from benchmarks._etcd3 import etcd3
+
+        self._client = etcd3.client(host=target.host, port=target.port)
+
+    def lock(self, name: str) -> BenchLock:
+        return _PythonEtcd3Lock(self._client.lock(name, ttl=LOCK_TTL))
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class _PythonEtcd3Lock:
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+
+    def acquire(self, timeout: float) -> bool:
+        return bool(self._lock.acquire(timeout=timeout))
+
+    def release(self) -> None:
+        self._lock.release()
 
 
 async def etcd_afloor(target: Target) -> AsyncFloorOp:

@@ -33,6 +33,7 @@ from benchmarks._impls import (
     PortalockerClient,
     PotteryClient,
     PotteryMastersClient,
+    PythonEtcd3Client,
     PythonRedisLockClient,
     RedisPyClient,
     Target,
@@ -538,8 +539,13 @@ BACKENDS: dict[str, Backend] = {
                 ("tooz", "etcd3gw"),
                 note="lease + Txn over the JSON gateway, polls to wait",
             ),
-            # python-etcd3 (etcd3 0.12.0) does not import on protobuf >= 4 (its generated code
-            # predates the descriptor API), so it cannot run next to tenure: not listed.
+            Library(
+                "python-etcd3",
+                "python-etcd3 Lock",
+                PythonEtcd3Client,
+                ("benchmarks._etcd3",),
+                note="lease + Txn per try, watch_once on the key; generated modules rebuilt",
+            ),
         ),
         commandstats=True,
         stats=EtcdServerStats,

@@ -44,10 +44,10 @@ GOALS = {
         throughput_vs={"python-redis-lock": 2.0, "redis-py": 10.0},
         flat=("requests_per_grant", "commands_per_grant"), renewal=True,
     ),
-    # issue 5: tooz's etcd3+http driver is the best other Python etcd lock that runs here
-    # (python-etcd3 does not import with protobuf >= 4).
+    # issue 5: 5x tooz's etcd3+http driver; issue 26: 3x python-etcd3 (benchmarks/_etcd3.py).
     "etcd": Goals(
-        uncontended=1.3, throughput_vs={"tooz-etcd3gw": 5.0}, flat=("commands_per_grant",)
+        uncontended=1.3, throughput_vs={"tooz-etcd3gw": 5.0, "python-etcd3": 3.0},
+        flat=("commands_per_grant",),
     ),
     "zookeeper": Goals(uncontended=1.3, throughput_vs={"kazoo": 1.0}),  # issue 6
     "postgres": Goals(uncontended=1.3, handoff_us=1000.0, fairness=0.5, procs=("8",)),  # issue 11
