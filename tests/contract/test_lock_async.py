@@ -156,6 +156,38 @@ async def test_waiter_is_woken_by_release(aclients: Clients) -> None:
     await second.release()
 
 
+async def test_a_waiter_whose_predecessor_gave_up_still_waits_for_the_holder(
+    aclients: Clients,
+) -> None:
+    """The waiter ahead of another times out while the lock is held: the one behind must go on
+    waiting (a backend that took its predecessor's leaving for a release would grant it now,
+    with the holder still holding), and is granted at the release."""
+    a, b, c = await aclients(), await aclients(), await aclients()
+    holder, impatient, patient = a.lock("chain"), b.lock("chain"), c.lock("chain")
+    assert await holder.acquire()
+    first, second = AsyncRunner(), AsyncRunner()
+    first.start(lambda: impatient.acquire(timeout=1.5))
+
+    async def queued(n: int) -> bool:
+        return len(await a.contenders("chain")) == n
+
+    await first.wait_for(lambda: queued(2), 10)
+    second.start(lambda: patient.acquire(timeout=30))
+    await second.wait_for(lambda: queued(3), 10)
+    assert await first.join() == [False]
+    # Time enough for a wrongly woken waiter to take it:
+    await asyncio.sleep(0.3)  # tenure: async-only
+    # tenure: sync time.sleep(0.3)
+    assert holder.held
+    assert not patient.held
+    assert [h.waiting for h in await a.contenders("chain")] == [False, True]
+    token = holder.token
+    await holder.release()
+    assert await second.join() == [True]
+    assert patient.token > token
+    await patient.release()
+
+
 async def test_local_waiters_are_served_in_fifo_order(aclients: Clients) -> None:
     client = await aclients()
     holder = client.lock("fifo")

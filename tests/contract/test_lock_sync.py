@@ -154,6 +154,37 @@ def test_waiter_is_woken_by_release(clients: Clients) -> None:
     second.release()
 
 
+def test_a_waiter_whose_predecessor_gave_up_still_waits_for_the_holder(
+    clients: Clients,
+) -> None:
+    """The waiter ahead of another times out while the lock is held: the one behind must go on
+    waiting (a backend that took its predecessor's leaving for a release would grant it now,
+    with the holder still holding), and is granted at the release."""
+    a, b, c = clients(), clients(), clients()
+    holder, impatient, patient = a.lock("chain"), b.lock("chain"), c.lock("chain")
+    assert holder.acquire()
+    first, second = Runner(), Runner()
+    first.start(lambda: impatient.acquire(timeout=1.5))
+
+    def queued(n: int) -> bool:
+        return len(a.contenders("chain")) == n
+
+    first.wait_for(lambda: queued(2), 10)
+    second.start(lambda: patient.acquire(timeout=30))
+    second.wait_for(lambda: queued(3), 10)
+    assert first.join() == [False]
+    # Time enough for a wrongly woken waiter to take it:
+    time.sleep(0.3)
+    assert holder.held
+    assert not patient.held
+    assert [h.waiting for h in a.contenders("chain")] == [False, True]
+    token = holder.token
+    holder.release()
+    assert second.join() == [True]
+    assert patient.token > token
+    patient.release()
+
+
 def test_local_waiters_are_served_in_fifo_order(clients: Clients) -> None:
     client = clients()
     holder = client.lock("fifo")

@@ -174,13 +174,19 @@ class _Wait:
     """What I wait for, as a look found it: the delete of ``key``, or of any key older than mine
     in ``key`` to ``range_end`` (a semaphore's first waiter); with ``puts``, any change of
     ``key`` (a permit waiter's predecessor touches its key once granted). Two looks that find
-    the same wait (``read_at`` aside) saw nothing change that matters."""
+    the same wait (``read_at`` and ``last`` aside) saw nothing change that matters.
+
+    ``last``: ``key`` is the only key older than mine in the one range that decides (a lock, an
+    election, a writer, one permit), so its delete leaves none: no key is ever created older
+    than one that exists, and the set of older keys only shrinks. Its delete grants me without
+    a look."""
 
     key: bytes
     range_end: bytes = b""
     puts: bool = False
     mod_revision: int = 0
     read_at: int = dataclasses.field(default=0, compare=False)
+    last: bool = dataclasses.field(default=False, compare=False)
 
 
 class _KeptHold(Exception):
@@ -278,9 +284,10 @@ class _Stream:
 
 class _Watch:
     """A waiter's watch, as the waiter sees it; ``older_than``: only the deletes of keys created
-    before this revision fire it (0: any event)."""
+    before this revision fire it (0: any event). ``happened``: an event fired it (not an error,
+    a cancellation or the session's end)."""
 
-    __slots__ = ("created", "error", "fired", "id", "older_than", "revision")
+    __slots__ = ("created", "error", "fired", "happened", "id", "older_than", "revision")
 
     def __init__(self, watch_id: int, older_than: int) -> None:
         self.id = watch_id
@@ -288,6 +295,7 @@ class _Watch:
         self.revision = 0  # the revision the watch was created at
         self.created = _compat.Event()  # the watch is in place
         self.fired = _compat.Event()  # the event came, the watch was cancelled, or an error
+        self.happened = False
         self.error: _StreamError | None = None
 
     def wake(self) -> None:
@@ -357,6 +365,7 @@ class _Watches(_Stream):
             # (A delete whose previous value etcd no longer has reads as created at 0: it fires.)
             or any(e.prev_kv.create_revision < watch.older_than for e in reply.events)
         ):
+            watch.happened = True
             watch.fired.set()
 
     def _fail(self, error: _StreamError) -> None:
@@ -824,8 +833,15 @@ class EtcdDriver:
                     # keep-alive says so); at least every TTL, to notice my own key deleted
                     # behind my back.
                     assert isinstance(place, _Wait)  # (a look is never UNKNOWN)
-                    self._wait(lease, q, mine, place, min(remaining, lease.ttl))
+                    gone = self._wait(lease, q, mine, place, min(remaining, lease.ttl))
                     failing_since = None
+                    if gone and place.last and not lease.ended:
+                        # The only key older than mine was deleted: none is left, so I hold
+                        # it, without the look Go's Mutex makes here. (My key goes only with
+                        # my lease, which has not ended; one deleted by hand is reported lost
+                        # at the next renewal, as a holder's is.)
+                        done = True
+                        return Grant(key, owner, mine, lease, acquired_at, mode=mode)
                 except (BackendUnavailableError, BackendTimeoutError):
                     # Queued, and the connection fails (a member restarting, a new leader, a
                     # broken connection): keep my entry, and so my place, and look again. Past
@@ -969,20 +985,22 @@ class EtcdDriver:
 
         return _looked(q, mine, self._call("wait", call))
 
-    def _wait(self, lease: Lease, q: _Queue, mine: int, wait: _Wait, timeout: float) -> None:
-        """Return once what ``wait`` names may have happened, ``lease`` ended, or at ``timeout``.
+    def _wait(self, lease: Lease, q: _Queue, mine: int, wait: _Wait, timeout: float) -> bool:
+        """Return once what ``wait`` names may have happened, ``lease`` ended, or at ``timeout``:
+        True if the watch saw it happen (``wait.key`` deleted, or changed), else False.
 
         One watch on the member's shared watch stream, from the server's current revision (a
         watch from an older revision is served by etcd's catch-up loop, up to 100 ms late). If
         anything was written since the look, one more look checks that it still finds the same
         wait before waiting. My own key is not watched: it goes when my lease does, which the
         session learns from its keep-alive and ends the wait with (``wake_on_end``); a key
-        deleted by hand is noticed at the next look.
+        deleted by hand is noticed at the next look, or (granted without one: ``_Wait.last``)
+        at the next renewal, as a holder's.
         """
         until = _compat.monotonic() + timeout
         look = self._look_request(q, mine)
 
-        def call(endpoint: _Endpoint, metadata: Metadata) -> None:
+        def call(endpoint: _Endpoint, metadata: Metadata) -> bool:
             watches = endpoint.stream(_Watches, metadata)
             watch = watches.start(wait, older_than=mine)
             call_soon = _compat.thread_safe_caller()
@@ -992,22 +1010,23 @@ class EtcdDriver:
                 if not watch.created.wait(created_by - _compat.monotonic()):
                     if created_by < until:
                         raise _StreamError(grpc.StatusCode.DEADLINE_EXCEEDED, "no watch created")
-                    return
+                    return False
                 if watch.error is None and not watch.fired.is_set():
                     if watch.revision > wait.read_at:
                         again = endpoint.kv.Txn(
                             look, timeout=self._request_timeout, metadata=metadata
                         )
                         if _looked(q, mine, again) != wait:
-                            return
+                            return False
                     watch.fired.wait(until - _compat.monotonic())
                 if watch.error is not None:
                     raise watch.error
+                return watch.happened
             finally:
                 forget()
                 watches.stop(watch)
 
-        self._call("wait", call)
+        return self._call("wait", call)
 
     def _touch(self, me: bytes, mine: int) -> bool:
         """Write my key again, unchanged (a put event for the waiter that watches it); False if
@@ -1306,7 +1325,11 @@ def _place(q: _Queue, mine: int, newest: Sequence[Any], read_at: int) -> _Place 
         if many and not found.more:
             return _Wait(blocking.start, blocking.end, read_at=read_at)
         newer = older[0]
-        return _Wait(newer.key, puts=many, mod_revision=newer.mod_revision, read_at=read_at)
+        # (``more``: the range held keys past the read's limit, all older than those read.)
+        last = len(q.ranges) == 1 and not many and len(older) == 1 and not found.more
+        return _Wait(
+            newer.key, puts=many, mod_revision=newer.mod_revision, read_at=read_at, last=last
+        )
     return _Place.OWNER
 
 
