@@ -18,6 +18,8 @@ from typing import Any
 from redis import exceptions as redis_errors
 
 from ... import _redis_lua as lua
+
+# tenure: sync from ... import _resp
 from ..._types import Holder
 from ..._url import ParsedURL
 from ...errors import (
@@ -229,8 +231,11 @@ class OwnConnection:
                 raise redis_errors.TimeoutError("Timeout reading from the socket") from None
             # tenure: end async-only
             # tenure: begin sync-only
-            # conn.send_packed_command([command], check_health=False)
-            # reply = conn.read_response()
+            # if conn is self._conn:  # (redis-py's reader costs more than the round trip)
+            #     reply = _resp.exchange(conn, command)
+            # else:
+            #     conn.send_packed_command([command], check_health=False)
+            #     reply = conn.read_response()
             # tenure: end sync-only
             broken = False
         except redis_errors.ResponseError:

@@ -17,6 +17,7 @@ from typing import Any
 from redis import exceptions as redis_errors
 
 from ... import _redis_lua as lua
+from ... import _resp
 from ..._types import Holder
 from ..._url import ParsedURL
 from ...errors import (
@@ -212,8 +213,11 @@ class OwnConnection:
         conn = self.take()
         broken = True
         try:
-            conn.send_packed_command([command], check_health=False)
-            reply = conn.read_response()
+            if conn is self._conn:  # (redis-py's reader costs more than the round trip)
+                reply = _resp.exchange(conn, command)
+            else:
+                conn.send_packed_command([command], check_health=False)
+                reply = conn.read_response()
             broken = False
         except redis_errors.ResponseError:
             broken = False  # the whole reply was read
