@@ -14,11 +14,12 @@ returns an error reply as its ``ResponseError`` (raised by :func:`exchange` at t
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from redis import exceptions as redis_errors
 
-__all__ = ["exchange"]
+__all__ = ["exchange", "read", "send"]
 
 _READ_SIZE = 64 * 1024
 
@@ -30,11 +31,32 @@ class _Incomplete(Exception):
 def exchange(conn: Any, command: bytes) -> Any:
     """Send ``command`` (``pack_command``'s bytes) on ``conn`` (a connected redis-py sync
     ``Connection``, no reply pending) and return its reply."""
+    send(conn, command)
+    return read(conn)
+
+
+def send(conn: Any, command: bytes) -> None:
+    """Write ``command`` on ``conn``; its reply is for :func:`read`."""
     sock = conn._sock
     if sock is None:
         raise redis_errors.ConnectionError("Connection closed by the server before write")
     try:
         sock.sendall(command)
+    except TimeoutError:  # (socket.timeout, since Python 3.10)
+        raise redis_errors.TimeoutError("Timeout writing to socket") from None
+    except OSError as exc:
+        raise redis_errors.ConnectionError(f"Error while writing to the server: {exc!r}") from exc
+
+
+def read(conn: Any, timeout: float | None = None) -> Any:
+    """The reply due on ``conn``; waiting at most ``timeout`` seconds when given (else the
+    connection's socket timeout, which is restored afterwards)."""
+    sock = conn._sock
+    if sock is None:
+        raise redis_errors.ConnectionError("Connection closed by the server")
+    if timeout is not None:
+        sock.settimeout(timeout)
+    try:
         buf = sock.recv(_READ_SIZE)
         while True:
             if not buf:
@@ -48,7 +70,11 @@ def exchange(conn: Any, command: bytes) -> Any:
     except TimeoutError:  # (socket.timeout, since Python 3.10)
         raise redis_errors.TimeoutError("Timeout reading from socket") from None
     except OSError as exc:
-        raise redis_errors.ConnectionError(f"Error while talking to the server: {exc!r}") from exc
+        raise redis_errors.ConnectionError(f"Error while reading from the server: {exc!r}") from exc
+    finally:
+        if timeout is not None:
+            with contextlib.suppress(OSError):  # (closed meanwhile: nothing to restore)
+                sock.settimeout(conn.socket_timeout)
     if end != len(buf):  # nothing else was asked: the stream is out of step
         raise redis_errors.InvalidResponse("unexpected data after a reply from redis")
     if isinstance(reply, redis_errors.ResponseError):

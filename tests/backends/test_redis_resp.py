@@ -157,3 +157,22 @@ def test_an_error_reply_is_a_backend_error_and_the_connection_stays_usable(
             _replies_pair_up(client, lock, "wrong-type", 3)  # the error was read whole
         finally:
             raw.close()
+
+
+def test_a_read_bounded_by_a_timeout_restores_the_socket_timeout(
+    connections: tuple[Any, Any],
+) -> None:
+    """Redlock reads each master's reply by one deadline: a read that waits longer is a timeout
+    (the connection is then closed by the driver), and either way the socket keeps its own
+    timeout for the calls after."""
+    ours, _ = connections
+    own_timeout = ours._sock.gettimeout()
+    _resp.send(ours, pack_command("ECHO", "quick"))
+    assert _resp.read(ours, 1.0) == "quick"
+    assert ours._sock.gettimeout() == own_timeout
+    _resp.send(ours, pack_command("BLPOP", "resp:never", 2))
+    started = time.monotonic()
+    with pytest.raises(redis.TimeoutError):
+        _resp.read(ours, 0.1)
+    assert time.monotonic() - started < 1.0
+    assert ours._sock.gettimeout() == own_timeout

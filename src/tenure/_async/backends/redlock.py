@@ -97,6 +97,7 @@ from redis.backoff import NoBackoff
 # tenure: sync from concurrent.futures import ThreadPoolExecutor
 # tenure: sync import redis as redis_client
 # tenure: sync from redis.retry import Retry
+# tenure: sync from ... import _resp
 from ..._names import OwnerInfo, new_owner_id
 from ..._types import Capabilities, Holder
 from ..._url import ParsedURL, number_option, seconds_option
@@ -114,6 +115,7 @@ from ._redis_common import (
     mode_args,
     ms,
     names_in_use,
+    pack_command,
     prefix,
     ssl_settings,
 )
@@ -331,8 +333,11 @@ class RedlockDriver:
                         pending.append((i, master, conn))
                         if packed is None:
                             sha = getattr(master.scripts, name).sha
-                            packed = conn.pack_command("EVALSHA", sha, len(keys), *keys, *args)
-                        await conn.send_packed_command(packed)
+                            packed = pack_command("EVALSHA", sha, len(keys), *keys, *args)
+                        # tenure: begin async-only
+                        await conn.send_packed_command(packed, check_health=False)
+                        # tenure: end async-only
+                        # tenure: sync _resp.send(conn, packed)
                 except BackendError as exc:
                     results[i] = exc
                     if pending and pending[-1][0] == i:
@@ -706,7 +711,6 @@ async def _read_by(conn: Any, deadline: float) -> Any:
     return reply
     # tenure: end async-only
     # tenure: begin sync-only
-    # if not conn.can_read(timeout=remaining):
-    #     raise redis_errors.TimeoutError("Timeout reading from socket")
-    # return conn.read_response()
+    # # (Both ends of a fan-out call skip redis-py's reader: see ``tenure._resp``.)
+    # return _resp.read(conn, max(remaining, 0.0005))
     # tenure: end sync-only
