@@ -323,11 +323,14 @@ class PotteryClient:
 
 
 class _ToozLock:
+    """A lock whose ``acquire`` takes the seconds to wait as its first argument: tooz's
+    (``blocking=``) and python-etcd3's (``timeout=``)."""
+
     def __init__(self, lock: Any) -> None:
         self._lock = lock
 
     def acquire(self, timeout: float) -> bool:
-        return bool(self._lock.acquire(blocking=timeout))
+        return bool(self._lock.acquire(timeout))
 
     def release(self) -> None:
         self._lock.release()
@@ -866,21 +869,10 @@ class PythonEtcd3Client:
         self._client = etcd3.client(host=target.host, port=target.port)
 
     def lock(self, name: str) -> BenchLock:
-        return _PythonEtcd3Lock(self._client.lock(name, ttl=LOCK_TTL))
+        return _ToozLock(self._client.lock(name, ttl=LOCK_TTL))
 
     def close(self) -> None:
         self._client.close()
-
-
-class _PythonEtcd3Lock:
-    def __init__(self, lock: Any) -> None:
-        self._lock = lock
-
-    def acquire(self, timeout: float) -> bool:
-        return bool(self._lock.acquire(timeout=timeout))
-
-    def release(self) -> None:
-        self._lock.release()
 
 
 async def etcd_afloor(target: Target) -> AsyncFloorOp:

@@ -5,6 +5,7 @@ twins are in ``test_redis_hot_path.py``."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -99,48 +100,49 @@ def _replies_pair_up(client: tenure.Client, lock: tenure.Lock, name: str, times:
         lock.release()
 
 
+@contextlib.contextmanager
+def _through(proxy: TcpProxy, ns: str, name: str) -> Iterator[tuple[tenure.Client, tenure.Lock]]:
+    """A client through ``proxy`` (socket timeout 0.5 s) and its lock ``name``, taken and
+    released once (connected: the next reply is a script's); the proxy healed at the end."""
+    url = proxy.url_for("redis", "/0") + f"?namespace={ns}&socket_timeout=0.5"
+    with tenure.connect(url) as client:
+        try:
+            lock = client.lock(name)
+            assert lock.acquire(timeout=5)
+            lock.release()
+            yield client, lock
+        finally:
+            proxy.heal()
+
+
 def test_a_lost_reply_times_out_and_the_retry_finds_its_grant(
     redis_proxy: TcpProxy, ns: str
 ) -> None:
-    url = redis_proxy.url_for("redis", "/0") + f"?namespace={ns}&socket_timeout=0.5"
-    with tenure.connect(url) as client:
-        try:
-            lock = client.lock("lost-reply")
-            assert lock.acquire(timeout=5)  # connected: the next reply is a script's
-            lock.release()
-            redis_proxy.drop_next_reply()
-            started = time.monotonic()
-            assert lock.acquire(timeout=10)
-            assert time.monotonic() - started >= 0.4  # the reply was waited for
-            assert [h.token for h in client.contenders("lost-reply")] == [lock.token]
-            lock.release()
-            assert client.holder("lost-reply") is None
-            # The connection that lost its reply was closed: the next calls pair up.
-            _replies_pair_up(client, lock, "lost-reply", 5)
-        finally:
-            redis_proxy.heal()
+    with _through(redis_proxy, ns, "lost-reply") as (client, lock):
+        redis_proxy.drop_next_reply()
+        started = time.monotonic()
+        assert lock.acquire(timeout=10)
+        assert time.monotonic() - started >= 0.4  # the reply was waited for
+        assert [h.token for h in client.contenders("lost-reply")] == [lock.token]
+        lock.release()
+        assert client.holder("lost-reply") is None
+        # The connection that lost its reply was closed: the next calls pair up.
+        _replies_pair_up(client, lock, "lost-reply", 5)
 
 
 def test_a_silent_server_is_a_timeout_bounded_by_socket_timeout(
     redis_proxy: TcpProxy, ns: str
 ) -> None:
-    url = redis_proxy.url_for("redis", "/0") + f"?namespace={ns}&socket_timeout=0.5"
-    with tenure.connect(url) as client:
-        try:
-            lock = client.lock("silent")
-            assert lock.acquire(timeout=5)
-            lock.release()
-            redis_proxy.blackhole()
-            started = time.monotonic()
-            with pytest.raises(BackendTimeoutError):
-                lock.acquire(timeout=1.0)
-            # The deadline (1 s) plus at most one socket timeout (0.5 s) for the attempt.
-            assert time.monotonic() - started < 1.0 + 0.5 + 1.0
-            redis_proxy.heal()
-            assert lock.acquire(timeout=5)
-            lock.release()
-        finally:
-            redis_proxy.heal()
+    with _through(redis_proxy, ns, "silent") as (_, lock):
+        redis_proxy.blackhole()
+        started = time.monotonic()
+        with pytest.raises(BackendTimeoutError):
+            lock.acquire(timeout=1.0)
+        # The deadline (1 s) plus at most one socket timeout (0.5 s) for the attempt.
+        assert time.monotonic() - started < 1.0 + 0.5 + 1.0
+        redis_proxy.heal()
+        assert lock.acquire(timeout=5)
+        lock.release()
 
 
 def test_an_error_reply_is_a_backend_error_and_the_connection_stays_usable(
