@@ -990,6 +990,35 @@ def test_a_clean_up_that_failed_is_done_by_a_later_renewal(
         proxy.close()
 
 
+def test_renewals_at_once_delete_each_leftover_once(etcd_server: EtcdCluster, ns: str) -> None:
+    """Sessions of one client renew on keep-alive threads of their own, which may delete the
+    driver's leftover entries at the same time (a test's explicit renewal did, beside the
+    keep-alive's): every entry is deleted by its condition and forgotten, and nothing raises."""
+    from tenure._sync.backends.etcd import _created_at
+
+    with tenure.connect(etcd_server.url + f"?namespace={ns}") as client:
+        driver = client._driver
+        me = f"{ns}/lock/leftovers//0".encode()
+        driver._remember(me, *(_created_at(me, revision) for revision in range(1, 41)))
+        start = threading.Barrier(4)
+        errors: list[BaseException] = []
+
+        def renew() -> None:
+            start.wait(10)
+            try:
+                driver._delete_leftovers()
+            except BaseException as exc:  # (what the test looks for)
+                errors.append(exc)
+
+        threads = [threading.Thread(target=renew) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+        assert driver._leftovers == {}
+
+
 def _lose_enqueue_replies(
     client: Any, monkeypatch: pytest.MonkeyPatch, times: int | None = None
 ) -> list[int]:

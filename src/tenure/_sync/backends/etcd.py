@@ -507,7 +507,8 @@ class EtcdDriver:
         # Entries of ours that may still be queued with nobody waiting on them (a clean-up that
         # failed, or an enqueue whose reply was lost), each with the Txn condition that is true
         # only of that entry: the next renewal deletes them, and a later enqueue of the same key
-        # replaces such an entry instead of taking it for its own.
+        # replaces such an entry instead of taking it for its own. Changed under ``_state``:
+        # several sessions' renewals (each its own keep-alive) and acquires share it.
         self._leftovers: dict[bytes, list[Any]] = {}
         self._current = 0
         self._token: str | None = None
@@ -880,7 +881,8 @@ class EtcdDriver:
             read_me.append(pb.RequestOp(request_range=pb.RangeRequest(key=q.meta)))
         # Entries left under my key by earlier attempts of this session (the renewal may be
         # deleting one of them right now): from here on mine to replace or rewrite.
-        stale = list(self._leftovers.pop(q.me, []))
+        with self._state:
+            stale = list(self._leftovers.pop(q.me, []))
         mine = 0
         try:
             for _ in range(3):
@@ -1072,19 +1074,26 @@ class EtcdDriver:
     def _remember(self, me: bytes, *conditions: Any) -> None:
         """Leave entries under ``me`` (each true of one entry) to the next renewal."""
         if conditions:
-            self._leftovers.setdefault(me, []).extend(conditions)
+            with self._state:
+                self._leftovers.setdefault(me, []).extend(conditions)
 
     def _delete_leftovers(self, only: bytes | None = None) -> None:
-        """Delete the entries left to a renewal (``only``: those under that key)."""
-        for me, conditions in list(self._leftovers.items()):
-            if only is not None and me != only:
-                continue
-            for condition in list(conditions):
+        """Delete the entries left to a renewal (``only``: those under that key). Two of these
+        may run at once (two sessions' renewals, or a renewal and a cancelled acquire): each
+        deletes by a condition true of one entry only, so deleting twice is harmless, and
+        whichever finishes first forgets the condition."""
+        with self._state:
+            work = [(me, list(c)) for me, c in self._leftovers.items() if only in (None, me)]
+        for me, conditions in work:
+            for condition in conditions:
                 with contextlib.suppress(BackendError, LeaseExpired):
                     self._delete_when(me, condition)  # (False: that entry is gone)
-                    conditions.remove(condition)
-            if not conditions and self._leftovers.get(me) is conditions:
-                del self._leftovers[me]
+                    with self._state:
+                        left = self._leftovers.get(me, [])
+                        if condition in left:
+                            left.remove(condition)
+                        if not left:
+                            self._leftovers.pop(me, None)
 
     def release(self, grant: Grant) -> bool:
         # Only my key, and only while its create revision is still my token: a retry after a
