@@ -322,7 +322,7 @@ class PotteryClient:
 # tooz's redis driver (redis-py's Lock underneath, at its defaults).
 
 
-class _ToozLock:
+class _SecondsLock:
     """A lock whose ``acquire`` takes the seconds to wait as its first argument: tooz's
     (``blocking=``) and python-etcd3's (``timeout=``)."""
 
@@ -346,7 +346,7 @@ class ToozClient:
         self._coord.start()
 
     def lock(self, name: str) -> BenchLock:
-        return _ToozLock(self._coord.get_lock(name.encode()))
+        return _SecondsLock(self._coord.get_lock(name.encode()))
 
     def close(self) -> None:
         self._coord.stop()
@@ -798,7 +798,7 @@ class ToozZooKeeperClient:
         self._coord.start()
 
     def lock(self, name: str) -> BenchLock:
-        return _ToozLock(self._coord.get_lock(name.encode()))
+        return _SecondsLock(self._coord.get_lock(name.encode()))
 
     def close(self) -> None:
         self._coord.stop()
@@ -853,7 +853,7 @@ class ToozEtcdClient:
         self._coord.start()
 
     def lock(self, name: str) -> BenchLock:
-        return _ToozLock(self._coord.get_lock(name.encode()))
+        return _SecondsLock(self._coord.get_lock(name.encode()))
 
     def close(self) -> None:
         self._coord.stop()
@@ -869,7 +869,7 @@ class PythonEtcd3Client:
         self._client = etcd3.client(host=target.host, port=target.port)
 
     def lock(self, name: str) -> BenchLock:
-        return _ToozLock(self._client.lock(name, ttl=LOCK_TTL))
+        return _SecondsLock(self._client.lock(name, ttl=LOCK_TTL))
 
     def close(self) -> None:
         self._client.close()

@@ -230,13 +230,9 @@ class OwnConnection:
             except TimeoutError:
                 raise redis_errors.TimeoutError("Timeout reading from the socket") from None
             # tenure: end async-only
-            # tenure: begin sync-only
-            # if conn is self._conn:  # (redis-py's reader costs more than the round trip)
-            #     reply = _resp.exchange(conn, command)
-            # else:
-            #     conn.send_packed_command([command], check_health=False)
-            #     reply = conn.read_response()
-            # tenure: end sync-only
+            # (redis-py's reader costs more than the round trip: ``tenure._resp``, on our
+            # connection and on a pool's alike, as Redlock's fan-out does.)
+            # tenure: sync reply = _resp.exchange(conn, command)
             broken = False
         except redis_errors.ResponseError:
             broken = False  # the whole reply was read

@@ -213,11 +213,9 @@ class OwnConnection:
         conn = self.take()
         broken = True
         try:
-            if conn is self._conn:  # (redis-py's reader costs more than the round trip)
-                reply = _resp.exchange(conn, command)
-            else:
-                conn.send_packed_command([command], check_health=False)
-                reply = conn.read_response()
+            # (redis-py's reader costs more than the round trip: ``tenure._resp``, on our
+            # connection and on a pool's alike, as Redlock's fan-out does.)
+            reply = _resp.exchange(conn, command)
             broken = False
         except redis_errors.ResponseError:
             broken = False  # the whole reply was read
