@@ -851,6 +851,63 @@ def test_inotify_instances_are_reused(url: str) -> None:
     assert len(file_backend._IDLE_INOTIFY) == max(idle, 1)
 
 
+def test_a_reused_entry_is_written_over_its_whole_length(url: str) -> None:
+    """A released entry becomes the same client's next entry but one, its record written over
+    the file's whole length (blanks after a shorter one): the longest record it ever held, a
+    proclaimed one included, never shows through a later, shorter one."""
+    values = ("a-much-longer-value-" * 8, "b" * 120, "short", "s")
+    with tenure.connect(url) as a, tenure.connect(url) as b:
+        for value in values:
+            holder = a.election("svc", value="holder")
+            assert holder.campaign(timeout=DEADLINE)
+            waiter = b.election("svc", value=value)
+            won: list[bool] = []
+            thread = threading.Thread(target=lambda w=waiter, r=won: r.append(w.campaign(DEADLINE)))
+            thread.start()
+            queued(a, "election/svc", 2, waiting=1)
+            holder.resign()
+            thread.join(DEADLINE)
+            assert won == [True]
+            assert isinstance(waiter._lock._grant.data, file_backend._Entry)  # type: ignore[union-attr]
+            leader = a.election("svc").leader()
+            assert leader is not None
+            assert leader.value == value
+            waiter.proclaim(value + "-and-then-some-more")  # longer than the entry was
+            leader = a.election("svc").leader()
+            assert leader is not None
+            assert leader.value == value + "-and-then-some-more"
+            waiter.resign()
+
+
+def test_a_waiters_watch_leaves_no_event_behind(tmp_path: Path) -> None:
+    """A waiter's watch (one-shot) that fired, read or not, leaves nothing queued in the inotify
+    instance it hands back, so the next waiter to borrow it is not woken by a stale event."""
+    target = tmp_path / "entry"
+    target.write_bytes(b"")
+
+    def pending(fd: int) -> bool:
+        try:
+            return bool(os.read(fd, 65536))
+        except BlockingIOError:
+            return False
+
+    watch_ = file_backend._Watch([(str(target), file_backend._LEFT)], oneshot=True)
+    fd = watch_.fd
+    assert fd >= 0
+    target.chmod(0o744)  # fires; nobody reads it before the close
+    watch_.close()
+    assert not pending(fd)
+    watch_ = file_backend._Watch([(str(target), file_backend._LEFT)], oneshot=True)
+    target.chmod(0o644)
+    assert watch_.wait(DEADLINE)  # woken, and the watch is spent
+    assert watch_.gone
+    watch_.close()
+    assert not pending(watch_.fd if watch_.fd >= 0 else fd)
+    watch_ = file_backend._Watch([(str(target), file_backend._LEFT)], oneshot=True)
+    watch_.close()  # never fired: removed
+    assert not pending(fd)
+
+
 def test_a_shorter_value_replaces_a_longer_one(url: str) -> None:
     with tenure.connect(url) as client:
         election = client.election("svc", value="a-rather-long-value")

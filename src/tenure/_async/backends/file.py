@@ -52,10 +52,12 @@ dir)::
   same reason a waiter whose watch stays quiet looks again after 50 ms, then after twice as
   long each time, up to every 2 s: a waiter that set its watch between the event and the
   unlock (on a loaded machine that gap can last milliseconds) saw the entry locked and gets no
-  event for the unlock. A release still wakes its waiter through the watch. Inotify
-  instances are kept and reused: closing one that had watches waits for an RCU grace period
-  (milliseconds). Without inotify (not Linux, or out of instances or watches) waiters re-check
-  with a bounded back-off instead.
+  event for the unlock. A release still wakes its waiter through the watch. A waiter's watch
+  is one-shot (``IN_ONESHOT``): the kernel removes it with its first event, so a woken waiter
+  has no watch to remove (one that must wait on sets a new one). Inotify instances are kept
+  and reused (closing one that had watches waits for an RCU grace period, milliseconds); one
+  is handed back with nothing queued in it. Without inotify (not Linux, or out of instances
+  or watches) waiters re-check with a bounded back-off instead.
 - **min_hold.** A release before ``min_hold`` is over leaves a *kept* entry in its place: an
   unlocked file ``<seq>-<m>-<id>.kept-<until>-<boot>`` (the same sequence number, so the same
   place in the queue), with the holder's grant time and record, written aside and renamed in
@@ -142,6 +144,7 @@ _HEADER = struct.Struct("<QQ")  # <stem>.lock: last sequence number, semaphore l
 _FAST = struct.Struct("<QQ")
 _SLOT = struct.Struct("<QQ4sII")  # the fast holder: token, grant time (ns), mode, blob size, crc
 _SLOT_AT = _HEADER.size + _FAST.size
+_READ_AHEAD = 512  # read of a queue file: its header, slot and a typical record at once
 _TOKEN = struct.Struct("<Q")  # the slot's first field
 _GEN_TOKEN = struct.Struct("<QQ")  # the last fast generation and the slot's token, adjacent
 # The second byte of the slot's mode: "r" once its holder released (written before it closes its
@@ -155,6 +158,7 @@ _OPEN_QUEUES = 64  # queue files kept open per driver (the most recently opened 
 
 _IN_MODIFY, _IN_ATTRIB, _IN_CLOSE_WRITE, _IN_DELETE = 0x02, 0x04, 0x08, 0x200
 _IN_MOVED_FROM, _IN_MOVED_TO, _IN_MOVE_SELF = 0x40, 0x80, 0x800
+_IN_IGNORED, _IN_ONESHOT = 0x8000, 0x80000000
 # An entry's owner left (marked it, ``_LEFT_BIT``), renamed it away, or died.
 _LEFT = _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_MOVE_SELF
 # The mark of an entry its owner left in place (kept, locked, for its next entry): the user's
@@ -174,7 +178,13 @@ _INHERITED: set[int] = set()
 _IDLE_INOTIFY: list[int] = []
 
 
+#: This process's id (``os.getpid`` is a system call), renewed in a forked child.
+_pid = os.getpid()
+
+
 def _close_inherited() -> None:
+    global _pid
+    _pid = os.getpid()
     for fd in list(_INHERITED):
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -297,12 +307,12 @@ class _Queue:
     )
 
     def __init__(self, lock_path: str, dir: str) -> None:
-        self.lock_path, self.dir, self.pid, self.fd = lock_path, dir, os.getpid(), -1
+        self.lock_path, self.dir, self.pid, self.fd = lock_path, dir, _pid, -1
         self.holds: tuple[int, ...] = ()
         # Released entries kept, still locked, marked left in place (``_Entry.leave``).
         # Creating a file costs an inode (hundreds of µs on ext4 under load), renaming one a
         # few µs, marking one less (and no directory change).
-        self.spares: list[tuple[int, str, int]] = []  # (fd, path, permission bits)
+        self.spares: list[tuple[int, str, int, int]] = []  # (fd, path, permission bits, size)
         self.left_fast = False  # our last grant of this key was fast, and we released it
         # The OFD lock excludes other open files, not other threads sharing this one.
         self.mutex = threading.Lock()
@@ -329,7 +339,7 @@ class _Queue:
     def __del__(self) -> None:
         # Closed once no cache, entry or caller uses it any more; in a forked child the fork
         # hook closed it already (and the number may be reused).
-        if self.pid != os.getpid():
+        if self.pid != _pid:
             return
         self.drop_spares()
         for fd in (self.fd, self.tail_fd, *self.holds):
@@ -340,7 +350,7 @@ class _Queue:
     def drop_spares(self) -> None:
         """Delete our kept entries (while still locked, so nobody sees one unlocked)."""
         while self.spares:
-            fd, path, _ = self.spares.pop()
+            fd, path, _, _ = self.spares.pop()
             if fd in _INHERITED:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
@@ -358,10 +368,11 @@ class _Queue:
         )
         _INHERITED.update(self.holds)
 
-    def fast_holder(self) -> tuple[int, int, str, str] | None:
+    def fast_holder(self, data: bytes = b"") -> tuple[int, int, str, str] | None:
         """The live fast holder: (generation, token, entry-style name, hold file), or None
-        (also for one that released but has not closed its hold file yet)."""
-        gen, slot = _read_slot(self.fd)
+        (also for one that released but has not closed its hold file yet). ``data``: the
+        queue file's start, if just read."""
+        gen, slot = _read_slot(self.fd, data)
         if slot is None or slot[4] or not _locked(self.holds[gen % 2]):
             return None
         token, _, mode, blob, _ = slot
@@ -369,20 +380,22 @@ class _Queue:
         return gen, token, f"{token:020d}-{mode}-{owner}", self.hold_paths[gen % 2]
 
 
-def _read_slot(fd: int) -> tuple[int, tuple[int, int, str, bytes, bool] | None]:
+def _read_slot(fd: int, data: bytes = b"") -> tuple[int, tuple[int, int, str, bytes, bool] | None]:
     """A queue file's last fast generation and its slot: (token, grant time, mode char, blob,
     released), None if there was none or it was buried (its holder found dead). A slot being
-    rewritten (``set_value``) fails its checksum: read it again."""
-    size = 512  # header, slot and a typical record (a longer one: read again, whole)
+    rewritten (``set_value``) fails its checksum: read it again. ``data``: the file's start,
+    if just read (``_READ_AHEAD`` bytes)."""
+    size = _READ_AHEAD  # header, slot and a typical record (a longer one: read again, whole)
     for _ in range(100):
-        data = os.pread(fd, size, 0)
-        if len(data) < _SLOT_AT + _SLOT.size:
+        data = data or os.pread(fd, size, 0)
+        data, read = b"", data  # (read again, if we go round)
+        if len(read) < _SLOT_AT + _SLOT.size:
             return 0, None
-        gen = _FAST.unpack_from(data, _HEADER.size)[1]
-        token, granted, mode, length, crc = _SLOT.unpack_from(data, _SLOT_AT)
+        gen = _FAST.unpack_from(read, _HEADER.size)[1]
+        token, granted, mode, length, crc = _SLOT.unpack_from(read, _SLOT_AT)
         if not gen or not token:
             return gen, None
-        blob = data[_SLOT_AT + _SLOT.size : _SLOT_AT + _SLOT.size + length]
+        blob = read[_SLOT_AT + _SLOT.size : _SLOT_AT + _SLOT.size + length]
         if len(blob) < length:
             size = _SLOT_AT + _SLOT.size + length
         elif _slot_crc(token, granted, mode[:1], blob) == crc:
@@ -408,6 +421,7 @@ class _Entry:
         "pred_gone",
         "queue",
         "seq",
+        "size",
     )
 
     def __init__(self, queue: _Queue, seq: int, mode: Mode, owner: str) -> None:
@@ -425,6 +439,7 @@ class _Entry:
         self.path = os.path.join(queue.dir, self.name)
         self.fd = -1
         self.perm = 0o644  # its file's permission bits (without ``_LEFT_BIT``)
+        self.size = 0  # its file's size (the longest content it was given)
 
     def ours(self) -> bool:
         """Still in place: not unlinked, and its queue file not replaced."""
@@ -448,12 +463,12 @@ class _Entry:
             return
         queue = self.queue
         kept = False
-        if len(queue.spares) < _SPARES and queue.pid == os.getpid():
+        if len(queue.spares) < _SPARES and queue.pid == _pid:
             with contextlib.suppress(OSError):
                 os.fchmod(fd, self.perm | _LEFT_BIT)
                 kept = True
         if kept:
-            queue.spares.append((fd, self.path, self.perm))
+            queue.spares.append((fd, self.path, self.perm, self.size))
             return
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
@@ -501,7 +516,7 @@ class _Fast:
         has passed. (The slot is ours: a newer fast grant needs our hold file unlocked.)"""
         fd, self.fd = self.fd, -1
         if fd >= 0:
-            if self.posted and self.queue.pid == os.getpid():
+            if self.posted and self.queue.pid == _pid:
                 with contextlib.suppress(OSError):
                     os.pwrite(self.queue.fd, b"r", _RELEASED_AT)
                 self.queue.left_fast = True
@@ -514,26 +529,33 @@ def _slot_crc(token: int, granted: int, mode: bytes, blob: bytes) -> int:
 
 
 class _Watch:
-    """An inotify watch on a few paths, on an instance borrowed from the process's idle ones."""
+    """An inotify watch on a few paths, on an instance borrowed from the process's idle ones.
+
+    ``oneshot`` (a waiter's watch): each target's watch ends with its first event (the kernel
+    removes it, ``IN_ONESHOT``), and the watch counts as ``gone``, so a waiter that must go on
+    waiting sets a new one; a watch that fired needs no removal when the waiter is done."""
 
     _libc: ClassVar[Any] = None
     #: How many times a wait ended because a watched file changed (tests count wake-ups).
     wakeups: ClassVar[int] = 0
 
-    def __init__(self, targets: Sequence[tuple[str, int]]) -> None:
+    def __init__(self, targets: Sequence[tuple[str, int]], oneshot: bool = False) -> None:
         self.targets = tuple(targets)
-        self.wds: dict[int, str] = {}  # watch descriptor -> path
+        self.wds: dict[int, str] = {}  # watch descriptor -> path (those still set)
         self.closed: list[str] = []  # targets whose writer closed them (IN_CLOSE_WRITE)
         self.moved: list[str] = []  # targets renamed away (IN_MOVE_SELF)
-        self.gone = False  # a target vanished before it could be watched: look again
+        self.gone = False  # a target vanished, or its one-shot watch fired: look again
+        self.oneshot = oneshot
+        self.fired: set[int] = set()  # one-shot watches that fired, their end not read yet
         try:
             self.fd = _IDLE_INOTIFY.pop()
         except IndexError:
             self.fd = self._new_instance()
         if self.fd < 0:
             return
+        extra = _IN_ONESHOT if oneshot else 0
         for path, mask in self.targets:
-            wd = self._libc.inotify_add_watch(self.fd, os.fsencode(path), mask)
+            wd = self._libc.inotify_add_watch(self.fd, os.fsencode(path), mask | extra)
             if wd >= 0:
                 self.wds[wd] = path
             elif ctypes.get_errno() == errno.ENOENT:
@@ -573,24 +595,43 @@ class _Watch:
         return False
 
     def _drain(self) -> None:
+        """Read the queued events: one read takes them all unless it fills its buffer."""
+        size = 65536
         with contextlib.suppress(BlockingIOError):
-            while data := os.read(self.fd, 65536):
+            while True:
+                data = os.read(self.fd, size)
                 at = 0
                 while at + _EVENT.size <= len(data):  # struct inotify_event, then its name
-                    wd, mask, _, size = _EVENT.unpack_from(data, at)
-                    at += _EVENT.size + size
-                    if not size and wd in self.wds:
-                        if mask & _IN_CLOSE_WRITE:
-                            self.closed.append(self.wds[wd])
-                        if mask & _IN_MOVE_SELF:
-                            self.moved.append(self.wds[wd])
+                    wd, mask, _, length = _EVENT.unpack_from(data, at)
+                    at += _EVENT.size + length
+                    path = self.wds.get(wd)
+                    if length or path is None:
+                        continue
+                    if mask & _IN_IGNORED:  # the watch ended (it fired once, or file deleted)
+                        del self.wds[wd]
+                        self.fired.discard(wd)
+                        self.gone = self.gone or self.oneshot
+                        continue
+                    if mask & _IN_CLOSE_WRITE:
+                        self.closed.append(path)
+                    if mask & _IN_MOVE_SELF:
+                        self.moved.append(path)
+                    if self.oneshot:  # it ended: its IN_IGNORED follows (in this read, mostly)
+                        self.fired.add(wd)
+                        self.gone = True
+                if len(data) < size:
+                    return
 
     def close(self) -> None:
         if self.fd < 0:
             return
-        for wd in self.wds:
-            self._libc.inotify_rm_watch(self.fd, wd)
-        self._drain()
+        # A watch whose end (IN_IGNORED) we have not read: remove it, unless it fired (then
+        # the kernel removed it), and read what it left queued, so that the next waiter to
+        # borrow this instance is not woken by our events.
+        for wd in self.wds.keys() - self.fired:
+            self._libc.inotify_rm_watch(self.fd, wd)  # (fails if it fired unread: no matter)
+        if self.wds:
+            self._drain()
         if self.fd in _INHERITED:  # not closed by a fork meanwhile
             _IDLE_INOTIFY.append(self.fd)
         self.fd = -1
@@ -710,7 +751,7 @@ class FileDriver:
                     # Watch, then look again: a change before the watch was set is not missed.
                     if watch is not None:
                         watch.close()
-                    watch = _Watch(plan)
+                    watch = _Watch(plan, oneshot=True)
                     if watch.gone or not self._still_ahead(entry, plan):
                         continue
                 if entry.kept_until is not None:  # a kept entry blocks us: wake at its end
@@ -837,8 +878,8 @@ class FileDriver:
     def _tail(cls, queue: _Queue, seq: int) -> tuple[str, int] | None:
         """The last entry made, if it is the one numbered ``seq`` (a contender that wrote no
         tail, such as a fast grant, or another version of tenure, makes them differ), is
-        exclusive and lives (under the queue file's lock): its name and a descriptor opened on
-        it (for ``_predecessor_done``)."""
+        exclusive and lives (under the queue file's lock): its name and a descriptor
+        opened on it (for ``_predecessor_done``)."""
         data = os.pread(queue.tail_fd, _TAIL.size, 0)
         if len(data) < _TAIL.size:
             return None
@@ -875,6 +916,7 @@ class FileDriver:
             fcntl.fcntl(fd, _SETLK, _WRLCK)
             os.write(fd, content)
             entry.perm = stat.S_IMODE(os.fstat(fd).st_mode) & ~_LEFT_BIT
+            entry.size = len(content)
         except OSError:
             entry.leave()
             raise
@@ -889,10 +931,10 @@ class FileDriver:
         # Never the entry we left last (the newest spare): it keeps its content (its grant
         # time) for the waiter behind it (``_predecessor_done``); so two spares alternate.
         while len(queue.spares) >= _SPARES:
-            fd, spare, perm = queue.spares.pop(0)
+            fd, spare, perm, size = queue.spares.pop(0)
             renamed = False
             try:
-                os.pwrite(fd, content.ljust(os.fstat(fd).st_size), 0)
+                os.pwrite(fd, content.ljust(size), 0)
                 os.rename(spare, entry.path)
                 renamed = True
                 os.fchmod(fd, perm)
@@ -903,7 +945,7 @@ class FileDriver:
                 _INHERITED.discard(fd)
                 os.close(fd)
                 continue
-            entry.fd, entry.perm = fd, perm
+            entry.fd, entry.perm, entry.size = fd, perm, max(size, len(content))
             return True
         return False
 
@@ -959,10 +1001,10 @@ class FileDriver:
         if entry.listing is not None:  # listed when we joined: all of it is ahead of us (the
             # entries that left since are found gone below; later ones are behind us)
             ahead, entry.listing = sorted(entry.listing), None
-            if entry.partial:  # only our predecessor (opened and seen locked when we joined):
-                entry.partial = False  # wait for it if it is still there (often it has left)
+            if entry.partial:  # only our predecessor (opened, seen alive, when we joined): wait
+                entry.partial = False  # for it if it has not left since (often it has)
                 assert entry.pred is not None
-                if os.path.exists(entry.pred[1]) and not _marked_left(entry.pred[0]):
+                if not _marked_left(entry.pred[0]):
                     return ((entry.pred[1], _LEFT),)  # (``_still_ahead`` looks closer)
                 entry.pred_gone = True
                 if self._predecessor_done(entry):
@@ -1032,10 +1074,10 @@ class FileDriver:
         granted = os.pread(fd, len(_WAITING), 0)
         if not granted.isdigit() or granted == _WAITING:
             return False  # it left without a grant (timed out): others may be ahead
-        head = os.pread(queue.fd, 8, _HEADER.size)
-        if len(head) < 8 or _TOKEN.unpack(head)[0] != entry.checked:
+        data = os.pread(queue.fd, _READ_AHEAD, 0)  # the header and the fast holder's slot
+        if len(data) < _SLOT_AT or _TOKEN.unpack_from(data, _HEADER.size)[0] != entry.checked:
             return False  # a kept entry may have been put in the queue since
-        return queue.fast_holder() is None
+        return queue.fast_holder(data) is None
 
     @staticmethod
     def _still_ahead(entry: _Entry, plan: tuple[tuple[str, int], ...]) -> bool:
@@ -1050,6 +1092,16 @@ class FileDriver:
         if entry.ahead is not None and path == entry.ahead[1]:
             fast = entry.queue.fast_holder()  # (locked, and not marked released)
             return fast is not None and fast[0] == entry.ahead[0]
+        if entry.pred is not None and entry.pred[1] == path:
+            # The entry we have open. Its name is never given to another file, so it names
+            # that file or nothing (renamed away): looked up by name (a rename or a mark
+            # between the watch's lookup of the name and the watch taking hold sends its event
+            # to nobody), its lock read through our descriptor.
+            try:
+                left = os.stat(path).st_mode & _LEFT_BIT
+            except FileNotFoundError:
+                return False
+            return not left and _locked(entry.pred[0])
         # Opened again by its name, even when we have it open, and its mark read: a rename or
         # a mark between the watch's lookup of the name and the watch taking hold sends its
         # event to nobody, and an entry left in place (or renamed) is still locked.
@@ -1156,8 +1208,9 @@ class FileDriver:
         try:
             # One write, padded with blanks (which JSON ignores) over a longer old record, so a
             # reader never sees half of it.
-            old = os.fstat(entry.fd).st_size - len(_WAITING) - 1
+            old = entry.size - len(_WAITING) - 1
             os.pwrite(entry.fd, record.ljust(old), len(_WAITING) + 1)
+            entry.size = max(entry.size, len(_WAITING) + 1 + len(record))
         except OSError as exc:
             raise BackendError(f"cannot write {entry.path}: {exc}") from exc
         return True
