@@ -898,12 +898,14 @@ def test_a_waiters_watch_leaves_no_event_behind(tmp_path: Path) -> None:
     watch_.close()
     assert not pending(fd)
     watch_ = file_backend._Watch([(str(target), file_backend._LEFT)], oneshot=True)
+    fd = watch_.fd
     target.chmod(0o644)
     assert watch_.wait(DEADLINE)  # woken, and the watch is spent
     assert watch_.gone
     watch_.close()
-    assert not pending(watch_.fd if watch_.fd >= 0 else fd)
+    assert not pending(fd)
     watch_ = file_backend._Watch([(str(target), file_backend._LEFT)], oneshot=True)
+    fd = watch_.fd
     watch_.close()  # never fired: removed
     assert not pending(fd)
 

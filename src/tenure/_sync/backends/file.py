@@ -114,7 +114,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import quote, unquote
 
-from ..._names import OwnerInfo, new_owner_id
+from ..._names import OwnerInfo, current_pid, new_owner_id
 from ..._types import Capabilities, Holder
 from ..._url import ParsedURL
 from ...errors import BackendError, ConfigurationError
@@ -179,13 +179,7 @@ _INHERITED: set[int] = set()
 _IDLE_INOTIFY: list[int] = []
 
 
-#: This process's id (``os.getpid`` is a system call), renewed in a forked child.
-_pid = os.getpid()
-
-
 def _close_inherited() -> None:
-    global _pid
-    _pid = os.getpid()
     for fd in list(_INHERITED):
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -308,7 +302,7 @@ class _Queue:
     )
 
     def __init__(self, lock_path: str, dir: str) -> None:
-        self.lock_path, self.dir, self.pid, self.fd = lock_path, dir, _pid, -1
+        self.lock_path, self.dir, self.pid, self.fd = lock_path, dir, current_pid(), -1
         self.holds: tuple[int, ...] = ()
         # Released entries kept, still locked, marked left in place (``_Entry.leave``).
         # Creating a file costs an inode (hundreds of µs on ext4 under load), renaming one a
@@ -340,7 +334,7 @@ class _Queue:
     def __del__(self) -> None:
         # Closed once no cache, entry or caller uses it any more; in a forked child the fork
         # hook closed it already (and the number may be reused).
-        if self.pid != _pid:
+        if self.pid != current_pid():
             return
         self.drop_spares()
         for fd in (self.fd, self.tail_fd, *self.holds):
@@ -388,8 +382,7 @@ def _read_slot(fd: int, data: bytes = b"") -> tuple[int, tuple[int, int, str, by
     if just read (``_READ_AHEAD`` bytes)."""
     size = _READ_AHEAD  # header, slot and a typical record (a longer one: read again, whole)
     for _ in range(100):
-        data = data or os.pread(fd, size, 0)
-        data, read = b"", data  # (read again, if we go round)
+        read, data = data or os.pread(fd, size, 0), b""  # (read again, if we go round)
         if len(read) < _SLOT_AT + _SLOT.size:
             return 0, None
         gen = _FAST.unpack_from(read, _HEADER.size)[1]
@@ -464,7 +457,7 @@ class _Entry:
             return
         queue = self.queue
         kept = False
-        if len(queue.spares) < _SPARES and queue.pid == _pid:
+        if len(queue.spares) < _SPARES and queue.pid == current_pid():
             with contextlib.suppress(OSError):
                 os.fchmod(fd, self.perm | _LEFT_BIT)
                 kept = True
@@ -517,7 +510,7 @@ class _Fast:
         has passed. (The slot is ours: a newer fast grant needs our hold file unlocked.)"""
         fd, self.fd = self.fd, -1
         if fd >= 0:
-            if self.posted and self.queue.pid == _pid:
+            if self.posted and self.queue.pid == current_pid():
                 with contextlib.suppress(OSError):
                     os.pwrite(self.queue.fd, b"r", _RELEASED_AT)
                 self.queue.left_fast = True
@@ -547,7 +540,6 @@ class _Watch:
         self.moved: list[str] = []  # targets renamed away (IN_MOVE_SELF)
         self.gone = False  # a target vanished, or its one-shot watch fired: look again
         self.oneshot = oneshot
-        self.fired: set[int] = set()  # one-shot watches that fired, their end not read yet
         try:
             self.fd = _IDLE_INOTIFY.pop()
         except IndexError:
@@ -610,7 +602,6 @@ class _Watch:
                         continue
                     if mask & _IN_IGNORED:  # the watch ended (it fired once, or file deleted)
                         del self.wds[wd]
-                        self.fired.discard(wd)
                         self.gone = self.gone or self.oneshot
                         continue
                     if mask & _IN_CLOSE_WRITE:
@@ -618,7 +609,6 @@ class _Watch:
                     if mask & _IN_MOVE_SELF:
                         self.moved.append(path)
                     if self.oneshot:  # it ended: its IN_IGNORED follows (in this read, mostly)
-                        self.fired.add(wd)
                         self.gone = True
                 if len(data) < size:
                     return
@@ -626,11 +616,11 @@ class _Watch:
     def close(self) -> None:
         if self.fd < 0:
             return
-        # A watch whose end (IN_IGNORED) we have not read: remove it, unless it fired (then
-        # the kernel removed it), and read what it left queued, so that the next waiter to
-        # borrow this instance is not woken by our events.
-        for wd in self.wds.keys() - self.fired:
-            self._libc.inotify_rm_watch(self.fd, wd)  # (fails if it fired unread: no matter)
+        # A watch whose end (IN_IGNORED) we have not read: remove it (this fails for one that
+        # fired, which the kernel removed: no matter) and read what is left queued, so that
+        # the next waiter to borrow this instance is not woken by our events.
+        for wd in self.wds:
+            self._libc.inotify_rm_watch(self.fd, wd)
         if self.wds:
             self._drain()
         if self.fd in _INHERITED:  # not closed by a fork meanwhile
@@ -877,8 +867,8 @@ class FileDriver:
     def _tail(cls, queue: _Queue, seq: int) -> tuple[str, int] | None:
         """The last entry made, if it is the one numbered ``seq`` (a contender that wrote no
         tail, such as a fast grant, or another version of tenure, makes them differ), is
-        exclusive and lives (under the queue file's lock): its name and a descriptor
-        opened on it (for ``_predecessor_done``)."""
+        exclusive and lives (under the queue file's lock): its name and a descriptor opened on
+        it (for ``_predecessor_done``)."""
         data = os.pread(queue.tail_fd, _TAIL.size, 0)
         if len(data) < _TAIL.size:
             return None
