@@ -48,10 +48,17 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 # Worker processes (spawned: they import this module).
 
 
-def _contend(url: str, kind: str, name: str, log: str, index: int, hold: bool) -> None:
+def _contend(
+    url: str, kind: str, name: str, log: str, index: int, hold: bool, patient: bool
+) -> None:
     """Queue for ``name`` (lock, read, write or permit:N); once granted log ``index token
-    wakeups``; then release at once, or (``hold``) keep it until killed."""
+    wakeups``; then release at once, or (``hold``) keep it until killed. A ``patient`` waiter
+    takes no timed second look (its back-off starts at the deadline): only an event wakes it,
+    so the count of wake-ups is exact (a second look that happens to time out just as the
+    lock is released would be granted with no wake-up counted)."""
     watch = file_backend._Watch
+    if patient:
+        file_backend._SECOND_LOOK = (DEADLINE, DEADLINE)
     with tenure.connect(url) as client:
         if kind == "lock":
             lock = client.lock(name)
@@ -117,9 +124,11 @@ class Procs:
         self.url, self.log = url, log
         self.started: list[multiprocessing.process.BaseProcess] = []
 
-    def start(self, kind: str, name: str, index: int, hold: bool = False) -> int:
+    def start(
+        self, kind: str, name: str, index: int, hold: bool = False, patient: bool = False
+    ) -> int:
         proc = SPAWN.Process(
-            target=_contend, args=(self.url, kind, name, str(self.log), index, hold)
+            target=_contend, args=(self.url, kind, name, str(self.log), index, hold, patient)
         )
         proc.start()
         self.started.append(proc)
@@ -205,7 +214,7 @@ def test_waiting_processes_are_granted_in_arrival_order_one_wakeup_each(
         assert holder.acquire()
         first_token = holder.token
         for i in range(5):
-            procs.start("lock", "fifo", i)
+            procs.start("lock", "fifo", i, patient=True)
             queued(client, "lock/fifo", i + 2)
         holder.release()
         procs.join()
@@ -223,7 +232,7 @@ def test_a_release_wakes_exactly_the_run_of_readers(url: str, procs: Procs) -> N
         writer = client.rwlock("books").write
         assert writer.acquire()
         for i in range(3):
-            procs.start("read", "books", i, hold=True)
+            procs.start("read", "books", i, hold=True, patient=True)
             queued(client, "rwlock/books", i + 2)
         procs.start("write", "books", 3)  # behind the readers: not woken by our release
         queued(client, "rwlock/books", 5)
@@ -246,7 +255,7 @@ def test_semaphore_waiters_move_up_without_a_herd(url: str, procs: Procs) -> Non
         assert first.acquire()
         assert second.acquire()
         for i in range(4):
-            procs.start("permit:2", "gpu", i)
+            procs.start("permit:2", "gpu", i, patient=True)
             queued(a, "semaphore/gpu", i + 3)
         first.release()
         procs.join()
