@@ -5,7 +5,8 @@ grant, three replies): more client CPU than the round trip's own system calls. T
 driver's kept connections (``_redis_common.OwnConnection``) therefore write the packed command
 to the socket and parse the reply here: the replies our scripts and ``BLPOP`` get (integers,
 strings, nulls, errors, arrays of these; anything else is ``InvalidResponse`` and the
-connection is closed). The asyncio twin is ``_async/backends/_redis_common._read_reply``.
+connection is closed). The asyncio twin parses with :func:`parse` as the bytes arrive
+(``_async/backends/_redis_common._Replies``).
 
 Raises what redis-py's ``read_response`` raises: ``TimeoutError`` and ``ConnectionError`` from
 ``redis.exceptions`` (the connection must then be closed: a reply may still be on its way), and
@@ -19,12 +20,12 @@ from typing import Any
 
 from redis import exceptions as redis_errors
 
-__all__ = ["exchange", "read", "send"]
+__all__ = ["Incomplete", "exchange", "parse", "read", "send"]
 
 _READ_SIZE = 64 * 1024
 
 
-class _Incomplete(Exception):
+class Incomplete(Exception):
     """The buffer ends inside the reply: read more."""
 
 
@@ -62,9 +63,9 @@ def read(conn: Any, timeout: float | None = None) -> Any:
             if not buf:
                 raise redis_errors.ConnectionError("Connection closed by server.")
             try:
-                reply, end = _parse(buf, 0, conn)
+                reply, end = parse(buf, 0, conn)
                 break
-            except _Incomplete:
+            except Incomplete:
                 more = sock.recv(_READ_SIZE)
                 buf = buf + more if more else b""
     except TimeoutError:  # (socket.timeout, since Python 3.10)
@@ -82,11 +83,11 @@ def read(conn: Any, timeout: float | None = None) -> Any:
     return reply
 
 
-def _parse(buf: bytes, pos: int, conn: Any) -> tuple[Any, int]:
-    """The reply that starts at ``pos``, and where it ends; ``_Incomplete`` if ``buf`` does."""
+def parse(buf: bytes, pos: int, conn: Any) -> tuple[Any, int]:
+    """The reply that starts at ``pos``, and where it ends; ``Incomplete`` if ``buf`` does."""
     eol = buf.find(b"\r\n", pos)
     if eol < 0:
-        raise _Incomplete
+        raise Incomplete
     kind, rest, pos = buf[pos], buf[pos + 1 : eol], eol + 2
     if kind == 0x3A:  # ":" integer
         return int(rest), pos
@@ -95,7 +96,7 @@ def _parse(buf: bytes, pos: int, conn: Any) -> tuple[Any, int]:
         if size < 0:
             return None, pos
         if len(buf) < pos + size + 2:
-            raise _Incomplete
+            raise Incomplete
         return conn.encoder.decode(buf[pos : pos + size]), pos + size + 2
     if kind in (0x2A, 0x7E):  # "*" array, "~" set
         size = int(rest)
@@ -103,7 +104,7 @@ def _parse(buf: bytes, pos: int, conn: Any) -> tuple[Any, int]:
             return None, pos
         items = []
         for _ in range(size):
-            item, pos = _parse(buf, pos, conn)
+            item, pos = parse(buf, pos, conn)
             items.append(item)
         return items, pos
     if kind == 0x2B:  # "+" simple string

@@ -1,5 +1,6 @@
-"""The Redis driver's kept connections under asyncio: one timeout bounds a whole command (send
-and reply), a connection whose reply may still come is never reused, a cancelled wait leaves
+"""The Redis driver's kept connections under asyncio: replies parsed as redis-py reads them
+(every reply kind, one larger than a read), one timeout bounds a whole command (send and
+reply), a connection whose reply may still come is never reused, a cancelled wait leaves
 nothing behind, and the commands are packed as redis-py packs them."""
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 import redis
+import redis.asyncio
 from redis.connection import Connection
 
 from tenure import aio
-from tenure._async.backends._redis_common import pack_command
+from tenure._async.backends._redis_common import OwnConnection, pack_command
 from tenure.errors import BackendError, BackendTimeoutError
+from tests.backends.test_redis_resp import COMMANDS
 from tests.servers import RedisServer, TcpProxy
 
 pytestmark = pytest.mark.server("redis")
@@ -50,6 +53,38 @@ async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float = 
 def test_commands_are_packed_as_redis_py_packs_them(args: tuple[str | int | float, ...]) -> None:
     expected = b"".join(Connection().pack_command(*args))
     assert pack_command(*args) == expected
+
+
+async def test_replies_read_as_redis_py_reads_them(redis_server: RedisServer) -> None:
+    """The kept connection's protocol parses each reply as its bytes arrive: the same values as
+    redis-py's reader for every kind, a reply split over several reads, error replies raised
+    with the connection still in step, and a connection killed by the server an error (the next
+    call connects again)."""
+    pool = redis.asyncio.ConnectionPool(
+        host=redis_server.host, port=redis_server.port, decode_responses=True
+    )
+    theirs = pool.make_connection()  # (redis-py's reader, without its response callbacks)
+    await theirs.connect()
+    own = OwnConnection(pool)
+    try:
+        for command in COMMANDS:
+            await theirs.send_packed_command([pack_command(*command)], check_health=False)
+            expected = await theirs.read_response()
+            assert await own.call(pack_command(*command)) == expected, command
+            assert await own.call(pack_command("PING")) == "PONG"  # nothing left unread
+        with pytest.raises(redis.ResponseError, match="boom"):
+            await own.call(pack_command("EVAL", "return redis.error_reply('boom')", 0))
+        assert await own.call(pack_command("ECHO", "after")) == "after"
+        ours_id = await own.call(pack_command("CLIENT", "ID"))
+        await theirs.send_packed_command([pack_command("CLIENT", "KILL", "ID", ours_id)])
+        assert await theirs.read_response() == 1
+        with pytest.raises(redis.ConnectionError):  # EOF, or a reset
+            await own.call(pack_command("PING"))
+        assert await own.call(pack_command("ECHO", "again")) == "again"
+    finally:
+        await own.close()
+        await theirs.disconnect()
+        await pool.disconnect()
 
 
 async def _replies_pair_up(client: aio.Client, lock: aio.Lock, name: str, times: int) -> None:

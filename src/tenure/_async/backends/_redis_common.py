@@ -7,19 +7,17 @@ The key layout and the scripts are in ``tenure._redis_lua``.
 from __future__ import annotations
 
 import asyncio  # tenure: async-only
-import contextlib  # tenure: async-only
 import datetime as dt
 import json
 import os
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from redis import exceptions as redis_errors
 
 from ... import _redis_lua as lua
-
-# tenure: sync from ... import _resp
+from ... import _resp
 from ..._types import Holder
 from ..._url import ParsedURL
 from ...errors import (
@@ -170,7 +168,10 @@ class OwnConnection:
     connected explicitly, as the pool does: a Sentinel connection looks the master up there.
     ``call`` does all that for one command."""
 
-    __slots__ = ("_busy", "_conn", "_pid", "_pool", "_timeout", "_unconnected")
+    # tenure: begin async-only
+    __slots__ = ("_busy", "_conn", "_pid", "_pool", "_replies", "_timeout", "_unconnected")
+    # tenure: end async-only
+    # tenure: sync __slots__ = ("_busy", "_conn", "_pid", "_pool", "_timeout", "_unconnected")
 
     def __init__(self, pool: Any) -> None:
         self._pool = pool
@@ -178,6 +179,7 @@ class OwnConnection:
         self._busy = threading.Lock()
         self._pid = 0
         self._unconnected = True
+        self._replies: _Replies | None = None  # tenure: async-only
         #: The pool's socket timeout: ``call`` bounds a whole command (send and reply) by it.
         self._timeout: float | None = pool.connection_kwargs.get("socket_timeout")
 
@@ -191,7 +193,7 @@ class OwnConnection:
             if self._unconnected:
                 try:
                     await self._conn.connect()
-                    _read_in_small_pieces(self._conn)  # tenure: async-only
+                    self._replies = _Replies(self._conn)  # tenure: async-only
                 except BaseException:
                     self._busy.release()
                     raise
@@ -216,23 +218,8 @@ class OwnConnection:
         conn = await self.take()
         broken = True
         try:
-            # tenure: begin async-only
-            # One timeout over the whole command. On our connection we write and read its
-            # streams ourselves: redis-py's send (a task through ``wait_for``, two more
-            # event-loop turns) and reader cost twice asyncio's own round trip.
-            try:
-                async with asyncio.timeout(self._timeout):
-                    if conn is self._conn:
-                        reply = await _exchange(conn, command)
-                    else:
-                        await conn.send_packed_command([command], check_health=False)
-                        reply = await conn.read_response()
-            except TimeoutError:
-                raise redis_errors.TimeoutError("Timeout reading from the socket") from None
-            # tenure: end async-only
-            # (redis-py's reader costs more than the round trip: ``tenure._resp``, on our
-            # connection and on a pool's alike, as Redlock's fan-out does.)
-            # tenure: sync reply = _resp.exchange(conn, command)
+            await self.send(conn, command)
+            reply = await self.read(conn)
             broken = False
         except redis_errors.ResponseError:
             broken = False  # the whole reply was read
@@ -240,6 +227,34 @@ class OwnConnection:
         finally:
             await self.give_back(conn, broken=broken)
         return reply
+
+    async def send(self, conn: Any, command: bytes) -> None:
+        """Write ``command`` on ``conn`` (from ``take``); its reply is for ``read``."""
+        # tenure: begin async-only
+        if conn is self._conn and self._replies is not None:
+            self._replies.send(command)
+        else:
+            await conn.send_packed_command([command], check_health=False)
+        # tenure: end async-only
+        # (redis-py's reader costs more than the round trip: ``tenure._resp``, on our
+        # connection and on a pool's alike; asyncio: ``_Replies`` on ours.)
+        # tenure: sync _resp.send(conn, command)
+
+    async def read(self, conn: Any, timeout: float | None = None) -> Any:
+        """The reply due on ``conn``, waiting at most ``timeout`` seconds (None: the socket
+        timeout); redis-py's exceptions (an error reply: ``ResponseError``)."""
+        # tenure: begin async-only
+        if timeout is None:
+            timeout = self._timeout
+        if conn is self._conn and self._replies is not None:
+            return await self._replies.read(timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                return await conn.read_response()
+        except TimeoutError:
+            raise redis_errors.TimeoutError("Timeout reading from the socket") from None
+        # tenure: end async-only
+        # tenure: sync return _resp.read(conn, timeout)
 
     async def close(self) -> None:
         if self._conn is not None and self._pid == os.getpid():
@@ -253,61 +268,97 @@ class OwnConnection:
 _READ_SIZE = 64 * 1024
 
 
-async def _exchange(conn: Any, command: bytes) -> Any:
-    """Write ``command`` to ``conn``'s stream and read the reply (redis-py's connection after
-    its handshake: its parser keeps nothing between replies). Raises what redis-py would."""
-    writer, reader = conn._writer, conn._reader
-    if writer is None or reader is None or writer.transport.is_closing():
-        raise redis_errors.ConnectionError("Connection closed by the server before write")
-    try:
-        writer.write(command)
-        await writer.drain()
-        reply = await _read_reply(reader, conn)
-    except (OSError, EOFError, asyncio.LimitOverrunError) as exc:
-        raise redis_errors.ConnectionError(f"Error while talking to the server: {exc!r}") from exc
-    if isinstance(reply, redis_errors.ResponseError):
-        raise reply
-    return reply
+class _Replies(asyncio.Protocol):
+    """The protocol of a kept connection's transport once redis-py's handshake is done:
+    ``call`` writes a command and the reply is parsed as its bytes arrive (``tenure._resp``'s
+    parser), the caller woken once, when it is whole. redis-py's stream reader (a coroutine per
+    reply line, its own future per read) and an ``asyncio.timeout`` per call cost more client
+    CPU than the round trip itself. Everything else the transport reports (closed, end of
+    stream, writing paused) goes on to redis-py's own protocol, so its connection's state and
+    ``disconnect`` stay as they were."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self._transport: Any = conn._writer.transport
+        self._stream: Any = self._transport.get_protocol()
+        self._loop = asyncio.get_running_loop()
+        self._buf = b""
+        self._waiter: asyncio.Future[Any] | None = None
+        self._closed = False
+        if getattr(self._transport, "max_size", 0) > _READ_SIZE:  # selector transports
+            self._transport.max_size = _READ_SIZE
+        self._transport.set_protocol(self)
+
+    def send(self, command: bytes) -> None:
+        """Write ``command``; its reply is for :meth:`read` (and may arrive before)."""
+        if self._closed or self._transport.is_closing():
+            raise redis_errors.ConnectionError("Connection closed by the server before write")
+        self._waiter = self._loop.create_future()
+        self._transport.write(command)
+
+    async def read(self, timeout: float | None) -> Any:
+        """The reply of the command sent (an error reply raised as redis-py's
+        ``ResponseError``); redis-py's ``TimeoutError`` after ``timeout`` seconds. After any
+        other exception, or cancellation, the connection must be closed."""
+        waiter = self._waiter
+        if waiter is None:
+            raise redis_errors.InvalidResponse("no command sent: no reply to read")
+        timer = None if timeout is None else self._loop.call_later(timeout, _expire, waiter)
+        try:
+            return await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf + data if self._buf else data
+        waiter = self._waiter
+        if waiter is None or waiter.done():  # nobody asked (a reply after a timeout)
+            self._buf, self._closed = b"", True  # out of step: never used again
+            return
+        try:
+            reply, end = _resp.parse(buf, 0, self._conn)
+        except _resp.Incomplete:
+            self._buf = buf
+            return
+        except redis_errors.RedisError as exc:
+            self._buf = b""
+            waiter.set_exception(exc)
+            return
+        self._buf = b""
+        if end != len(buf):  # nothing else was asked: the stream is out of step
+            waiter.set_exception(
+                redis_errors.InvalidResponse("unexpected data after a reply from redis")
+            )
+        elif isinstance(reply, redis_errors.ResponseError):
+            waiter.set_exception(reply)
+        else:
+            waiter.set_result(reply)
+
+    def _fail(self, what: str) -> None:
+        self._closed = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(redis_errors.ConnectionError(what))
+
+    def eof_received(self) -> bool | None:
+        self._fail("Connection closed by server.")
+        return cast("bool | None", self._stream.eof_received())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(f"Error while talking to the server: {exc!r}")
+        self._stream.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._stream.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._stream.resume_writing()
 
 
-async def _read_reply(reader: asyncio.StreamReader, conn: Any) -> Any:
-    """One RESP2/RESP3 reply of the kinds our commands get: integers, strings, nulls, errors,
-    arrays of these (anything else: ``InvalidResponse``, and the connection is closed)."""
-    line = await reader.readuntil(b"\r\n")
-    kind, rest = line[:1], line[1:-2]
-    if kind == b":":
-        return int(rest)
-    if kind == b"$":
-        size = int(rest)
-        if size < 0:
-            return None
-        return conn.encoder.decode((await reader.readexactly(size + 2))[:-2])
-    if kind in (b"*", b"~"):
-        size = int(rest)
-        if size < 0:
-            return None
-        return [await _read_reply(reader, conn) for _ in range(size)]
-    if kind == b"+":
-        return conn.encoder.decode(rest)
-    if kind == b"_":
-        return None
-    if kind == b"#":
-        return rest == b"t"
-    if kind == b"-":
-        error = conn._parser.parse_error(rest.decode("utf-8", errors="replace"))
-        if isinstance(error, redis_errors.ConnectionError):
-            raise error  # (LOADING and the like, as redis-py raises them)
-        return error
-    raise redis_errors.InvalidResponse(f"unexpected reply from redis: {line[:40]!r}")
-
-
-def _read_in_small_pieces(conn: Any) -> None:
-    """Cap the reads of ``conn``'s transport at ``_READ_SIZE`` where it reads into a new buffer
-    each time (asyncio's selector transports; uvloop's and TLS ones are left alone)."""
-    transport: Any = getattr(getattr(conn, "_writer", None), "transport", None)
-    if getattr(transport, "max_size", 0) > _READ_SIZE:
-        with contextlib.suppress(AttributeError):
-            transport.max_size = _READ_SIZE
+def _expire(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_exception(redis_errors.TimeoutError("Timeout reading from the socket"))
 
 
 # tenure: end async-only

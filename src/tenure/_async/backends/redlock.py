@@ -97,7 +97,6 @@ from redis.backoff import NoBackoff
 # tenure: sync from concurrent.futures import ThreadPoolExecutor
 # tenure: sync import redis as redis_client
 # tenure: sync from redis.retry import Retry
-# tenure: sync from ... import _resp
 from ..._names import OwnerInfo, new_owner_id
 from ..._types import Capabilities, Holder
 from ..._url import ParsedURL, number_option, seconds_option
@@ -174,6 +173,13 @@ class _Master:
 
     async def done_with(self, conn: Any, *, broken: bool) -> None:
         await self._own.give_back(conn, broken=broken)
+
+    async def send(self, conn: Any, command: bytes) -> None:
+        await self._own.send(conn, command)
+
+    async def read_by(self, conn: Any, deadline: float) -> Any:
+        """Read the reply due on ``conn``, waiting no later than ``deadline`` (``monotonic()``)."""
+        return await self._own.read(conn, max(deadline - _compat.monotonic(), 0.0005))
 
     async def close(self) -> None:
         await self._own.close()
@@ -334,10 +340,7 @@ class RedlockDriver:
                         if packed is None:
                             sha = getattr(master.scripts, name).sha
                             packed = pack_command("EVALSHA", sha, len(keys), *keys, *args)
-                        # tenure: begin async-only
-                        await conn.send_packed_command(packed, check_health=False)
-                        # tenure: end async-only
-                        # tenure: sync _resp.send(conn, packed)
+                        await master.send(conn, packed)
                 except BackendError as exc:
                     results[i] = exc
                     if pending and pending[-1][0] == i:
@@ -349,7 +352,7 @@ class RedlockDriver:
                 broken = False
                 try:
                     with master.errors(what):
-                        results[i] = await _read_by(conn, deadline)
+                        results[i] = await master.read_by(conn, deadline)
                 except BackendError as exc:
                     results[i] = exc
                     # After an error reply the connection is fine; else a reply may be due.
@@ -699,18 +702,3 @@ class RedlockDriver:
 
     def namespace_changes(self) -> AsyncIterator[None]:
         return refreshes()  # locks publish nothing: look again at a bounded interval
-
-
-async def _read_by(conn: Any, deadline: float) -> Any:
-    """Read one reply from ``conn``, waiting no later than ``deadline`` (``monotonic()``)."""
-    remaining = max(0.0, deadline - _compat.monotonic())
-    # tenure: begin async-only
-    reply = await conn.read_response(timeout=max(remaining, 0.0005))
-    if reply is None:  # redis-py returns None when a read with an explicit timeout times out
-        raise redis_errors.TimeoutError("Timeout reading from socket")
-    return reply
-    # tenure: end async-only
-    # tenure: begin sync-only
-    # # (Both ends of a fan-out call skip redis-py's reader: see ``tenure._resp``.)
-    # return _resp.read(conn, max(remaining, 0.0005))
-    # tenure: end sync-only

@@ -213,9 +213,8 @@ class OwnConnection:
         conn = self.take()
         broken = True
         try:
-            # (redis-py's reader costs more than the round trip: ``tenure._resp``, on our
-            # connection and on a pool's alike, as Redlock's fan-out does.)
-            reply = _resp.exchange(conn, command)
+            self.send(conn, command)
+            reply = self.read(conn)
             broken = False
         except redis_errors.ResponseError:
             broken = False  # the whole reply was read
@@ -223,6 +222,17 @@ class OwnConnection:
         finally:
             self.give_back(conn, broken=broken)
         return reply
+
+    def send(self, conn: Any, command: bytes) -> None:
+        """Write ``command`` on ``conn`` (from ``take``); its reply is for ``read``."""
+        # (redis-py's reader costs more than the round trip: ``tenure._resp``, on our
+        # connection and on a pool's alike; asyncio: ``_Replies`` on ours.)
+        _resp.send(conn, command)
+
+    def read(self, conn: Any, timeout: float | None = None) -> Any:
+        """The reply due on ``conn``, waiting at most ``timeout`` seconds (None: the socket
+        timeout); redis-py's exceptions (an error reply: ``ResponseError``)."""
+        return _resp.read(conn, timeout)
 
     def close(self) -> None:
         if self._conn is not None and self._pid == os.getpid():

@@ -95,7 +95,6 @@ from redis import exceptions as redis_errors
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ... import _resp
 from ..._names import OwnerInfo, new_owner_id
 from ..._types import Capabilities, Holder
 from ..._url import ParsedURL, number_option, seconds_option
@@ -172,6 +171,13 @@ class _Master:
 
     def done_with(self, conn: Any, *, broken: bool) -> None:
         self._own.give_back(conn, broken=broken)
+
+    def send(self, conn: Any, command: bytes) -> None:
+        self._own.send(conn, command)
+
+    def read_by(self, conn: Any, deadline: float) -> Any:
+        """Read the reply due on ``conn``, waiting no later than ``deadline`` (``monotonic()``)."""
+        return self._own.read(conn, max(deadline - _compat.monotonic(), 0.0005))
 
     def close(self) -> None:
         self._own.close()
@@ -317,7 +323,7 @@ class RedlockDriver:
                         if packed is None:
                             sha = getattr(master.scripts, name).sha
                             packed = pack_command("EVALSHA", sha, len(keys), *keys, *args)
-                        _resp.send(conn, packed)
+                        master.send(conn, packed)
                 except BackendError as exc:
                     results[i] = exc
                     if pending and pending[-1][0] == i:
@@ -329,7 +335,7 @@ class RedlockDriver:
                 broken = False
                 try:
                     with master.errors(what):
-                        results[i] = _read_by(conn, deadline)
+                        results[i] = master.read_by(conn, deadline)
                 except BackendError as exc:
                     results[i] = exc
                     # After an error reply the connection is fine; else a reply may be due.
@@ -671,10 +677,3 @@ class RedlockDriver:
 
     def namespace_changes(self) -> Iterator[None]:
         return refreshes()  # locks publish nothing: look again at a bounded interval
-
-
-def _read_by(conn: Any, deadline: float) -> Any:
-    """Read one reply from ``conn``, waiting no later than ``deadline`` (``monotonic()``)."""
-    remaining = max(0.0, deadline - _compat.monotonic())
-    # (Both ends of a fan-out call skip redis-py's reader: see ``tenure._resp``.)
-    return _resp.read(conn, max(remaining, 0.0005))
