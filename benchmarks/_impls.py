@@ -687,8 +687,9 @@ def count_redis_requests() -> Callable[[], int]:
     """Count requests sent by redis-py in this process (a pipeline is one); returns a reader.
 
     Patches ``AbstractConnection.send_packed_command`` (sync and ``redis.asyncio``), which every
-    command, pipeline and connection handshake goes through: a request is a round trip (BLPOP
-    included).
+    command, pipeline and connection handshake through redis-py goes through, and the sends of
+    tenure's kept connections, which write to the socket themselves (``tenure._resp.send``;
+    asyncio: ``_Replies.send``): a request is a round trip (BLPOP included).
     """
     try:
         from redis.asyncio.connection import AbstractConnection as AsyncConnection
@@ -709,7 +710,35 @@ def count_redis_requests() -> Callable[[], int]:
 
     AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
     AsyncConnection.send_packed_command = acounted  # type: ignore[method-assign]
+    _count_tenure_sends(sent)
     return lambda: sent[0]
+
+
+def _count_tenure_sends(sent: list[int]) -> None:
+    """Count the requests tenure's kept Redis connections write themselves (none if this tenure
+    has no such path: an older tree run through ``PYTHONPATH``)."""
+    try:
+        from tenure import _resp
+        from tenure._async.backends import _redis_common
+    except ImportError:
+        return
+    send = getattr(_resp, "send", None)
+    if send is not None:
+
+        def counted_send(conn: Any, command: bytes) -> None:
+            sent[0] += 1
+            send(conn, command)
+
+        _resp.send = counted_send  # type: ignore[attr-defined]
+    replies = getattr(_redis_common, "_Replies", None)
+    if replies is not None:
+        asend = replies.send
+
+        def counted_asend(self: Any, command: bytes) -> None:
+            sent[0] += 1
+            asend(self, command)
+
+        replies.send = counted_asend
 
 
 class RedisCommandStats:
