@@ -263,10 +263,14 @@ if mode == 'p' then
 end
 local free = grantable(mode, limit, exclusive, count)
 if redlock then
-  local arrival = tonumber(redis.call('ZSCORE', p .. 'queue', owner) or ARGV[7])
-  free = free and turn(p, owner, arrival, mode, limit, exclusive, count)
-  if free and redis.call('ZREM', p .. 'queue', owner) == 1 then
-    redis.call('DEL', p .. 'w:' .. owner, p .. 's:' .. owner)
+  -- With nobody queued (no live head) the rule alone decides: `turn` would find no one before
+  -- us, and we are not queued here to leave the queue.
+  if free and head then
+    local arrival = tonumber(redis.call('ZSCORE', p .. 'queue', owner) or ARGV[7])
+    free = turn(p, owner, arrival, mode, limit, exclusive, count)
+    if free and redis.call('ZREM', p .. 'queue', owner) == 1 then
+      redis.call('DEL', p .. 'w:' .. owner, p .. 's:' .. owner)
+    end
   end
 else
   free = free and not head
