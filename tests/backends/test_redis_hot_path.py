@@ -9,6 +9,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 import redis
@@ -16,10 +17,12 @@ import redis.asyncio
 from redis.connection import Connection
 
 from tenure import aio
-from tenure._async.backends._redis_common import OwnConnection, pack_command
+from tenure._async.backends._redis_common import OwnConnection, _Replies, pack_command
 from tenure.errors import BackendError, BackendTimeoutError
 from tests.backends.test_redis_resp import COMMANDS
 from tests.servers import RedisServer, TcpProxy
+from tests.servers.process import free_port
+from tests.servers.tls import make_certificates
 
 pytestmark = pytest.mark.server("redis")
 
@@ -85,6 +88,43 @@ async def test_replies_read_as_redis_py_reads_them(redis_server: RedisServer) ->
         await own.close()
         await theirs.disconnect()
         await pool.disconnect()
+
+
+async def test_tls_replies_go_through_the_kept_connections_protocol(
+    tmp_path: Path, ns: str
+) -> None:
+    """rediss://: the kept connections' protocol sits on asyncio's TLS transport (it gets the
+    decrypted bytes): a reply larger than a TLS record arrives whole, and a waiter's BLPOP is
+    answered by a release's grant."""
+    files = make_certificates(tmp_path)
+    tls_port = free_port()
+    tls = ["--tls-port", str(tls_port), "--tls-cert-file", str(files["server"]),
+           "--tls-key-file", str(files["server-key"]), "--tls-ca-cert-file", str(files["ca"]),
+           "--tls-auth-clients", "no"]  # fmt: skip
+    with RedisServer(tmp_path, extra=tls).start():
+        url = f"rediss://127.0.0.1:{tls_port}/0?namespace={ns}&ssl_ca_certs={files['ca']}"
+        first, second = await aio.connect(url), await aio.connect(url)
+        try:
+            holder, waiter = first.lock("tls"), second.lock("tls")
+            assert await holder.acquire(timeout=5)
+            own = first._driver._own  # type: ignore[attr-defined]
+            assert isinstance(own._replies, _Replies)  # the path under test
+            big = await own.call(pack_command("EVAL", "return string.rep('x', 200000)", 0))
+            assert big == "x" * 200_000
+            waiting = asyncio.create_task(waiter.acquire(timeout=5))
+            await wait_until(lambda: _queued(first, "tls"))
+            token = holder.token
+            await holder.release()
+            assert await waiting
+            assert waiter.token > token
+            await waiter.release()
+        finally:
+            await first.close()
+            await second.close()
+
+
+async def _queued(client: aio.Client, name: str) -> bool:
+    return len(await client.contenders(name)) == 2
 
 
 async def _replies_pair_up(client: aio.Client, lock: aio.Lock, name: str, times: int) -> None:
