@@ -36,7 +36,9 @@ syncLimit 4 ticks, session timeouts 500 ms .. 60 s.
 Helpers: :func:`require_binary` (raises :class:`ServerMissing` naming the Debian package),
 :func:`wait_until` (poll with backoff and a deadline), :func:`free_port`,
 :func:`live_server_pids`, :func:`kill_all_servers`, :func:`startup_times`,
-:func:`record_timing`/:func:`timings` (extra measurements shown in the pytest summary).
+:func:`record_timing`/:func:`timings` (extra measurements shown in the pytest summary);
+:func:`tests.servers.tls.make_certificates` (a CA and server and client certificates, openssl)
+for the TLS tests.
 """
 
 from __future__ import annotations
