@@ -133,11 +133,12 @@ local function entry_of(p, owner, shared)
   return nil, current ~= false
 end
 
--- Delete `owner`'s entry; true if it was live.
+-- Delete `owner`'s entry; true if it was live ('x' if it was the exclusive holder's: then the
+-- key is held by nobody now, for an exclusive holder and shared ones never coexist).
 local function drop(p, owner)
   if redis.call('HGET', p .. 'holder', 'owner') == owner then
     redis.call('DEL', p .. 'holder')
-    return true
+    return 'x'
   end
   local deadline = redis.call('ZSCORE', p .. 'shared', owner)
   if not deadline then return false end
@@ -169,11 +170,14 @@ end
 -- 'wake' (Redlock: push a "w" instead, for each must win a quorum itself, and so stays queued),
 -- or 'look' (change nothing). Returns the caller's token (or nil), then (only if anyone is
 -- queued) whether an exclusive holder holds the key, the number of shared holders, and the
--- first live waiter left with its mode and limit.
-local function advance(p, channel, how, caller)
+-- first live waiter left with its mode and limit. `free`: the caller knows nobody holds the
+-- key (a release of the exclusive holder), so it is not looked up; and with no caller nothing
+-- is returned, so once an exclusive grant closes the key the next waiter is not looked up.
+local function advance(p, channel, how, caller, free)
   local head, ttl, mode, limit, meta = live_waiter(p, 0)
   if not head then return nil end
-  local exclusive, count = holders(p)
+  local exclusive, count = false, 0
+  if not free then exclusive, count = holders(p) end
   local at, mine = 0, nil
   while head and how ~= 'look' and grantable(mode, limit, exclusive, count) do
     if how == 'wake' then
@@ -193,7 +197,12 @@ local function advance(p, channel, how, caller)
         redis.call('PEXPIRE', signal, ttl)
       end
     end
-    if mode == 'x' then exclusive = true else count = count + 1 end
+    if mode == 'x' then
+      exclusive = true
+      if not caller then return nil end  -- nobody else can be granted, nobody asks who is next
+    else
+      count = count + 1
+    end
     head, ttl, mode, limit, meta = live_waiter(p, at)
   end
   return mine, exclusive, count, head, mode, limit
@@ -327,10 +336,12 @@ if hold > 0 then
   end
   return 1
 end
-if not drop(p, ARGV[1]) then return 0 end
+local dropped = drop(p, ARGV[1])
+if not dropped then return 0 end
 local channel = channel_of(p, ARGV[2])
 if channel then redis.call('PUBLISH', channel, 0) end
-advance(p, channel, string.find(ARGV[2], 'w', 1, true) and 'wake' or 'grant', nil)
+advance(p, channel, string.find(ARGV[2], 'w', 1, true) and 'wake' or 'grant', nil,
+        dropped == 'x')
 return 1
 """
 )
