@@ -5,7 +5,7 @@ grant, three replies): more client CPU than the round trip's own system calls. T
 driver's kept connections (``_redis_common.OwnConnection``) therefore write the packed command
 to the socket and parse the reply here: the replies our scripts and ``BLPOP`` get (integers,
 strings, nulls, errors, arrays of these; anything else is ``InvalidResponse`` and the
-connection is closed). The asyncio twin parses with :func:`parse` as the bytes arrive
+connection is closed). The asyncio twin parses with :func:`whole` as the bytes arrive
 (``_async/backends/_redis_common._Replies``).
 
 Raises what redis-py's ``read_response`` raises: ``TimeoutError`` and ``ConnectionError`` from
@@ -20,7 +20,7 @@ from typing import Any
 
 from redis import exceptions as redis_errors
 
-__all__ = ["Incomplete", "exchange", "parse", "read", "send"]
+__all__ = ["Incomplete", "exchange", "parse", "read", "send", "whole"]
 
 _READ_SIZE = 64 * 1024
 
@@ -63,8 +63,7 @@ def read(conn: Any, timeout: float | None = None) -> Any:
             if not buf:
                 raise redis_errors.ConnectionError("Connection closed by server.")
             try:
-                reply, end = parse(buf, 0, conn)
-                break
+                return whole(buf, conn)
             except Incomplete:
                 more = sock.recv(_READ_SIZE)
                 buf = buf + more if more else b""
@@ -76,7 +75,14 @@ def read(conn: Any, timeout: float | None = None) -> Any:
         if timeout is not None:
             with contextlib.suppress(OSError):  # (closed meanwhile: nothing to restore)
                 sock.settimeout(conn.socket_timeout)
-    if end != len(buf):  # nothing else was asked: the stream is out of step
+
+
+def whole(buf: bytes, conn: Any) -> Any:
+    """The one reply ``buf`` holds: its value (an error reply raised as its ``ResponseError``);
+    ``Incomplete`` if ``buf`` ends inside it, ``InvalidResponse`` if more follows (nothing else
+    was asked: the stream is out of step)."""
+    reply, end = parse(buf, 0, conn)
+    if end != len(buf):
         raise redis_errors.InvalidResponse("unexpected data after a reply from redis")
     if isinstance(reply, redis_errors.ResponseError):
         raise reply

@@ -270,8 +270,8 @@ _READ_SIZE = 64 * 1024
 
 class _Replies(asyncio.Protocol):
     """The protocol of a kept connection's transport once redis-py's handshake is done:
-    ``call`` writes a command and the reply is parsed as its bytes arrive (``tenure._resp``'s
-    parser), the caller woken once, when it is whole. redis-py's stream reader (a coroutine per
+    ``send`` writes a command and its reply is parsed as the bytes arrive (``tenure._resp``),
+    ``read``'s caller woken once, when it is whole. redis-py's stream reader (a coroutine per
     reply line, its own future per read) and an ``asyncio.timeout`` per call cost more client
     CPU than the round trip itself. Everything else the transport reports (closed, end of
     stream, writing paused) goes on to redis-py's own protocol, so its connection's state and
@@ -318,23 +318,16 @@ class _Replies(asyncio.Protocol):
             self._buf, self._closed = b"", True  # out of step: never used again
             return
         try:
-            reply, end = _resp.parse(buf, 0, self._conn)
+            reply = _resp.whole(buf, self._conn)
         except _resp.Incomplete:
             self._buf = buf
             return
-        except redis_errors.RedisError as exc:
+        except redis_errors.RedisError as exc:  # an error reply, or out of step
             self._buf = b""
             waiter.set_exception(exc)
             return
         self._buf = b""
-        if end != len(buf):  # nothing else was asked: the stream is out of step
-            waiter.set_exception(
-                redis_errors.InvalidResponse("unexpected data after a reply from redis")
-            )
-        elif isinstance(reply, redis_errors.ResponseError):
-            waiter.set_exception(reply)
-        else:
-            waiter.set_result(reply)
+        waiter.set_result(reply)
 
     def _fail(self, what: str) -> None:
         self._closed = True
